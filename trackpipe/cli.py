@@ -1,0 +1,82 @@
+"""The `trackpipe` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from trackpipe import __version__
+from trackpipe.config import ConfigError
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (0-65535)")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trackpipe", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"trackpipe {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    dev = commands.add_parser("dev", help="run everything on this machine (embedded server, edge, worker)")
+    dev.add_argument("--config", help="config file (default: TRACKPIPE_CONFIG, else a demo config)")
+    dev.add_argument("--data-dir", default=".trackpipe", help="where the server's data lives (default: %(default)s)")
+    dev.add_argument("--host", default="127.0.0.1", help="edge address (default: %(default)s)")
+    dev.add_argument("--port", type=_port, default=8080, help="edge port (default: %(default)s)")
+    dev.add_argument("--redis-port", type=_port, default=0, help="embedded server port (default: a free one)")
+
+    edge = commands.add_parser("edge", help="run the HTTP edge (uvicorn)")
+    edge.add_argument("--config", help="config file (default: TRACKPIPE_CONFIG)")
+    edge.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    edge.add_argument("--port", type=_port, default=8080, help="port (default: %(default)s)")
+    edge.add_argument("--workers", type=_positive, default=1, help="edge processes (default: %(default)s)")
+
+    keys = commands.add_parser("keys", help="source keys")
+    keys_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    keys_commands.add_parser("new", help="print a new source key and its hashed form for the config")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "keys":
+            from trackpipe.auth import new_key
+
+            key, hashed = new_key()
+            print(f"key:    {key}\nconfig: {hashed}")
+            print("Give the key to the producer; put the config line in the source's `keys`.", file=sys.stderr)
+            return 0
+        if args.command == "edge":
+            from trackpipe.serve import run_edge
+
+            return run_edge(args.config, host=args.host, port=args.port, workers=args.workers)
+        if args.command == "dev":
+            from trackpipe.dev import run_dev
+
+            return run_dev(args)
+    except ConfigError as exc:
+        print(f"trackpipe: bad config: {exc}", file=sys.stderr)
+        return 2
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

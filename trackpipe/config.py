@@ -1,0 +1,240 @@
+"""The TOML config file, decoded into msgspec Structs and checked as a whole at start.
+
+Every problem is reported as ``ConfigError`` naming the key (``dedup.window_seconds``,
+``sources[1].keys[0]``) and what is wrong with it, so a bad file fails before anything runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+CONFIG_ENV = "TRACKPIPE_CONFIG"
+REDIS_URL_ENV = "TRACKPIPE_REDIS_URL"
+
+# Ids end up in Redis key names and queue names: keep them to a safe alphabet.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+Ident = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+HASHED_KEY = re.compile(r"^sha256:[0-9a-f]{64}$")
+# A plain key shorter than this is too easy to guess; `trackpipe keys new` makes 43 characters.
+MIN_PLAIN_KEY_LENGTH = 8
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message names the key and the problem."""
+
+
+class Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base for config tables: a misspelt key is an error, not silently ignored."""
+
+
+class EdgeConfig(Strict):
+    status_mode: Literal["compat", "strict"] = "compat"
+    # Ingest jobs waiting on the `ingest` queue above which the edge answers 503.
+    max_backlog: PositiveInt = 20_000
+    # Group commit: one ingest job holds at most this many events ...
+    commit_max_events: PositiveInt = 2_000
+    # ... and, under load, a write waits up to this long for more events to join it.
+    commit_linger_ms: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 2.0
+    retry_after_seconds: PositiveInt = 1
+    # How many events from missing/unknown keys are kept for the inspector, per site.
+    unauthorized_ring_size: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 500
+
+
+class DedupConfig(Strict):
+    window_seconds: PositiveInt = 86_400
+
+
+class RetryConfig(Strict):
+    max_attempts: PositiveInt = 6
+    backoff_seconds: Annotated[list[PositiveFloat], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: [1.0, 5.0, 30.0, 120.0, 600.0, 3600.0]
+    )
+
+
+class SourceConfig(Strict):
+    id: Ident
+    site_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    keys: Annotated[list[str], msgspec.Meta(min_length=1)]
+    on_invalid: Literal["accept", "reject"] = "accept"
+
+
+class DestinationBase(Strict):
+    id: Ident
+    sources: list[str] | None = None  # None: every source
+    events: list[str] | None = None  # None: every event name
+    consent_category: str | None = None
+    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
+
+
+class WebhookDestination(DestinationBase, kw_only=True, tag_field="type", tag="webhook"):
+    url: str
+    secret: str | None = None
+    connect_timeout_seconds: PositiveFloat = 2.0
+    read_timeout_seconds: PositiveFloat = 10.0
+    batch_size: PositiveInt = 500
+
+
+class FileDestination(DestinationBase, kw_only=True, tag_field="type", tag="file"):
+    path: str
+
+
+Destination = WebhookDestination | FileDestination
+
+
+class DlqConfig(Strict):
+    max_events: PositiveInt = 100_000
+
+
+class Config(Strict):
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = "trackpipe"
+    admin_token: str | None = None
+    edge: EdgeConfig = msgspec.field(default_factory=EdgeConfig)
+    dedup: DedupConfig = msgspec.field(default_factory=DedupConfig)
+    dlq: DlqConfig = msgspec.field(default_factory=DlqConfig)
+    sources: list[SourceConfig] = msgspec.field(default_factory=list)
+    destinations: list[Destination] = msgspec.field(default_factory=list)
+
+
+def _path_of(msgspec_path: str) -> str:
+    """`$.sources[0].keys` -> `sources[0].keys` (msgspec's paths, in the file's own words)."""
+    path = msgspec_path.removeprefix("$").removeprefix(".")
+    return path or "(top level)"
+
+
+def _explain(err: msgspec.ValidationError) -> str:
+    text = str(err)
+    message, sep, where = text.rpartition(" - at `")
+    if not sep:
+        return text
+    key = _path_of(where.rstrip("`"))
+    if message.startswith("Object contains unknown field"):
+        field = message.split("`")[1]
+        key = f"{key}.{field}" if key != "(top level)" else field
+        return f"{key}: unknown key (misspelt?)"
+    if message.startswith("Object missing required field"):
+        field = message.split("`")[1]
+        key = f"{key}.{field}" if key != "(top level)" else field
+        return f"{key}: required key is missing"
+    if message.startswith("Invalid value") and key.endswith(".type"):
+        return f"{key}: unknown destination type {message.removeprefix('Invalid value ')} (known: webhook, file)"
+    if message.startswith("Object missing required field `type`"):
+        return f"{key}.type: required key is missing"
+    return f"{key}: {message}"
+
+
+def _check_redis_url(url: str, key: str) -> list[str]:
+    scheme = urlsplit(url).scheme
+    if scheme not in ("redis", "rediss", "unix", "valkey", "valkeys"):
+        return [f"{key}: {url!r} is not a redis:// , rediss:// or unix:// URL"]
+    return []
+
+
+def _check_key(key: str, where: str) -> list[str]:
+    if key.startswith("sha256:"):
+        if not HASHED_KEY.match(key):
+            return [f"{where}: a hashed key is 'sha256:' and 64 lowercase hex digits"]
+        return []
+    if len(key) < MIN_PLAIN_KEY_LENGTH:
+        return [f"{where}: a plain key needs at least {MIN_PLAIN_KEY_LENGTH} characters"]
+    if any(c.isspace() for c in key):
+        return [f"{where}: a key cannot contain white space"]
+    return []
+
+
+def _check_destination(index: int, dest: Destination, source_ids: set[str]) -> list[str]:
+    where = f"destinations[{index}]"
+    problems: list[str] = []
+    for i, source in enumerate(dest.sources or []):
+        if source not in source_ids:
+            problems.append(f"{where}.sources[{i}]: no source has id {source!r}")
+    if isinstance(dest, WebhookDestination):
+        parts = urlsplit(dest.url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            problems.append(f"{where}.url: {dest.url!r} is not an http:// or https:// URL")
+    elif isinstance(dest, FileDestination) and not dest.path.strip():
+        problems.append(f"{where}.path: cannot be empty")
+    return problems
+
+
+def check(config: Config) -> list[str]:
+    """Checks across keys that the types alone cannot express."""
+    problems = _check_redis_url(config.redis_url, "redis_url")
+    if config.admin_token is not None and len(config.admin_token) < MIN_PLAIN_KEY_LENGTH:
+        problems.append(f"admin_token: needs at least {MIN_PLAIN_KEY_LENGTH} characters")
+    seen_sources: set[str] = set()
+    keys_by_site: dict[tuple[str, str], str] = {}
+    for i, source in enumerate(config.sources):
+        if source.id in seen_sources:
+            problems.append(f"sources[{i}].id: {source.id!r} is used by another source")
+        seen_sources.add(source.id)
+        for j, key in enumerate(source.keys):
+            where = f"sources[{i}].keys[{j}]"
+            problems += _check_key(key, where)
+            other = keys_by_site.setdefault((source.site_id, key), source.id)
+            if other != source.id:
+                problems.append(f"{where}: the same key belongs to source {other!r} on site {source.site_id!r}")
+    seen_destinations: set[str] = set()
+    for i, dest in enumerate(config.destinations):
+        if dest.id in seen_destinations:
+            problems.append(f"destinations[{i}].id: {dest.id!r} is used by another destination")
+        seen_destinations.add(dest.id)
+        problems += _check_destination(i, dest, seen_sources)
+    return problems
+
+
+def parse(text: str | bytes, *, env: dict[str, str] | None = None, origin: str = "config") -> Config:
+    """Decode and check a config document; raise ConfigError naming every problem found."""
+    env = os.environ if env is None else env
+    try:
+        raw = tomllib.loads(text.decode() if isinstance(text, bytes) else text)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{origin}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{origin}: not valid TOML: {exc}") from None
+    if env.get(REDIS_URL_ENV):
+        raw["redis_url"] = env[REDIS_URL_ENV]
+    try:
+        config = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{origin}: {_explain(exc)}") from None
+    problems = check(config)
+    if problems:
+        raise ConfigError(f"{origin}: " + f"\n{origin}: ".join(problems))
+    return config
+
+
+def config_path(explicit: str | None, env: dict[str, str] | None = None) -> Path | None:
+    env = os.environ if env is None else env
+    chosen = explicit or env.get(CONFIG_ENV)
+    return Path(chosen) if chosen else None
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied") from None
+    return parse(data, origin=str(path))
+
+
+def load_from(explicit: str | None) -> Config:
+    """The config named by --config, else by TRACKPIPE_CONFIG."""
+    path = config_path(explicit)
+    if path is None:
+        raise ConfigError(f"no config given: pass --config PATH or set {CONFIG_ENV}")
+    return load(path)

@@ -1,0 +1,98 @@
+"""`trackpipe dev`: the whole pipeline on one machine, on the embedded server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+from pathlib import Path
+
+import msgspec
+import uvicorn
+
+from trackpipe.auth import new_key
+from trackpipe.config import Config, config_path, load
+from trackpipe.embedded import start_server
+from trackpipe.keys import rq_prefix_for
+from trackpipe.serve import edge_server_config
+
+DEMO_CONFIG = """\
+# trackpipe demo config, written by `trackpipe dev`. Edit freely; it is kept between runs.
+# `redis_url` is ignored by `trackpipe dev`, which runs its own embedded server.
+redis_url = "redis://127.0.0.1:6379/0"
+admin_token = "{admin_token}"
+
+[edge]
+status_mode = "compat"
+
+[[sources]]
+id = "demo-web"
+site_id = "1"
+# A plain key, for the demo. In production keep only hashes: `trackpipe keys new`.
+keys = ["{key}"]
+
+[[destinations]]
+id = "demo-file"
+type = "file"
+path = "{out_dir}"
+"""
+
+DEMO_EVENT = {
+    "event_name": "purchase",
+    "id": "O-1",
+    "value": 42.5,
+    "revenue": 35,
+    "currency": "EUR",
+    "type": "online",
+    "payment_method": "card",
+    "status": "pending",
+    "user": {"id": "7", "consent_categories": ["1", "3"]},
+    "items": [{"id": "SKU-9", "quantity": 1, "product": {"name": "Mug", "price": 35}}],
+    "context": {"event_id": "c0ffee-1", "event_timestamp": 1700000000000, "page": {"url": "https://x/ok"}},
+}
+
+
+def write_demo_config(path: Path, out_dir: Path) -> None:
+    key, _ = new_key()
+    admin_token, _ = new_key()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(DEMO_CONFIG.format(key=key, admin_token=admin_token, out_dir=out_dir))
+
+
+def demo_curl(config: Config, host: str, port: int) -> str | None:
+    plain = [(s, k) for s in config.sources for k in s.keys if not k.startswith("sha256:")]
+    if not plain:
+        return None
+    source, key = plain[0]
+    url = f"http://{host}:{port}/events?tc_s={source.site_id}&token={key}"
+    body = msgspec.json.encode(DEMO_EVENT).decode()
+    return f"curl -sS -X POST {shlex.quote(url)} -H 'Content-Type: application/json' -d {shlex.quote(body)}"
+
+
+def run_dev(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    data_dir = Path(args.data_dir).resolve()
+    path = config_path(args.config)
+    if path is None:
+        path = data_dir / "dev.toml"
+        if not path.exists():
+            write_demo_config(path, data_dir / "out")
+            print(f"wrote a demo config to {path}")
+    config = load(path)
+    server = start_server(data_dir / "valkey", port=args.redis_port or None)
+    try:
+        redis_url = f"redis://127.0.0.1:{server.port}/0"
+        config = msgspec.structs.replace(config, redis_url=redis_url)
+        os.environ["TRACKPIPE_REDIS_URL"] = redis_url
+        print(f"embedded server: {redis_url} (data in {data_dir / 'valkey'})")
+        print(f"edge:            http://{args.host}:{args.port}  (config {path})")
+        curl = demo_curl(config, args.host, args.port)
+        if curl:
+            print(f"try:\n  {curl}")
+        print(f"queues:          RQ_KEY_PREFIX={rq_prefix_for(config.key_prefix)} rq info -u {redis_url}")
+        print("Ctrl-C stops everything.")
+        uvicorn.Server(edge_server_config(config, args.host, args.port)).run()
+    finally:
+        server.stop()
+    return 0

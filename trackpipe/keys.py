@@ -1,0 +1,61 @@
+"""The one place that knows Redis key names. Every key trackpipe or RQ writes starts with the prefix.
+
+Layout (``P`` is ``key_prefix`` from the config, default ``trackpipe``):
+
+    P:rq:...                         everything RQ keeps (queues, jobs, registries, workers)
+    P:rq:queue:ingest                the ingest queue (RQ list of job ids)
+    P:unauth:ring:<site_id>          last N requests with a missing/unknown key (capped list)
+    P:unauth:count                   hash "<site_id>|<reason>" -> requests refused
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import msgspec
+
+DEFAULT_PREFIX = "trackpipe"
+RQ_PREFIX_ENV = "RQ_KEY_PREFIX"
+INGEST_QUEUE = "ingest"
+
+
+def rq_prefix_for(prefix: str) -> str:
+    return f"{prefix}:rq"
+
+
+class KeyLayout(msgspec.Struct, frozen=True):
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def rq_prefix(self) -> str:
+        return rq_prefix_for(self.prefix)
+
+    def queue(self, name: str) -> str:
+        """The Redis list RQ uses for queue `name`."""
+        return f"{self.rq_prefix}:queue:{name}"
+
+    def unauthorized_ring(self, site_id: str) -> str:
+        return f"{self.prefix}:unauth:ring:{site_id}"
+
+    @property
+    def unauthorized_count(self) -> str:
+        return f"{self.prefix}:unauth:count"
+
+
+class PrefixMismatch(RuntimeError):
+    pass
+
+
+def bind_rq_prefix(prefix: str) -> None:
+    """Make RQ keep its keys under `prefix`. RQ reads its prefix once, when first imported."""
+    wanted = rq_prefix_for(prefix)
+    loaded = sys.modules.get("rq.defaults")
+    if loaded is not None:
+        if loaded.RQ_KEY_PREFIX != wanted:
+            raise PrefixMismatch(
+                f"key_prefix {prefix!r}: RQ was already loaded with prefix {loaded.RQ_KEY_PREFIX!r}; "
+                f"set {RQ_PREFIX_ENV}={wanted} or start a fresh process"
+            )
+        return
+    os.environ[RQ_PREFIX_ENV] = wanted

@@ -1,0 +1,36 @@
+"""Messages that cross Redis between the edge and the workers."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class IngestRecord(msgspec.Struct, array_like=True, frozen=True):
+    """The accepted events of one request, as the edge received them."""
+
+    source_id: str
+    site_id: str
+    received_at: int  # ms since the epoch, set by the edge
+    events: list[bytes]  # each the raw JSON of one event (decompressed, checked to be an object)
+
+
+class IngestBatch(msgspec.Struct, array_like=True, frozen=True):
+    """One group commit: the records of every request that joined it. One RQ job each."""
+
+    records: list[IngestRecord]
+
+    @property
+    def event_count(self) -> int:
+        return sum(len(r.events) for r in self.records)
+
+
+_encoder = msgspec.msgpack.Encoder()
+_batch_decoder = msgspec.msgpack.Decoder(IngestBatch)
+
+
+def encode_batch(batch: IngestBatch) -> bytes:
+    return _encoder.encode(batch)
+
+
+def decode_batch(data: bytes) -> IngestBatch:
+    return _batch_decoder.decode(data)
