@@ -12,6 +12,9 @@ from trackpipe.jobs import INGEST_FUNCTION, INGEST_JOB_OPTIONS, ingest_queue
 from trackpipe.keys import KeyLayout
 from trackpipe.messages import IngestBatch, encode_batch
 
+# Without one, RQ would describe the job by repr() of its arguments: kilobytes of event bytes.
+INGEST_DESCRIPTION = "ingest batch"
+
 
 class IngestStore:
     def __init__(self, connection: Redis, layout: KeyLayout, ring_size: int) -> None:
@@ -27,7 +30,13 @@ class IngestStore:
         """
         pipe = self._redis.pipeline(transaction=True)
         if batch is not None and batch.records:
-            self._queue.enqueue_call(INGEST_FUNCTION, args=(encode_batch(batch),), pipeline=pipe, **INGEST_JOB_OPTIONS)
+            self._queue.enqueue_call(
+                INGEST_FUNCTION,
+                args=(encode_batch(batch),),
+                pipeline=pipe,
+                description=INGEST_DESCRIPTION,
+                **INGEST_JOB_OPTIONS,
+            )
         self._add_samples(pipe, samples)
         pipe.llen(self._queue.key)
         return int(pipe.execute()[-1])
