@@ -78,19 +78,19 @@ class GroupCommitter:
         self.backlog = 0  # ingest queue length seen by the latest write
         self.stats = CommitStats()
 
-    def _batch(self) -> _Pending:
-        """The newest write still open for more events; a full one starts the next."""
-        if not self._queue or self._queue[-1].events >= self._max_events:
+    def _batch(self, adding: int = 0) -> _Pending:
+        """The newest write with room for `adding` more events; otherwise a new one."""
+        if not self._queue or (self._queue[-1].events and self._queue[-1].events + adding > self._max_events):
             self._queue.append(_Pending(asyncio.get_running_loop()))
         return self._queue[-1]
 
     async def submit(self, record: IngestRecord) -> None:
         """Returns once the record is stored in Redis; raises StorageUnavailable otherwise."""
-        pending = self._batch()
+        pending = self._batch(len(record.events))
         pending.records.append(record)
         pending.events += len(record.events)
-        if pending.events >= self._max_events:
-            self._full.set()
+        if pending.events >= self._max_events or len(self._queue) > 1:
+            self._full.set()  # a full write need not linger
         self._ensure_flusher()
         await asyncio.shield(pending.done)
 
@@ -127,10 +127,13 @@ class GroupCommitter:
             self.stats.writes += 1
             self.stats.events += pending.events
             self._busy = pending.events >= BUSY_WRITE_EVENTS
-            if self._on_write is not None:
-                self._on_write(pending.events, time.perf_counter() - started)
             if not pending.done.done():
                 pending.done.set_result(None)
+            if self._on_write is not None:
+                try:
+                    self._on_write(pending.events, time.perf_counter() - started)
+                except Exception:  # a metrics hiccup must not stop the flusher
+                    log.exception("commit observer failed")
 
     async def drain(self) -> None:
         """Finish every write already handed over (graceful shutdown)."""

@@ -6,6 +6,7 @@ Every problem is reported as ``ConfigError`` naming the key (``dedup.window_seco
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tomllib
@@ -114,8 +115,8 @@ def _path_of(msgspec_path: str) -> str:
 def _explain(err: msgspec.ValidationError) -> str:
     text = str(err)
     message, sep, where = text.rpartition(" - at `")
-    if not sep:
-        return text
+    if not sep:  # msgspec names no path for problems at the top level
+        message, where = text, "$"
     key = _path_of(where.rstrip("`"))
     if message.startswith("Object contains unknown field"):
         field = message.split("`")[1]
@@ -151,6 +152,12 @@ def _check_key(key: str, where: str) -> list[str]:
     return []
 
 
+def _key_digest(key: str) -> str:
+    if key.startswith("sha256:"):
+        return key.removeprefix("sha256:")
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 def _check_destination(index: int, dest: Destination, source_ids: set[str]) -> list[str]:
     where = f"destinations[{index}]"
     problems: list[str] = []
@@ -179,8 +186,12 @@ def check(config: Config) -> list[str]:
         seen_sources.add(source.id)
         for j, key in enumerate(source.keys):
             where = f"sources[{i}].keys[{j}]"
-            problems += _check_key(key, where)
-            other = keys_by_site.setdefault((source.site_id, key), source.id)
+            key_problems = _check_key(key, where)
+            problems += key_problems
+            if key_problems:
+                continue
+            # Compare what the keys stand for: a plain key and its sha256 form are the same key.
+            other = keys_by_site.setdefault((source.site_id, _key_digest(key)), source.id)
             if other != source.id:
                 problems.append(f"{where}: the same key belongs to source {other!r} on site {source.site_id!r}")
     seen_destinations: set[str] = set()

@@ -6,16 +6,16 @@ import argparse
 import logging
 import os
 import shlex
+import sys
 from pathlib import Path
 
 import msgspec
-import uvicorn
 
 from trackpipe.auth import new_key
 from trackpipe.config import Config, config_path, load
 from trackpipe.embedded import start_server
 from trackpipe.keys import rq_prefix_for
-from trackpipe.serve import edge_server_config
+from trackpipe.serve import edge_server_config, serve
 
 DEMO_CONFIG = """\
 # trackpipe demo config, written by `trackpipe dev`. Edit freely; it is kept between runs.
@@ -71,6 +71,8 @@ def demo_curl(config: Config, host: str, port: int) -> str | None:
 
 
 def run_dev(args: argparse.Namespace) -> int:
+    # The printed curl line must show up at once under `| tee` or a process manager too.
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     data_dir = Path(args.data_dir).resolve()
     path = config_path(args.config)
@@ -92,7 +94,7 @@ def run_dev(args: argparse.Namespace) -> int:
             print(f"try:\n  {curl}")
         print(f"queues:          RQ_KEY_PREFIX={rq_prefix_for(config.key_prefix)} rq info -u {redis_url}")
         print("Ctrl-C stops everything.")
-        uvicorn.Server(edge_server_config(config, args.host, args.port)).run()
+        serve(edge_server_config(config, args.host, args.port))
     finally:
         server.stop()
     return 0

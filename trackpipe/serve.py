@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import tempfile
 from pathlib import Path
 
@@ -24,6 +25,36 @@ UVICORN_SETTINGS = {
 }
 
 
+class _Stopped(Exception):
+    pass
+
+
+def serve(config: uvicorn.Config) -> None:
+    """Run uvicorn until SIGINT, SIGTERM or SIGHUP, then return normally so callers can clean up.
+
+    uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal against the handlers
+    that were in place before it started: ours turn that into a normal return instead of a
+    KeyboardInterrupt traceback or an abrupt death that would skip `finally` blocks.
+    """
+    server = uvicorn.Server(config)
+
+    def stopped(signum: int, frame: object) -> None:
+        raise _Stopped()
+
+    def hangup(signum: int, frame: object) -> None:
+        server.should_exit = True
+
+    handled = {signal.SIGINT: stopped, signal.SIGTERM: stopped, signal.SIGHUP: hangup}
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handled.items()}
+    try:
+        server.run()
+    except (_Stopped, KeyboardInterrupt):
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def edge_server_config(config: Config, host: str, port: int, log_level: str = "info") -> uvicorn.Config:
     bind_rq_prefix(config.key_prefix)
     from ingest.app import create_app
@@ -35,7 +66,7 @@ def run_edge(config_arg: str | None, *, host: str, port: int, workers: int) -> i
     config = load_from(config_arg)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if workers == 1:
-        uvicorn.Server(edge_server_config(config, host, port)).run()
+        serve(edge_server_config(config, host, port))
         return 0
     # Several processes: each loads the config itself; metrics are summed across them.
     bind_rq_prefix(config.key_prefix)

@@ -1,0 +1,358 @@
+"""`trackpipe dev` end to end, as a user runs it: a real process in a fresh working directory.
+
+Each run is the real console script in its own session (so Ctrl-C can be sent to the whole
+process group, as a terminal does), with stdout read line by line while it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import redis
+
+from tests.support import free_port, wait_for_http
+from trackpipe.jobs import ingest_queue
+from trackpipe.keys import KeyLayout
+from trackpipe.messages import decode_batch
+
+TRACKPIPE = Path(sys.executable).parent / "trackpipe"
+READY_LINE = "Ctrl-C stops everything."
+# Variables that would change what `trackpipe dev` does; a user trying it out has none of them.
+SCRUBBED_ENV = ("TRACKPIPE_CONFIG", "TRACKPIPE_REDIS_URL", "RQ_KEY_PREFIX", "PROMETHEUS_MULTIPROC_DIR")
+
+
+def dev_env(*, unbuffered: bool = True) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+    env.pop("PYTHONUNBUFFERED", None)
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def pid_alive(pid: int) -> bool:
+    """True while `pid` is a live (not zombie) process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def accepts_connections(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        try:
+            sock.connect(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what} (waited {timeout}s)")
+
+
+class DevRun:
+    """One `trackpipe dev` process; stdout collected line by line by a reader thread."""
+
+    def __init__(self, cwd: Path, port: int, *extra: str, unbuffered: bool = True) -> None:
+        self.port = port
+        self.stderr_path = cwd.parent / f"dev-stderr-{port}.txt"
+        self._stderr = self.stderr_path.open("wb")
+        self.proc = subprocess.Popen(
+            [str(TRACKPIPE), "dev", "--port", str(port), *extra],
+            cwd=cwd,
+            env=dev_env(unbuffered=unbuffered),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.valkey_pid: int | None = None
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def stdout(self) -> str:
+        return "\n".join(self.lines)
+
+    def stderr(self) -> str:
+        self._stderr.flush()
+        return self.stderr_path.read_text(errors="replace")
+
+    def wait_for_line(self, text: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.lines):
+                return
+            if self.proc.poll() is not None:
+                self._reader.join(timeout=2)
+                if any(text in line for line in self.lines):
+                    return
+                raise AssertionError(
+                    f"trackpipe dev exited with {self.proc.returncode} before printing {text!r}\n"
+                    f"stdout:\n{self.stdout}\nstderr:\n{self.stderr()}"
+                )
+            time.sleep(0.05)
+        raise AssertionError(f"no {text!r} within {timeout}s\nstdout:\n{self.stdout}\nstderr:\n{self.stderr()}")
+
+    def wait_ready(self) -> None:
+        self.wait_for_line(READY_LINE)
+        wait_for_http(f"http://127.0.0.1:{self.port}/healthz", timeout=20, proc=self.proc)
+
+    @property
+    def redis_url(self) -> str:
+        match = re.search(r"^embedded server: (redis://\S+)", self.stdout, re.MULTILINE)
+        assert match, f"no embedded server URL in:\n{self.stdout}"
+        return match.group(1)
+
+    @property
+    def redis_port(self) -> int:
+        port = urlsplit(self.redis_url).port
+        assert port is not None
+        return port
+
+    @property
+    def curl(self) -> str:
+        for previous, line in zip(self.lines, self.lines[1:], strict=False):
+            if previous.strip() == "try:" and line.strip().startswith("curl "):
+                return line.strip()
+        raise AssertionError(f"no ready curl line after 'try:' in:\n{self.stdout}")
+
+    def remember_valkey_pid(self) -> int:
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            self.valkey_pid = int(client.info("server")["process_id"])
+        finally:
+            client.close()
+        assert self.valkey_pid != self.proc.pid
+        return self.valkey_pid
+
+    def interrupt(self, *, whole_group: bool) -> int:
+        """Ctrl-C: SIGINT to the process group (as a terminal does) or to the dev process alone."""
+        if whole_group:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        else:
+            os.kill(self.proc.pid, signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"trackpipe dev did not exit after SIGINT\nstderr:\n{self.stderr()}") from None
+
+    def kill(self) -> None:
+        """Cleanup: nothing this run started may outlive the test."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        if self.valkey_pid is not None and pid_alive(self.valkey_pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.valkey_pid, signal.SIGKILL)
+        self._reader.join(timeout=5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._stderr.close()
+
+
+@contextlib.contextmanager
+def dev_run(cwd: Path, *extra: str, unbuffered: bool = True) -> Iterator[DevRun]:
+    run = DevRun(cwd, free_port(), *extra, unbuffered=unbuffered)
+    try:
+        yield run
+    finally:
+        run.kill()
+
+
+def run_curl(command: str) -> tuple[int, str]:
+    """Run the printed curl command exactly as a user would paste it, plus `-w` to report the status."""
+    done = subprocess.run(
+        command + " -w '\\n%{http_code}'", shell=True, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, f"curl failed ({done.returncode}): {done.stderr}"
+    body, _, status = done.stdout.rpartition("\n")
+    return int(status), body
+
+
+def curl_token(command: str) -> str:
+    url = next(arg for arg in shlex.split(command) if arg.startswith("http://"))
+    return parse_qs(urlsplit(url).query)["token"][0]
+
+
+def ingest_job_ids(redis_url: str) -> list[str]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return [i.decode() for i in client.lrange(KeyLayout().queue("ingest"), 0, -1)]
+    finally:
+        client.close()
+
+
+def assert_server_stopped(run: DevRun) -> None:
+    """The embedded valkey-server is gone: its process has exited and its port refuses connections."""
+    assert run.valkey_pid is not None
+    wait_until(lambda: not pid_alive(run.valkey_pid), 10, f"valkey-server {run.valkey_pid} still running")
+    wait_until(lambda: not accepts_connections(run.redis_port), 10, f"port {run.redis_port} still accepts")
+
+
+def exit_problems(run: DevRun, returncode: int) -> list[str]:
+    """What was wrong with how `trackpipe dev` ended on Ctrl-C (it should exit 0, quietly)."""
+    stderr = run.stderr()
+    problems = []
+    if returncode != 0:
+        problems.append(f"exit status {returncode} (expected 0)")
+    if "Traceback" in stderr:
+        problems.append("a traceback on stderr:\n" + stderr[stderr.index("Traceback") :])
+    return problems
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    path = tmp_path / "project"
+    path.mkdir()
+    return path
+
+
+def test_dev_end_to_end_curl_job_ctrl_c_and_restart(project: Path) -> None:
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    config_file = project / ".trackpipe" / "dev.toml"
+
+    # First run: writes the demo config and prints a curl line that works as printed.
+    with dev_run(project) as first:
+        first.wait_ready()
+        assert config_file.is_file()
+        assert f"wrote a demo config to {config_file.resolve()}" in first.stdout
+        config_text = config_file.read_text()
+        curl = first.curl
+        token = curl_token(curl)
+        assert token in config_text
+        assert f"http://127.0.0.1:{first.port}/events?" in curl
+        first.remember_valkey_pid()
+
+        status, body = run_curl(curl)
+        assert status == 200, body
+        assert json.loads(body) == {"status": "ok"}
+
+        # 200 means stored: an RQ job on the ingest queue of the embedded server, holding the event.
+        job_ids = ingest_job_ids(first.redis_url)
+        assert len(job_ids) == 1, job_ids
+        connection = redis.Redis.from_url(first.redis_url)
+        try:
+            job = ingest_queue(connection).fetch_job(job_ids[0])
+            assert job is not None
+            batch = decode_batch(job.args[0])
+        finally:
+            connection.close()
+        [record] = batch.records
+        assert (record.source_id, record.site_id) == ("demo-web", "1")
+        [event] = [json.loads(raw) for raw in record.events]
+        assert event["event_name"] == "purchase"
+        assert event["context"]["event_id"] == "c0ffee-1"
+
+        # SIGINT to the dev process alone: it must stop its own valkey-server, and exit 0.
+        problems = exit_problems(first, first.interrupt(whole_group=False))
+        assert_server_stopped(first)
+
+    # Second run in the same directory: same config and key, and the first job survived (AOF).
+    with dev_run(project) as second:
+        second.wait_ready()
+        assert "wrote a demo config" not in second.stdout
+        assert config_file.read_text() == config_text
+        assert curl_token(second.curl) == token
+        assert second.curl == curl.replace(f":{first.port}/", f":{second.port}/")
+        second.remember_valkey_pid()
+        assert job_ids[0] in ingest_job_ids(second.redis_url)
+
+        # A real Ctrl-C: SIGINT to the whole foreground process group.
+        problems += exit_problems(second, second.interrupt(whole_group=True))
+        assert_server_stopped(second)
+
+    # Checked last, so that the restart and persistence above are checked whatever this says.
+    assert not problems, "trackpipe dev on Ctrl-C: " + "\n".join(problems)
+
+
+def test_dev_prints_curl_line_while_running_with_stdout_a_pipe(project: Path) -> None:
+    """Under a process manager, `| tee`, or docker logs, stdout is not a terminal: the ready
+    curl line must still show up while the server runs, not only once it has stopped."""
+    with dev_run(project, unbuffered=False) as run:
+        wait_for_http(f"http://127.0.0.1:{run.port}/healthz", timeout=20, proc=run.proc)
+        # The lines are printed before the edge starts listening, so they are due by now.
+        run.wait_for_line(READY_LINE, timeout=5)
+        assert run.curl.startswith("curl ")
+
+
+def test_dev_stopped_with_sigterm_takes_its_server_down(project: Path) -> None:
+    """`kill <pid>` or a process manager sends SIGTERM to `trackpipe dev` alone: the embedded
+    valkey-server must not be left running, orphaned, holding its port and data directory."""
+    with dev_run(project) as run:
+        run.wait_ready()
+        run.remember_valkey_pid()
+        run.proc.send_signal(signal.SIGTERM)
+        run.proc.wait(timeout=20)
+        assert "Traceback" not in run.stderr(), run.stderr()
+        assert_server_stopped(run)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "no such config file"),
+        ('redis_url = "redis://127.0.0.1:6379/0"\n[edge]\nstatus_mod = "strict"\n', "edge.status_mod: unknown key"),
+        ('redis_url = "redis://127.0.0.1:6379/0\n', "not valid TOML"),
+    ],
+    ids=["missing", "misspelt-key", "invalid-toml"],
+)
+def test_dev_with_bad_config_exits_2_without_starting_a_server(
+    project: Path, content: str | None, expected: str
+) -> None:
+    bad = project.parent / "bad.toml"
+    if content is not None:
+        bad.write_text(content)
+    done = subprocess.run(
+        [str(TRACKPIPE), "dev", "--config", str(bad), "--port", str(free_port())],
+        cwd=project,
+        env=dev_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert str(bad) in done.stderr
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "embedded server" not in done.stdout
+    # Nothing started, nothing written: no data directory, no demo config.
+    assert not (project / ".trackpipe").exists()
