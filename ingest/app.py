@@ -43,6 +43,7 @@ BATCH_ROUTE = "/events/batch"
 OK_BODY = b'{"status":"ok"}'
 UNKNOWN_SITE_BUCKET = "_unknown_site"
 BACKLOG_POLL_SECONDS = 1.0
+WWW_AUTHENTICATE = [(b"www-authenticate", b'Bearer realm="trackpipe"')]
 REDIS_TIMEOUTS = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
 
 _json = msgspec.json.Encoder()
@@ -135,6 +136,7 @@ class Edge:
         self.store: IngestStore | None = None
         self.committer: GroupCommitter | None = None
         self._monitor: asyncio.Task[None] | None = None
+        self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -151,9 +153,12 @@ class Edge:
 
     async def stop(self) -> None:
         if self._monitor is not None:
-            self._monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor
+            self._stopping = True
+            # One cancel is not enough on 3.11: a cancel that lands as a Redis reply arrives can be
+            # swallowed inside redis-py's wait_for, and the poll loop would carry on.
+            while not self._monitor.done():
+                self._monitor.cancel()
+                await asyncio.wait({self._monitor}, timeout=0.1)
         if self.committer is not None:
             await self.committer.drain()
             self.committer.close()
@@ -166,7 +171,7 @@ class Edge:
         """Keep the backlog figure fresh even when no writes happen (e.g. while refusing)."""
         assert self.redis is not None and self.committer is not None
         queue_key = self.layout.queue("ingest")
-        while True:
+        while not self._stopping:
             try:
                 self.committer.backlog = int(await self.redis.llen(queue_key))
                 metrics.BACKLOG.set(self.committer.backlog)
@@ -223,7 +228,9 @@ class Edge:
             else:
                 events, rejected = [check_event(body)], []
         except RequestRejected as refused:
-            return refused.problem.status("strict" if self.strict else "compat"), error_body(refused.reason), ()
+            status = refused.problem.status("strict" if self.strict else "compat")
+            extra = WWW_AUTHENTICATE if status == 401 else ()
+            return status, error_body(refused.reason), extra
         except ClientDisconnected:
             return 0, b"", ()
         if source is None:

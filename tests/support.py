@@ -80,3 +80,59 @@ def running_edge(config_path: Path, *extra: str, env: dict[str, str] | None = No
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# -- reading what the edge stored (shared by the edge tests) ---------------------------------
+
+
+def stored_job_ids(conn, prefix: str = "trackpipe") -> list[str]:
+    """Ids of the RQ jobs waiting on the ingest queue, oldest first."""
+    from trackpipe.keys import KeyLayout
+
+    return [raw.decode() for raw in conn.lrange(KeyLayout(prefix).queue("ingest"), 0, -1)]
+
+
+def stored_records(conn, prefix: str = "trackpipe") -> list:
+    """Every IngestRecord held by the jobs on the ingest queue (each job must be a real ingest job)."""
+    from trackpipe.jobs import INGEST_FUNCTION, MsgpackSerializer, SafeJob
+    from trackpipe.messages import decode_batch
+
+    records = []
+    for job_id in stored_job_ids(conn, prefix):
+        job = SafeJob.fetch(job_id, connection=conn, serializer=MsgpackSerializer)
+        assert job.func_name == INGEST_FUNCTION, job.func_name
+        records.extend(decode_batch(job.args[0]).records)
+    return records
+
+
+def stored_events(conn, prefix: str = "trackpipe") -> list[tuple[str, str, bytes]]:
+    """(source_id, site_id, raw event) for every event on the ingest queue, in queue order."""
+    return [(r.source_id, r.site_id, event) for r in stored_records(conn, prefix) for event in r.events]
+
+
+def job_keys(conn, prefix: str = "trackpipe") -> list[bytes]:
+    return list(conn.scan_iter(f"{prefix}:rq:job:*"))
+
+
+def sized_event(size: int, marker: str = "m") -> bytes:
+    """A v2 JSON object of exactly `size` bytes."""
+    head = b'{"event_name":"page_view","context":{"event_id":"' + marker.encode() + b'"},"pad":"'
+    tail = b'"}'
+    pad = size - len(head) - len(tail)
+    if pad < 0:
+        raise ValueError(f"{size} bytes is too small for an event")
+    return head + b"a" * pad + tail
+
+
+def batch_body(events: list[bytes]) -> bytes:
+    return b'{"batch":[' + b",".join(events) + b"]}"
+
+
+def sized_batch(size: int, count: int = 16, marker: str = "b") -> tuple[bytes, list[bytes]]:
+    """A batch body of exactly `size` bytes made of `count` events (each must stay within 32 KB)."""
+    overhead = len(batch_body([b""] * count))
+    each, extra = divmod(size - overhead, count)
+    events = [sized_event(each + (extra if i == count - 1 else 0), f"{marker}{i}") for i in range(count)]
+    body = batch_body(events)
+    assert len(body) == size
+    return body, events
