@@ -1,0 +1,1 @@
+"""RQ jobs: normalize, deduplicate, route, deliver, retry and dead-letter events."""
