@@ -92,7 +92,8 @@ def run_dev(args: argparse.Namespace) -> int:
         curl = demo_curl(config, args.host, args.port)
         if curl:
             print(f"try:\n  {curl}")
-        print(f"queues:          RQ_KEY_PREFIX={rq_prefix_for(config.key_prefix)} rq info -u {redis_url}")
+        rq_tool = Path(sys.executable).parent / "rq"
+        print(f"queues:          RQ_KEY_PREFIX={rq_prefix_for(config.key_prefix)} {rq_tool} info -u {redis_url}")
         print("Ctrl-C stops everything.")
         serve(edge_server_config(config, args.host, args.port))
     finally:
