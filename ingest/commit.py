@@ -2,8 +2,9 @@
 
 Each request hands its events to `GroupCommitter.submit` and waits for the write that holds
 them. Writes run one at a time on a single dedicated thread (one hop per write, never one per
-request), so the event loop never blocks on Redis. Under load a write may wait up to `linger`
-for more events, which makes ingest jobs large enough to amortize RQ's fixed cost per job.
+request), so the event loop never blocks on Redis. A write may wait up to `linger` for requests
+whose bodies are being read right now (announced), so they share it instead of starting the next
+one; it never waits for requests that have not arrived, so an idle or closed-loop edge pays nothing.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ log = logging.getLogger("trackpipe.edge")
 # Write(batch or None, samples) -> ingest queue length after the write.
 WriteFn = Callable[[IngestBatch | None, list[UnauthorizedSample]], int]
 
-# A write at least this large means we are under load: let the next one linger.
-BUSY_WRITE_EVENTS = 16
 SWITCH_INTERVAL = 0.0005
 
 
@@ -73,8 +72,8 @@ class GroupCommitter:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trackpipe-store")
         self._queue: deque[_Pending] = deque()
         self._flusher: asyncio.Task[None] | None = None
-        self._full = asyncio.Event()
-        self._busy = False
+        self._settled = asyncio.Event()  # nothing announced is still arriving, or the write is full
+        self.arriving = 0
         self.backlog = 0  # ingest queue length seen by the latest write
         self.stats = CommitStats()
 
@@ -90,9 +89,19 @@ class GroupCommitter:
         pending.records.append(record)
         pending.events += len(record.events)
         if pending.events >= self._max_events or len(self._queue) > 1:
-            self._full.set()  # a full write need not linger
+            self._settled.set()  # a full write need not linger
         self._ensure_flusher()
         await asyncio.shield(pending.done)
+
+    def announce(self) -> None:
+        """A request with events is being read: the next write may wait for it (up to linger)."""
+        self.arriving += 1
+
+    def withdraw(self) -> None:
+        """The announced request is read (call right before `submit`, with no await between)."""
+        self.arriving -= 1
+        if self.arriving <= 0:
+            self._settled.set()
 
     def add_sample(self, sample: UnauthorizedSample) -> None:
         """Best effort: rides along with the next write; nobody waits for it."""
@@ -107,26 +116,23 @@ class GroupCommitter:
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while self._queue:
-            if self._busy and self._linger > 0 and len(self._queue) == 1:
-                self._full.clear()
+            if self._linger > 0 and self.arriving > 0 and len(self._queue) == 1:
+                self._settled.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self._linger)
+                    await asyncio.wait_for(self._settled.wait(), self._linger)
             pending = self._queue.popleft()
-            self._full.clear()
             batch = IngestBatch(pending.records) if pending.records else None
             started = time.perf_counter()
             try:
                 self.backlog = await loop.run_in_executor(self._executor, self._write, batch, pending.samples)
             except Exception as exc:
                 self.stats.failures += 1
-                self._busy = False
                 log.warning("ingest write failed: %s: %s", type(exc).__name__, exc)
                 if not pending.done.done():
                     pending.done.set_exception(StorageUnavailable(str(exc)))
                 continue
             self.stats.writes += 1
             self.stats.events += pending.events
-            self._busy = pending.events >= BUSY_WRITE_EVENTS
             if not pending.done.done():
                 pending.done.set_result(None)
             if self._on_write is not None:

@@ -419,3 +419,43 @@ def test_cancelled_submit_still_gets_written() -> None:
         assert impatient.cancelled()
 
     run(test, store, linger_seconds=0)
+
+
+def test_a_write_waits_for_an_announced_request() -> None:
+    """A request whose body is being read joins the write about to start instead of the next one."""
+    store = FakeStore()
+
+    async def test(store: FakeStore, committer: GroupCommitter) -> None:
+        committer.announce()  # request B: body still arriving
+        first = asyncio.ensure_future(committer.submit(record(1)))  # request A: ready
+        await settle()
+        assert store.calls == []  # the write lingers for B (linger is long here)
+        committer.withdraw()
+        second = asyncio.ensure_future(committer.submit(record(2)))
+        await asyncio.gather(first, second)
+        assert store.sizes() == [2]
+
+    run(test, store, linger_seconds=30)
+
+
+def test_a_write_never_waits_when_nothing_is_announced() -> None:
+    store = FakeStore()
+
+    async def test(store: FakeStore, committer: GroupCommitter) -> None:
+        # With a 30 s linger, a write that waited for requests that never come would time out the test.
+        await asyncio.wait_for(committer.submit(record(1)), WAIT)
+        assert store.sizes() == [1]
+
+    run(test, store, linger_seconds=30)
+
+
+def test_linger_is_bounded_when_an_announced_request_stalls() -> None:
+    store = FakeStore()
+
+    async def test(store: FakeStore, committer: GroupCommitter) -> None:
+        committer.announce()  # a slow client that never finishes its body
+        await asyncio.wait_for(committer.submit(record(1)), WAIT)
+        assert store.sizes() == [1]
+        committer.withdraw()
+
+    run(test, store, linger_seconds=0.01)
