@@ -142,7 +142,9 @@ class Edge:
 
     async def start(self) -> None:
         self.redis = self._async_redis()
-        self.store = IngestStore(self._sync_redis(), self.layout, self.config.edge.unauthorized_ring_size)
+        self.store = IngestStore(
+            self._sync_redis(), self.layout, self.config.edge.unauthorized_ring_size, self.config.worker
+        )
         self.committer = GroupCommitter(
             self.store.write,
             max_events=self.config.edge.commit_max_events,

@@ -8,7 +8,8 @@ from __future__ import annotations
 from redis import Redis
 
 from ingest.unauthorized import UnauthorizedSample, encode_sample
-from trackpipe.jobs import INGEST_FUNCTION, INGEST_JOB_OPTIONS, ingest_queue
+from trackpipe.config import WorkerConfig
+from trackpipe.jobs import INGEST_FUNCTION, ingest_job_options, ingest_queue
 from trackpipe.keys import KeyLayout
 from trackpipe.messages import IngestBatch, encode_batch
 
@@ -17,8 +18,11 @@ INGEST_DESCRIPTION = "ingest batch"
 
 
 class IngestStore:
-    def __init__(self, connection: Redis, layout: KeyLayout, ring_size: int) -> None:
+    def __init__(
+        self, connection: Redis, layout: KeyLayout, ring_size: int, worker: WorkerConfig | None = None
+    ) -> None:
         self._redis = connection
+        self._job_options = ingest_job_options(worker or WorkerConfig())
         self._layout = layout
         self._queue = ingest_queue(connection)
         self._ring_size = ring_size
@@ -35,7 +39,7 @@ class IngestStore:
                 args=(encode_batch(batch),),
                 pipeline=pipe,
                 description=INGEST_DESCRIPTION,
-                **INGEST_JOB_OPTIONS,
+                **self._job_options,
             )
         self._add_samples(pipe, samples)
         pipe.llen(self._queue.key)

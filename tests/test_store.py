@@ -15,9 +15,9 @@ from rq.exceptions import DeserializationError
 
 from ingest.store import IngestStore
 from ingest.unauthorized import SAMPLE_BODY_BYTES, AuthFailure, UnauthorizedSample
+from trackpipe.config import WorkerConfig
 from trackpipe.jobs import (
     INGEST_FUNCTION,
-    INGEST_JOB_OPTIONS,
     JOB_FUNCTIONS,
     ForbiddenJobFunction,
     MsgpackSerializer,
@@ -114,12 +114,13 @@ def test_no_job_without_a_batch(store: IngestStore, conn: fakeredis.FakeRedis) -
 
 
 def test_ingest_job_options_applied(store: IngestStore, conn: fakeredis.FakeRedis) -> None:
-    assert INGEST_JOB_OPTIONS["result_ttl"] == 0
     store.write(IngestBatch([record(1)]), [])
     job = ingest_queue(conn).fetch_job(job_ids(conn)[0])
     assert job.result_ttl == 0
-    assert job.failure_ttl == INGEST_JOB_OPTIONS["failure_ttl"] == 7 * 86_400
-    assert job.timeout == INGEST_JOB_OPTIONS["timeout"]
+    assert job.failure_ttl == 7 * 86_400
+    assert job.timeout == WorkerConfig().ingest_timeout_seconds
+    # Retries let RQ re-run a job whose worker died (an abandoned job without retries just fails).
+    assert job.retries_left == WorkerConfig().ingest_retries > 0
     stored = conn.hgetall(job.key)
     assert stored[b"result_ttl"] == b"0"
     assert stored[b"status"] == b"queued"

@@ -48,6 +48,27 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--port", type=_port, default=8080, help="port (default: %(default)s)")
     edge.add_argument("--workers", type=_positive, default=1, help="edge processes (default: %(default)s)")
 
+    worker = commands.add_parser("worker", help="run an RQ worker (ingest and delivery jobs)")
+    worker.add_argument("--config", help="config file (default: TRACKPIPE_CONFIG)")
+    worker.add_argument("--queues", help="comma-separated queues: ingest, deliver:<destination id> (default: all)")
+    worker.add_argument("--burst", action="store_true", help="exit once the queues are empty")
+    worker.add_argument("--name", help="worker name (default: RQ's)")
+    worker.add_argument("--no-scheduler", action="store_true", help="do not run the retry scheduler")
+    worker.add_argument("--verbose", action="store_true", help="log every job")
+
+    bench = commands.add_parser("bench", help="measure the hot paths against their baselines")
+    bench.add_argument("what", nargs="?", default="all", choices=["worker", "dedup", "all"])
+    bench.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    bench.add_argument("--events", type=_positive, default=100_000, help="worker: events (default: %(default)s)")
+    bench.add_argument(
+        "--job-events",
+        type=_positive,
+        default=2_000,
+        help="worker: events per ingest job (default: %(default)s, the edge's commit_max_events)",
+    )
+    bench.add_argument("--baseline-events", type=_positive, default=2_000, help="worker: one-job-per-event events")
+    bench.add_argument("--ids", type=_positive, default=1_000_000, help="dedup: ids remembered")
+
     keys = commands.add_parser("keys", help="source keys")
     keys_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     keys_commands.add_parser("new", help="print a new source key and its hashed form for the config")
@@ -68,6 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from trackpipe.serve import run_edge
 
             return run_edge(args.config, host=args.host, port=args.port, workers=args.workers)
+        if args.command == "bench":
+            from trackpipe.benchcli import run_bench
+
+            return run_bench(args)
+        if args.command == "worker":
+            from trackpipe.serve import run_worker
+
+            return run_worker(args)
         if args.command == "dev":
             from trackpipe.dev import run_dev
 

@@ -43,7 +43,7 @@ class EdgeConfig(Strict):
     max_backlog: PositiveInt = 20_000
     # Group commit: one ingest job holds at most this many events ...
     commit_max_events: PositiveInt = 2_000
-    # ... and, under load, a write waits up to this long for more events to join it.
+    # ... and waits at most this long for requests whose bodies are still being read.
     commit_linger_ms: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 2.0
     retry_after_seconds: PositiveInt = 1
     # How many events from missing/unknown keys are kept for the inspector, per site.
@@ -52,6 +52,29 @@ class EdgeConfig(Strict):
 
 class DedupConfig(Strict):
     window_seconds: PositiveInt = 86_400
+    # Remembered ids are spread over this many small hashes per window; keep ids-per-window divided
+    # by buckets under ~400 so each stays a compact listpack (see docs/ARCHITECTURE.md).
+    buckets: Annotated[int, msgspec.Meta(ge=1, le=1_048_576)] = 16_384
+
+
+class WorkerConfig(Strict):
+    # An ingest job running longer than this is stopped (and retried).
+    ingest_timeout_seconds: PositiveInt = 60
+    delivery_timeout_seconds: PositiveInt = 120
+    # A job whose worker died is re-run once its timeout plus this grace has passed.
+    abandoned_grace_seconds: PositiveInt = 10
+    # How often a worker looks for abandoned jobs and due retries.
+    maintenance_interval_seconds: PositiveInt = 10
+    # Times an ingest job is retried after an error or a dead worker.
+    ingest_retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = 10
+
+
+class InspectorConfig(Strict):
+    # Recent processed events kept per source for the live inspector.
+    events_per_source: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 1_000
+    # At most this many ordinary events per source and ingest job are kept (rejected events and
+    # events with a test_code always are): the inspector samples at high volume.
+    sample_per_job: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 20
 
 
 class RetryConfig(Strict):
@@ -102,6 +125,8 @@ class Config(Strict):
     edge: EdgeConfig = msgspec.field(default_factory=EdgeConfig)
     dedup: DedupConfig = msgspec.field(default_factory=DedupConfig)
     dlq: DlqConfig = msgspec.field(default_factory=DlqConfig)
+    worker: WorkerConfig = msgspec.field(default_factory=WorkerConfig)
+    inspector: InspectorConfig = msgspec.field(default_factory=InspectorConfig)
     sources: list[SourceConfig] = msgspec.field(default_factory=list)
     destinations: list[Destination] = msgspec.field(default_factory=list)
 

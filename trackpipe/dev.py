@@ -6,13 +6,15 @@ import argparse
 import logging
 import os
 import shlex
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import msgspec
 
 from trackpipe.auth import new_key
-from trackpipe.config import Config, config_path, load
+from trackpipe.config import REDIS_URL_ENV, Config, config_path, load
 from trackpipe.embedded import start_server
 from trackpipe.keys import rq_prefix_for
 from trackpipe.serve import edge_server_config, serve
@@ -70,6 +72,26 @@ def demo_curl(config: Config, host: str, port: int) -> str | None:
     return f"curl -sS -X POST {shlex.quote(url)} -H 'Content-Type: application/json' -d {shlex.quote(body)}"
 
 
+WORKER_STOP_SECONDS = 15
+
+
+def start_worker(config_file: Path, redis_url: str) -> subprocess.Popen:
+    """One worker for every queue, as its own process (RQ needs the main thread for its signals)."""
+    command = [sys.executable, "-m", "trackpipe.cli", "worker", "--config", str(config_file)]
+    return subprocess.Popen(command, env={**os.environ, REDIS_URL_ENV: redis_url})
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM (RQ finishes the job in hand), then SIGKILL if it does not stop in time."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=WORKER_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def run_dev(args: argparse.Namespace) -> int:
     # The printed curl line must show up at once under `| tee` or a process manager too.
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
@@ -86,7 +108,7 @@ def run_dev(args: argparse.Namespace) -> int:
     try:
         redis_url = f"redis://127.0.0.1:{server.port}/0"
         config = msgspec.structs.replace(config, redis_url=redis_url)
-        os.environ["TRACKPIPE_REDIS_URL"] = redis_url
+        os.environ[REDIS_URL_ENV] = redis_url
         print(f"embedded server: {redis_url} (data in {data_dir / 'valkey'})")
         print(f"edge:            http://{args.host}:{args.port}  (config {path})")
         curl = demo_curl(config, args.host, args.port)
@@ -94,8 +116,13 @@ def run_dev(args: argparse.Namespace) -> int:
             print(f"try:\n  {curl}")
         rq_tool = Path(sys.executable).parent / "rq"
         print(f"queues:          RQ_KEY_PREFIX={rq_prefix_for(config.key_prefix)} {rq_tool} info -u {redis_url}")
+        worker = start_worker(path, redis_url)
+        print(f"worker:          pid {worker.pid}, all queues, with the retry scheduler")
         print("Ctrl-C stops everything.")
-        serve(edge_server_config(config, args.host, args.port))
+        try:
+            serve(edge_server_config(config, args.host, args.port))
+        finally:
+            stop_process(worker)
     finally:
         server.stop()
     return 0

@@ -9,22 +9,37 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from trackpipe.keys import DEFAULT_PREFIX, INGEST_QUEUE, RQ_PREFIX_ENV, rq_prefix_for
+from trackpipe.config import WorkerConfig
+from trackpipe.keys import DEFAULT_PREFIX, INGEST_QUEUE, RQ_PREFIX_ENV, deliver_queue, rq_prefix_for
 
 # RQ reads its key prefix at import time; default it before the first import.
 os.environ.setdefault(RQ_PREFIX_ENV, rq_prefix_for(DEFAULT_PREFIX))
 
 import msgspec
 from redis import Redis
-from rq import Queue
+from rq import Queue, Retry
 from rq.job import Job
 
 INGEST_FUNCTION = "workers.ingest.run_ingest_job"
-JOB_FUNCTIONS = frozenset({INGEST_FUNCTION})
+DELIVER_FUNCTION = "workers.deliver.run_delivery_job"
+JOB_FUNCTIONS = frozenset({INGEST_FUNCTION, DELIVER_FUNCTION})
 
-# Ingest jobs keep no result and only a short failure record: at volume the defaults
-# (500 s results, a year of failures) would hold millions of keys.
-INGEST_JOB_OPTIONS: dict[str, Any] = {"result_ttl": 0, "failure_ttl": 7 * 86_400, "timeout": 300}
+# Pauses between retries of a failed or abandoned job (the last one repeats).
+RETRY_INTERVALS = [1, 5, 15, 60, 300]
+FAILURE_TTL = 7 * 86_400
+
+
+def ingest_job_options(worker: WorkerConfig) -> dict[str, Any]:
+    """Ingest jobs keep no result and only a week of failure record: at volume RQ's defaults (500 s
+    of results, a year of failures) would hold millions of keys. Retries cover both errors and a
+    worker that died mid-job (RQ re-runs an abandoned job only if it has retries left)."""
+    retry = Retry(max=worker.ingest_retries, interval=RETRY_INTERVALS) if worker.ingest_retries else None
+    return {
+        "result_ttl": 0,
+        "failure_ttl": FAILURE_TTL,
+        "timeout": worker.ingest_timeout_seconds,
+        "retry": retry,
+    }
 
 
 class MsgpackSerializer:
@@ -56,9 +71,19 @@ class SafeJob(Job):
         return super().func
 
 
+def delivery_job_options(worker: WorkerConfig) -> dict[str, Any]:
+    """Delivery jobs: same bookkeeping as ingest jobs; retries cover a worker that died mid-delivery
+    (failed deliveries themselves are retried per event, on the destination's retry queue)."""
+    return {**ingest_job_options(worker), "timeout": worker.delivery_timeout_seconds}
+
+
 def make_queue(name: str, connection: Redis) -> Queue:
     return Queue(name, connection=connection, serializer=MsgpackSerializer, job_class=SafeJob)
 
 
 def ingest_queue(connection: Redis) -> Queue:
     return make_queue(INGEST_QUEUE, connection)
+
+
+def delivery_queue(destination_id: str, connection: Redis) -> Queue:
+    return make_queue(deliver_queue(destination_id), connection)

@@ -6,6 +6,13 @@ Layout (``P`` is ``key_prefix`` from the config, default ``trackpipe``):
     P:rq:queue:ingest                the ingest queue (RQ list of job ids)
     P:unauth:ring:<site_id>          last N requests with a missing/unknown key (capped list)
     P:unauth:count                   hash "<site_id>|<reason>" -> requests refused
+    P:rq:queue:deliver:<dest>        one delivery queue per destination
+    P:dd:<slot>:<bucket>             dedup: hash of 8-byte id digests seen in window slot <slot>
+    P:ingest:decided:<job_id>        the dedup verdicts of an ingest job (survives a crash)
+    P:ingest:done:<job_id>           set once an ingest job's fan-out is committed
+    P:inspect:<source>               recent processed events of a source (capped list)
+    P:stats:source:<source>          hash status -> events
+    P:stats:dest:<dest>:<minute>     hash outcome -> events, per minute (expires)
 """
 
 from __future__ import annotations
@@ -18,6 +25,11 @@ import msgspec
 DEFAULT_PREFIX = "trackpipe"
 RQ_PREFIX_ENV = "RQ_KEY_PREFIX"
 INGEST_QUEUE = "ingest"
+DELIVER_QUEUE_PREFIX = "deliver:"
+
+
+def deliver_queue(destination_id: str) -> str:
+    return f"{DELIVER_QUEUE_PREFIX}{destination_id}"
 
 
 def rq_prefix_for(prefix: str) -> str:
@@ -41,6 +53,33 @@ class KeyLayout(msgspec.Struct, frozen=True):
     @property
     def unauthorized_count(self) -> str:
         return f"{self.prefix}:unauth:count"
+
+    def dedup_bucket(self, slot: int, bucket: int) -> str:
+        return f"{self.dedup_bucket_prefix}{slot}:{bucket}"
+
+    @property
+    def dedup_bucket_prefix(self) -> str:
+        """The dedup script builds `<this><slot>:<bucket>` itself (see workers.dedup)."""
+        return f"{self.prefix}:dd:"
+
+    @property
+    def dedup_pattern(self) -> str:
+        return f"{self.prefix}:dd:*"
+
+    def ingest_decided(self, job_id: str) -> str:
+        return f"{self.prefix}:ingest:decided:{job_id}"
+
+    def ingest_done(self, job_id: str) -> str:
+        return f"{self.prefix}:ingest:done:{job_id}"
+
+    def inspector(self, source_id: str) -> str:
+        return f"{self.prefix}:inspect:{source_id}"
+
+    def source_stats(self, source_id: str) -> str:
+        return f"{self.prefix}:stats:source:{source_id}"
+
+    def destination_stats(self, destination_id: str, minute: int) -> str:
+        return f"{self.prefix}:stats:dest:{destination_id}:{minute}"
 
 
 class PrefixMismatch(RuntimeError):

@@ -24,6 +24,26 @@ class IngestBatch(msgspec.Struct, array_like=True, frozen=True):
         return sum(len(r.events) for r in self.records)
 
 
+class DeliveryEvent(msgspec.Struct, array_like=True):
+    """One normalized event on its way to one destination."""
+
+    event_id: str
+    event_name: str
+    body: bytes  # the normalized v2 event as JSON, ready to send or to write
+    attempts: int = 0
+    first_failure_at: int | None = None  # ms
+    last_error: str | None = None
+
+
+class DeliveryBatch(msgspec.Struct, array_like=True):
+    """The input of one delivery job, on the destination's own queue."""
+
+    destination_id: str
+    events: list[DeliveryEvent]
+    created_at: int  # ms
+    origin: str  # the ingest job (or replay) that made it
+
+
 _encoder = msgspec.msgpack.Encoder()
 _batch_decoder = msgspec.msgpack.Decoder(IngestBatch)
 
@@ -34,3 +54,14 @@ def encode_batch(batch: IngestBatch) -> bytes:
 
 def decode_batch(data: bytes) -> IngestBatch:
     return _batch_decoder.decode(data)
+
+
+_delivery_decoder = msgspec.msgpack.Decoder(DeliveryBatch)
+
+
+def encode_delivery(batch: DeliveryBatch) -> bytes:
+    return _encoder.encode(batch)
+
+
+def decode_delivery(data: bytes) -> DeliveryBatch:
+    return _delivery_decoder.decode(data)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -12,6 +14,10 @@ import uvicorn
 
 from trackpipe.config import CONFIG_ENV, Config, config_path, load_from
 from trackpipe.keys import bind_rq_prefix
+
+log = logging.getLogger("trackpipe")
+# A worker blocks on BLPOP between jobs: no read timeout, but a bounded connect.
+REDIS_WORKER_TIMEOUTS = {"socket_connect_timeout": 5.0, "health_check_interval": 30}
 
 # uvicorn settings of the edge (see README, "Operating the edge").
 UVICORN_SETTINGS = {
@@ -60,6 +66,31 @@ def edge_server_config(config: Config, host: str, port: int, log_level: str = "i
     from ingest.app import create_app
 
     return uvicorn.Config(create_app(config), host=host, port=port, log_level=log_level, **UVICORN_SETTINGS)
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """`trackpipe worker`: one RQ worker process over the chosen queues, with the scheduler."""
+    config = load_from(args.config)
+    bind_rq_prefix(config.key_prefix)
+    from redis import Redis
+
+    from workers.runner import QueueNameError, build_worker, parse_queues
+
+    try:
+        queues = parse_queues(args.queues, config)
+    except QueueNameError as exc:
+        print(f"trackpipe worker: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    connection = Redis.from_url(config.redis_url, **REDIS_WORKER_TIMEOUTS)
+    worker = build_worker(config, connection, queues, name=args.name)
+    log.info("worker %s on queues %s", worker.name, ", ".join(queues))
+    worker.work(
+        burst=args.burst,
+        with_scheduler=not args.no_scheduler,
+        logging_level="INFO" if args.verbose else "WARNING",
+    )
+    return 0
 
 
 def run_edge(config_arg: str | None, *, host: str, port: int, workers: int) -> int:

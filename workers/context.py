@@ -1,0 +1,55 @@
+"""What jobs need from the worker process: the config, the key layout, the dedup script, metrics."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Counter
+from redis import Redis
+
+from trackpipe.config import Config, SourceConfig
+from trackpipe.keys import KeyLayout
+from workers.dedup import Deduplicator
+
+if TYPE_CHECKING:
+    from workers.ingest import FanOut
+
+EVENTS_PROCESSED = Counter(
+    "trackpipe_events_processed_total", "Events processed by ingest jobs, by source and status", ["source", "status"]
+)
+EVENTS_QUEUED = Counter("trackpipe_events_queued_total", "Events queued for delivery, by destination", ["destination"])
+DEDUP_HITS = Counter("trackpipe_dedup_hits_total", "Events found to be duplicates", ["source"])
+
+
+class WorkerContext:
+    def __init__(self, config: Config, connection: Redis) -> None:
+        self.config = config
+        self.layout = KeyLayout(config.key_prefix)
+        self.sources: dict[str, SourceConfig] = {s.id: s for s in config.sources}
+        self.dedup = Deduplicator(connection, self.layout, config.dedup.window_seconds, config.dedup.buckets)
+
+    def observe_ingest(self, events: list[Any], fan_out: FanOut) -> None:
+        counts: dict[tuple[str, str], int] = {}
+        for item in events:
+            key = (item.source_id, item.status.value)
+            counts[key] = counts.get(key, 0) + 1
+        for (source, status), n in counts.items():
+            EVENTS_PROCESSED.labels(source, status).inc(n)
+            if status == "DUPLICATE":
+                DEDUP_HITS.labels(source).inc(n)
+        for destination, queued in fan_out.deliveries.items():
+            EVENTS_QUEUED.labels(destination).inc(len(queued))
+
+
+_current: WorkerContext | None = None
+
+
+def install(context: WorkerContext) -> None:
+    global _current
+    _current = context
+
+
+def current_context() -> WorkerContext:
+    if _current is None:
+        raise RuntimeError("no worker context: start jobs with `trackpipe worker`")
+    return _current

@@ -1,0 +1,116 @@
+"""Deduplication by (source_id, context.event_id), exact within the window, one round trip per job.
+
+Memory: each remembered id is an 8-byte digest field in one of `dedup.buckets` small hashes per
+window slot (`P:dd:<slot>:<bucket>`), which Valkey keeps as compact listpacks. Slots are
+`window_seconds` long; an id is looked up in its slot and the previous one, and inserted in its own,
+so every id seen less than one window ago is found. A slot's hashes expire two windows after creation.
+
+Crash safety: the verdicts of a job are stored in the job's own RQ hash by the same Lua script that
+marks the ids, so a re-run of a killed job reads its verdicts back instead of seeing its own marks
+(no event is ever the duplicate of itself), and a job whose fan-out was committed is not run again.
+Both fields vanish with the job hash when RQ deletes the finished job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+from redis import Redis
+
+from trackpipe.keys import KeyLayout
+
+DIGEST_FIELD_BYTES = 8
+VERDICT_FIELD = "trackpipe_dedup"
+DONE_FIELD = "trackpipe_done"
+# Verdicts outlive any re-run of the job (RQ deletes the whole hash when the job finishes).
+VERDICT_TTL_SECONDS = 8 * 86_400
+
+
+class DedupKey(msgspec.Struct, frozen=True):
+    field: bytes
+    bucket: int
+
+
+def dedup_key(source_id: str, event_id: str, buckets: int) -> DedupKey:
+    digest = hashlib.blake2b(f"{source_id}\0{event_id}".encode(), digest_size=12).digest()
+    return DedupKey(digest[:DIGEST_FIELD_BYTES], int.from_bytes(digest[DIGEST_FIELD_BYTES:], "big") % buckets)
+
+
+def slot_of(received_at_ms: int, window_seconds: int) -> int:
+    return received_at_ms // (window_seconds * 1000)
+
+
+# KEYS[1]: the job hash. ARGV: verdict ttl, bucket ttl, done field, verdict field, bucket key
+# prefix ("P:dd:"), then one blob holding, per id, 16 bytes: the 8-byte field, the 4-byte slot and
+# the 4-byte bucket (big-endian). One blob instead of three arguments per id keeps the call cheap
+# to build and to parse. Bucket keys are built here: trackpipe, like RQ, does not run on Cluster.
+# Returns "done" when the job's fan-out was already committed, else "v" + one "1" (first seen)
+# or "0" (duplicate) per id.
+CLAIM_SCRIPT = """
+if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 1 then return 'done' end
+local verdict = redis.call('HGET', KEYS[1], ARGV[4])
+if verdict then return verdict end
+local blob = ARGV[6]
+local prefix = ARGV[5]
+local out = {}
+local touched = {}
+local function u32(p)
+  local a, b, c, d = string.byte(blob, p, p + 3)
+  return ((a * 256 + b) * 256 + c) * 256 + d
+end
+for i = 0, #blob / 16 - 1 do
+  local p = i * 16 + 1
+  local field = string.sub(blob, p, p + 7)
+  local slot = u32(p + 8)
+  local bucket = u32(p + 12)
+  local current = prefix .. slot .. ':' .. bucket
+  if redis.call('HEXISTS', prefix .. (slot - 1) .. ':' .. bucket, field) == 1 then
+    out[i + 1] = '0'
+  elseif redis.call('HSETNX', current, field, '') == 1 then
+    out[i + 1] = '1'
+    touched[current] = true
+  else
+    out[i + 1] = '0'
+  end
+end
+for key in pairs(touched) do redis.call('EXPIRE', key, ARGV[2], 'NX') end
+verdict = 'v' .. table.concat(out)
+redis.call('HSET', KEYS[1], ARGV[4], verdict)
+redis.call('EXPIRE', KEYS[1], ARGV[1], 'NX')
+return verdict
+"""
+
+
+class Deduplicator:
+    def __init__(self, connection: Redis, layout: KeyLayout, window_seconds: int, buckets: int) -> None:
+        self._layout = layout
+        self._window = window_seconds
+        self._buckets = buckets
+        self._script = connection.register_script(CLAIM_SCRIPT)
+
+    def key_for(self, source_id: str, event_id: str) -> DedupKey:
+        return dedup_key(source_id, event_id, self._buckets)
+
+    def claim(self, connection: Redis, job_key: str, items: list[tuple[DedupKey, int]]) -> list[bool] | None:
+        """First-seen flags for (key, received_at) items, or None if the job's fan-out is done."""
+        blob = b"".join(
+            key.field + slot_of(received_at, self._window).to_bytes(4, "big") + key.bucket.to_bytes(4, "big")
+            for key, received_at in items
+        )
+        args = [
+            VERDICT_TTL_SECONDS,
+            2 * self._window + 60,
+            DONE_FIELD,
+            VERDICT_FIELD,
+            self._layout.dedup_bucket_prefix,
+            blob,
+        ]
+        reply = self._script(keys=[job_key], args=args, client=connection)
+        text = reply.decode() if isinstance(reply, bytes) else str(reply)
+        if text == "done":
+            return None
+        flags = text[1:]
+        if len(flags) != len(items):
+            raise RuntimeError(f"{job_key}: stored dedup verdicts cover {len(flags)} events, the job has {len(items)}")
+        return [flag == "1" for flag in flags]

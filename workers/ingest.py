@@ -1,0 +1,238 @@
+"""The ingest job: one stored batch → normalized, checked, deduplicated events → delivery jobs.
+
+Steps, and what makes a re-run of a killed job end exactly as one clean run would:
+1. decode and normalize every event (pure; generated event ids derive from the job, so a re-run
+   generates the same ones);
+2. one Lua call claims the events' ids and stores the verdicts in the job's own hash, atomically
+   (a re-run reads the verdicts back instead of finding its own marks);
+3. one MULTI/EXEC enqueues a delivery job per destination with matching events, writes the
+   inspector records and counters, and marks the job done in its hash (a re-run after that stops
+   at step 2). A kill before EXEC leaves nothing behind; after it, nothing is left to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import defaultdict
+from typing import Any
+
+import msgspec
+from redis import Redis
+from rq import get_current_job
+
+from trackpipe.config import Config, SourceConfig
+from trackpipe.jobs import DELIVER_FUNCTION, delivery_job_options, delivery_queue
+from trackpipe.keys import KeyLayout
+from trackpipe.messages import DeliveryBatch, DeliveryEvent, decode_batch, encode_delivery
+from workers import faults
+from workers.context import WorkerContext, current_context
+from workers.dedup import DONE_FIELD, Deduplicator
+from workers.inspector import InspectorRecord, always_kept, encode_record, masked_payload, test_code_of
+from workers.normalize import normalize
+from workers.routing import accepts
+from workers.standard import check_standard_event
+from workers.status import EventStatus, quality_status
+
+# Infinity and NaN are not JSON; a number too large for a float becomes infinity, not a failure.
+_event_decoder = msgspec.json.Decoder(float_hook=float)
+_json = msgspec.json.Encoder()
+DEST_STATS_TTL_SECONDS = 2 * 86_400
+DEFAULT_SOURCE = SourceConfig(id="_unknown", site_id="_", keys=["-" * 8])
+
+
+class ProcessedEvent(msgspec.Struct):
+    source_id: str
+    received_at: int
+    status: EventStatus
+    event: dict[str, Any] | None
+    warnings: list[str]
+    errors: list[str]
+    raw: bytes
+    event_id: str | None = None
+    dedupable: bool = False
+
+
+class IngestOutcome(msgspec.Struct):
+    events: int
+    by_status: dict[str, int]
+    deliveries: dict[str, int]  # destination id -> events queued
+    already_done: bool = False
+
+
+def process_event(raw: bytes, source: SourceConfig, site_received_at: int, id_seed: str) -> ProcessedEvent:
+    """Decode, normalize and check one event (pure)."""
+    try:
+        decoded = _event_decoder.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        return ProcessedEvent(
+            source.id, site_received_at, EventStatus.INVALID_REJECTED, None, [], [f"not valid JSON: {exc}"], raw
+        )
+    result = normalize(decoded, received_at=site_received_at, source_id=source.id, id_seed=id_seed)
+    warnings = result.warnings
+    if not result.errors:
+        warnings = warnings + check_standard_event(result.event)
+    errors = list(result.errors)
+    status = quality_status(errors, warnings, source.on_invalid)
+    if status is EventStatus.INVALID_REJECTED and not errors:
+        errors.append("rejected: the source rejects invalid events (on_invalid = reject)")
+    event_id = result.event.get("context", {}).get("event_id") if result.event else None
+    return ProcessedEvent(
+        source.id,
+        site_received_at,
+        status,
+        result.event or None,
+        warnings,
+        errors,
+        raw,
+        event_id,
+        dedupable=status is not EventStatus.INVALID_REJECTED and not result.generated_id,
+    )
+
+
+def decode_and_normalize(payload: bytes, job_id: str, sources: dict[str, SourceConfig]) -> list[ProcessedEvent]:
+    batch = decode_batch(payload)
+    processed = []
+    for r, record in enumerate(batch.records):
+        source = sources.get(record.source_id) or msgspec.structs.replace(DEFAULT_SOURCE, id=record.source_id)
+        for e, raw in enumerate(record.events):
+            processed.append(process_event(raw, source, record.received_at, f"{job_id}:{r}:{e}"))
+    return processed
+
+
+class FanOut(msgspec.Struct):
+    deliveries: dict[str, list[DeliveryEvent]]
+    destinations_of: list[dict[str, str]]  # per event: destination id -> queued / filtered
+    filtered: dict[str, int]
+
+
+def plan_fan_out(events: list[ProcessedEvent], config: Config) -> FanOut:
+    """Which delivery job gets which events (pure)."""
+    deliveries: dict[str, list[DeliveryEvent]] = defaultdict(list)
+    filtered: dict[str, int] = defaultdict(int)
+    destinations_of: list[dict[str, str]] = []
+    for item in events:
+        routes: dict[str, str] = {}
+        if item.event is not None and item.status in (EventStatus.VALID, EventStatus.INVALID_ACCEPTED):
+            body: bytes | None = None
+            for destination in config.destinations:
+                if accepts(destination, item.source_id, item.event):
+                    body = body or _json.encode(item.event)
+                    deliveries[destination.id].append(
+                        DeliveryEvent(str(item.event_id), str(item.event.get("event_name")), body)
+                    )
+                    routes[destination.id] = "queued"
+                else:
+                    filtered[destination.id] += 1
+                    routes[destination.id] = EventStatus.FILTERED.value
+        destinations_of.append(routes)
+    return FanOut(dict(deliveries), destinations_of, dict(filtered))
+
+
+def delivery_job_id(ingest_job_id: str, destination_id: str) -> str:
+    # RQ job ids allow [A-Za-z0-9_-]; destination ids may also hold dots.
+    return f"{ingest_job_id}_{hashlib.sha1(destination_id.encode()).hexdigest()[:12]}"
+
+
+def _inspector_records(
+    events: list[ProcessedEvent], fan_out: FanOut, sample_per_job: int
+) -> dict[str, list[InspectorRecord]]:
+    kept: dict[str, list[InspectorRecord]] = defaultdict(list)
+    sampled: dict[str, int] = defaultdict(int)
+    for item, routes in zip(events, fan_out.destinations_of, strict=True):
+        test_code = test_code_of(item.event) if item.event else None
+        if not always_kept(item.status, test_code):
+            if sampled[item.source_id] >= sample_per_job:
+                continue
+            sampled[item.source_id] += 1
+        payload: Any = masked_payload(item.event) if item.event else item.raw[:2048].decode("utf-8", "replace")
+        name = item.event.get("event_name") if item.event else None
+        kept[item.source_id].append(
+            InspectorRecord(
+                item.received_at,
+                item.status.value,
+                item.event_id,
+                name if isinstance(name, str) else None,
+                item.warnings,
+                item.errors,
+                routes,
+                test_code,
+                payload,
+            )
+        )
+    return kept
+
+
+def commit_fan_out(
+    ctx: WorkerContext, connection: Redis, job_id: str, job_key: str, events: list[ProcessedEvent], now_ms: int
+) -> FanOut:
+    """Everything the job leaves behind, in one MULTI/EXEC ending with the job's done mark."""
+    layout: KeyLayout = ctx.layout
+    fan_out = plan_fan_out(events, ctx.config)
+    pipe = connection.pipeline(transaction=True)
+    for destination_id, delivery_events in fan_out.deliveries.items():
+        delivery_queue(destination_id, connection).enqueue_call(
+            DELIVER_FUNCTION,
+            args=(encode_delivery(DeliveryBatch(destination_id, delivery_events, now_ms, job_id)),),
+            job_id=delivery_job_id(job_id, destination_id),
+            description=f"deliver to {destination_id}",
+            pipeline=pipe,
+            **delivery_job_options(ctx.config.worker),
+        )
+    faults.point("ingest:mid_fanout")
+    inspector_size = ctx.config.inspector.events_per_source
+    if inspector_size:
+        for source_id, records in _inspector_records(events, fan_out, ctx.config.inspector.sample_per_job).items():
+            key = layout.inspector(source_id)
+            pipe.lpush(key, *(encode_record(r) for r in records))
+            pipe.ltrim(key, 0, inspector_size - 1)
+    status_counts: dict[tuple[str, str], int] = defaultdict(int)
+    for item in events:
+        status_counts[(item.source_id, item.status.value)] += 1
+    for (source_id, status), n in status_counts.items():
+        pipe.hincrby(layout.source_stats(source_id), status, n)
+    minute = now_ms // 60_000
+    for destination_id, n in fan_out.filtered.items():
+        stats = layout.destination_stats(destination_id, minute)
+        pipe.hincrby(stats, "filtered", n)
+        pipe.expire(stats, DEST_STATS_TTL_SECONDS)
+    for destination_id, delivery_events in fan_out.deliveries.items():
+        stats = layout.destination_stats(destination_id, minute)
+        pipe.hincrby(stats, "queued", len(delivery_events))
+        pipe.expire(stats, DEST_STATS_TTL_SECONDS)
+    pipe.hset(job_key, DONE_FIELD, 1)
+    pipe.execute()
+    return fan_out
+
+
+def process_ingest(ctx: WorkerContext, connection: Redis, job_id: str, job_key: str, payload: bytes) -> IngestOutcome:
+    events = decode_and_normalize(payload, job_id, ctx.sources)
+    faults.point("ingest:after_decode")
+    candidates = [i for i, item in enumerate(events) if item.dedupable]
+    dedup: Deduplicator = ctx.dedup
+    verdicts = dedup.claim(
+        connection,
+        job_key,
+        [(dedup.key_for(events[i].source_id, str(events[i].event_id)), events[i].received_at) for i in candidates],
+    )
+    if verdicts is None:
+        return IngestOutcome(len(events), {}, {}, already_done=True)
+    for i, first_seen in zip(candidates, verdicts, strict=True):
+        if not first_seen:
+            events[i].status = EventStatus.DUPLICATE
+    faults.point("ingest:after_dedup")
+    fan_out = commit_fan_out(ctx, connection, job_id, job_key, events, time.time_ns() // 1_000_000)
+    faults.point("ingest:after_fanout")
+    by_status: dict[str, int] = defaultdict(int)
+    for item in events:
+        by_status[item.status.value] += 1
+    ctx.observe_ingest(events, fan_out)
+    return IngestOutcome(len(events), dict(by_status), {d: len(e) for d, e in fan_out.deliveries.items()})
+
+
+def run_ingest_job(payload: bytes) -> None:
+    """RQ entry point (the name the edge enqueues)."""
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("run_ingest_job runs inside an RQ worker")
+    process_ingest(current_context(), job.connection, job.id, job.key, payload)

@@ -1,0 +1,171 @@
+"""v1 → v2 normalization (CONTRACT §3), as a pure function: a decoded event in, the v2 event out.
+
+The rules run in the contract's order; every fix-up that changes what the producer sent is
+reported as a warning, every reason not to deliver as an error.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+V1_CONTEXT_KEYS = ("event_id", "event_timestamp", "page", "device", "app")
+V2_ROOT_CONTEXT_KEYS = ("event_id", "event_timestamp")
+# Numbers below this are read as seconds, not milliseconds (1e11 ms is March 1973).
+SECONDS_THRESHOLD = 100_000_000_000
+# Later than year 9999 is not a time anyone meant.
+MAX_MILLIS = 253_402_300_799_999
+# Namespace for event ids trackpipe generates: the same job always generates the same ids.
+GENERATED_ID_NAMESPACE = uuid.UUID("6f1c2a57-6d0e-4b8e-9a43-3f7d5f0c2b11")
+
+
+class Normalized(msgspec.Struct):
+    event: dict[str, Any]
+    warnings: list[str]
+    errors: list[str]
+    version: int  # 1 or 2, as received
+    generated_id: bool = False
+
+
+def _to_millis(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        if value != value or value in (float("inf"), float("-inf")) or value < 0:
+            return None
+        millis = value * 1000 if value < SECONDS_THRESHOLD else value
+        return int(millis) if millis <= MAX_MILLIS else None
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return _to_millis(float(text)) if text and text.lstrip("-").replace(".", "", 1).isdigit() else None
+        except ValueError:
+            return None
+    return None
+
+
+def parse_timestamp(value: Any) -> int | None:
+    """Milliseconds since the epoch from a number, a numeric string or an ISO-8601 string."""
+    millis = _to_millis(value)
+    if millis is not None or not isinstance(value, str):
+        return millis
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    millis = int(parsed.timestamp() * 1000)
+    return millis if millis >= 0 else None
+
+
+def _consent_categories(value: Any) -> list[str] | None:
+    """`[1, 3]`, `["1", "3"]`, `3` and `"1,3"` all become `["1", "3"]`; None if unusable."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return [_category(value)]
+    if isinstance(value, list):
+        out = []
+        for item in value:
+            if isinstance(item, bool) or not isinstance(item, str | int | float):
+                return None
+            out.append(_category(item))
+        return out
+    return None
+
+
+def _category(item: str | int | float) -> str:
+    if isinstance(item, float) and item.is_integer():
+        return str(int(item))
+    return str(item).strip()
+
+
+def _move_into_context(event: dict[str, Any], context: dict[str, Any], keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if key in event and key not in context:
+            context[key] = event.pop(key)
+
+
+def normalize(raw: Any, *, received_at: int, source_id: str, id_seed: str) -> Normalized:
+    """Normalize one decoded event. `id_seed` makes a generated event_id deterministic."""
+    if not isinstance(raw, dict):
+        return Normalized({}, [], ["event is not a JSON object"], 2)
+    event: dict[str, Any] = dict(raw)
+    warnings: list[str] = []
+    errors: list[str] = []
+    version = 2
+
+    # Rule 1: v1 — properties to the root, metadata into context.
+    properties = event.get("properties")
+    if isinstance(properties, dict):
+        version = 1
+        del event["properties"]
+        for key, value in properties.items():
+            if key in event and event[key] != value:
+                warnings.append(f"v1 property {key!r} replaced the root key of the same name")
+            event[key] = value
+    context = event.get("context")
+    if not isinstance(context, dict):
+        if context is not None:
+            warnings.append("context was not an object and was replaced")
+        context = {}
+    else:
+        context = dict(context)
+    event["context"] = context
+    # Rules 1 and 2: root metadata into context (v2 clients send event_id/timestamp at the root).
+    _move_into_context(event, context, V1_CONTEXT_KEYS if version == 1 else V2_ROOT_CONTEXT_KEYS)
+
+    # Rule 3: page.location (v1 name) becomes context.page.url.
+    page = context.get("page")
+    if isinstance(page, dict) and "location" in page and "url" not in page:
+        page = dict(page)
+        page["url"] = page.pop("location")
+        context["page"] = page
+
+    # Rule 4: the timestamp as integer milliseconds.
+    if "event_timestamp" in context:
+        millis = parse_timestamp(context["event_timestamp"])
+        if millis is None:
+            warnings.append(f"event_timestamp {context['event_timestamp']!r} is not a time; receive time used")
+            millis = received_at
+    else:
+        warnings.append("event_timestamp missing; receive time used")
+        millis = received_at
+    context["event_timestamp"] = millis
+
+    # Rule 5: consent categories as strings.
+    user = event.get("user")
+    if isinstance(user, dict) and "consent_categories" in user:
+        categories = _consent_categories(user["consent_categories"])
+        user = dict(user)
+        if categories is None:
+            warnings.append("user.consent_categories is not a list of categories; removed")
+            del user["consent_categories"]
+        else:
+            user["consent_categories"] = categories
+        event["user"] = user
+
+    # Rule 6: an event id, generated (deterministically) when missing.
+    event_id = context.get("event_id")
+    generated = False
+    if isinstance(event_id, int | float) and not isinstance(event_id, bool):
+        context["event_id"] = event_id = _category(event_id)
+    if not isinstance(event_id, str) or not event_id.strip():
+        context["event_id"] = str(uuid.uuid5(GENERATED_ID_NAMESPACE, id_seed))
+        generated = True
+        warnings.append("event_id missing; generated (this event cannot be deduplicated)")
+
+    # Rule 7: what trackpipe adds.
+    context["received_at"] = received_at
+    context["source_id"] = source_id
+
+    # Rule 8: event_name is required.
+    name = event.get("event_name")
+    if not isinstance(name, str) or not name.strip():
+        errors.append("event_name is missing" if name is None else "event_name is not a non-empty string")
+
+    return Normalized(event, warnings, errors, version, generated)

@@ -1,0 +1,124 @@
+"""Required properties of the standard events (shared/standard-events.md), checked on the v2 shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# event_name -> (always required, required only alongside its partner: see check_standard_event)
+STANDARD_EVENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "add_payment_info": (("payment_method", "user"), ("currency",)),
+    "add_shipping_info": (("currency", "value", "user", "items"), ()),
+    "add_to_cart": (("user", "items"), ("value", "currency")),
+    "add_to_wishlist": (("user", "items"), ()),
+    "begin_checkout": (("revenue", "value", "currency", "user", "items"), ()),
+    "generate_lead": (("user",), ("currency",)),
+    "login": (("user",), ()),
+    "sign_up": (("user",), ()),
+    "page_view": (("page_type", "user"), ()),
+    "purchase": (("id", "type", "value", "revenue", "payment_method", "currency", "status", "user", "items"), ()),
+    "refund": (("id", "user", "revenue", "value", "currency", "type"), ()),
+    "remove_from_cart": (("user", "items"), ()),
+    "view_cart": (("user", "items"), ()),
+    "search": (("search_term", "user"), ()),
+    "select_content": (("user",), ()),
+    "select_item": (("items",), ()),
+    "view_item": (("user", "items"), ("value", "currency")),
+    "view_item_list": (("user", "items"), ()),
+}
+
+PURCHASE_STATUSES = frozenset(
+    {
+        "canceled",
+        "delivered",
+        "in_progress",
+        "partially_delivered",
+        "partially_returned",
+        "partially_shipped",
+        "pending_shipment",
+        "returned",
+        "shipped",
+        "pending",
+    }
+)
+PAYMENT_METHODS = frozenset(
+    {
+        "by_invoice",
+        "by_bank_transfer_in_advance",
+        "card",
+        "check_in_advance",
+        "cod",
+        "coupon",
+        "direct_debit",
+        "online_payment_system",
+        "other",
+    }
+)
+
+
+ITEM_KEYS = ("id", "quantity", "product")
+PRODUCT_KEYS = ("name", "price")
+
+
+def _missing(event: dict[str, Any], key: str) -> bool:
+    """Absent, null, or an empty string, list or object (0 and false are values)."""
+    value = event.get(key)
+    return not value and value != 0
+
+
+def _absent(mapping: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
+    """The keys that are _missing (inlined: this runs several times for every event)."""
+    get = mapping.get
+    return [key for key in keys if not ((value := get(key)) or value == 0)]
+
+
+def _check_items(items: Any) -> list[str]:
+    if not isinstance(items, list):
+        return ["items is not a list"]
+    warnings = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            warnings.append(f"items[{i}] is not an object")
+            continue
+        warnings += [f"items[{i}].{key} is missing" for key in _absent(item, ITEM_KEYS)]
+        product = item.get("product")
+        if isinstance(product, dict):
+            warnings += [f"items[{i}].product.{key} is missing" for key in _absent(product, PRODUCT_KEYS)]
+        elif not _missing(item, "product"):
+            warnings.append(f"items[{i}].product is not an object")
+    return warnings
+
+
+def _not_in(value: Any, allowed: frozenset[str]) -> bool:
+    return not isinstance(value, str) or value not in allowed
+
+
+def _is_currency(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 3 and value.isascii() and value.isalpha() and value.isupper()
+
+
+def check_standard_event(event: dict[str, Any]) -> list[str]:
+    """Warnings for a standard event that lacks what the seed platform requires; [] for custom events."""
+    name = event.get("event_name")
+    rule = STANDARD_EVENTS.get(name) if isinstance(name, str) else None
+    if rule is None:
+        return []
+    required, conditional = rule
+    warnings = [f"{name}: required property {key!r} is missing" for key in _absent(event, required)]
+    for key in conditional:
+        # `currency*` is required once value or revenue is set; `value*` once currency is set.
+        triggers = ("value", "revenue") if key == "currency" else ("currency",)
+        if _missing(event, key) and any(not _missing(event, t) for t in triggers):
+            warnings.append(f"{name}: property {key!r} is required with {' or '.join(triggers)}")
+    if "items" in event and not _missing(event, "items"):
+        warnings += _check_items(event["items"])
+    # Checks of values only for values that are there: a missing one already has its warning.
+    user = event.get("user")
+    if isinstance(user, dict) and user and "consent_categories" not in user:
+        warnings.append("user.consent_categories is missing: consent filters cannot match this event")
+    if name == "purchase" and not _missing(event, "status") and _not_in(event["status"], PURCHASE_STATUSES):
+        warnings.append(f"purchase: status {event['status']!r} is not a known purchase status")
+    if not _missing(event, "payment_method") and _not_in(event["payment_method"], PAYMENT_METHODS):
+        warnings.append(f"payment_method {event['payment_method']!r} is not a known payment method")
+    if not _missing(event, "currency") and not _is_currency(event["currency"]):
+        warnings.append(f"currency {event['currency']!r} is not a three-letter ISO 4217 code")
+    return warnings

@@ -1,0 +1,22 @@
+"""The status every processed event gets, as the seed platform's data-quality view shows it."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class EventStatus(StrEnum):
+    VALID = "VALID"
+    INVALID_ACCEPTED = "INVALID_ACCEPTED"  # delivered, with warnings
+    INVALID_REJECTED = "INVALID_REJECTED"  # not delivered, with errors
+    DUPLICATE = "DUPLICATE"
+    FILTERED = "FILTERED"  # per destination: its filters or consent kept the event out
+
+
+def quality_status(errors: list[str], warnings: list[str], on_invalid: str) -> EventStatus:
+    """Status before deduplication: errors reject; warnings accept, unless the source rejects invalid events."""
+    if errors:
+        return EventStatus.INVALID_REJECTED
+    if warnings:
+        return EventStatus.INVALID_REJECTED if on_invalid == "reject" else EventStatus.INVALID_ACCEPTED
+    return EventStatus.VALID
