@@ -11,19 +11,20 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 from urllib.parse import urlsplit
 
 import msgspec
 
+from destinations import TYPES as DESTINATION_TYPES
+from destinations.base import DestinationBase, Ident, PositiveInt, Strict
+from destinations.base import RetryConfig as RetryConfig  # re-exported: part of the config's shape
+from destinations.file import FileDestination as FileDestination
+from destinations.webhook import WebhookDestination as WebhookDestination
+
 CONFIG_ENV = "TRACKPIPE_CONFIG"
 REDIS_URL_ENV = "TRACKPIPE_REDIS_URL"
 
-# Ids end up in Redis key names and queue names: keep them to a safe alphabet.
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-Ident = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
-PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
-PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 HASHED_KEY = re.compile(r"^sha256:[0-9a-f]{64}$")
 # A plain key shorter than this is too easy to guess; `trackpipe keys new` makes 43 characters.
 MIN_PLAIN_KEY_LENGTH = 8
@@ -31,10 +32,6 @@ MIN_PLAIN_KEY_LENGTH = 8
 
 class ConfigError(Exception):
     """A config file that cannot be used; the message names the key and the problem."""
-
-
-class Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Base for config tables: a misspelt key is an error, not silently ignored."""
 
 
 class EdgeConfig(Strict):
@@ -77,13 +74,6 @@ class InspectorConfig(Strict):
     sample_per_job: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 20
 
 
-class RetryConfig(Strict):
-    max_attempts: PositiveInt = 6
-    backoff_seconds: Annotated[list[PositiveFloat], msgspec.Meta(min_length=1)] = msgspec.field(
-        default_factory=lambda: [1.0, 5.0, 30.0, 120.0, 600.0, 3600.0]
-    )
-
-
 class SourceConfig(Strict):
     id: Ident
     site_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
@@ -91,27 +81,8 @@ class SourceConfig(Strict):
     on_invalid: Literal["accept", "reject"] = "accept"
 
 
-class DestinationBase(Strict):
-    id: Ident
-    sources: list[str] | None = None  # None: every source
-    events: list[str] | None = None  # None: every event name
-    consent_category: str | None = None
-    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
-
-
-class WebhookDestination(DestinationBase, kw_only=True, tag_field="type", tag="webhook"):
-    url: str
-    secret: str | None = None
-    connect_timeout_seconds: PositiveFloat = 2.0
-    read_timeout_seconds: PositiveFloat = 10.0
-    batch_size: PositiveInt = 500
-
-
-class FileDestination(DestinationBase, kw_only=True, tag_field="type", tag="file"):
-    path: str
-
-
-Destination = WebhookDestination | FileDestination
+# Destination settings live with their types (destinations/); the config accepts any of them.
+Destination = Union[tuple(module.Settings for module in DESTINATION_TYPES.values())]  # noqa: UP007
 
 
 class DlqConfig(Strict):
@@ -152,7 +123,8 @@ def _explain(err: msgspec.ValidationError) -> str:
         key = f"{key}.{field}" if key != "(top level)" else field
         return f"{key}: required key is missing"
     if message.startswith("Invalid value") and key.endswith(".type"):
-        return f"{key}: unknown destination type {message.removeprefix('Invalid value ')} (known: webhook, file)"
+        known = ", ".join(DESTINATION_TYPES)
+        return f"{key}: unknown destination type {message.removeprefix('Invalid value ')} (known: {known})"
     if message.startswith("Object missing required field `type`"):
         return f"{key}.type: required key is missing"
     return f"{key}: {message}"
@@ -183,19 +155,14 @@ def _key_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _check_destination(index: int, dest: Destination, source_ids: set[str]) -> list[str]:
+def _check_destination(index: int, dest: DestinationBase, source_ids: set[str]) -> list[str]:
     where = f"destinations[{index}]"
-    problems: list[str] = []
-    for i, source in enumerate(dest.sources or []):
-        if source not in source_ids:
-            problems.append(f"{where}.sources[{i}]: no source has id {source!r}")
-    if isinstance(dest, WebhookDestination):
-        parts = urlsplit(dest.url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            problems.append(f"{where}.url: {dest.url!r} is not an http:// or https:// URL")
-    elif isinstance(dest, FileDestination) and not dest.path.strip():
-        problems.append(f"{where}.path: cannot be empty")
-    return problems
+    problems = [
+        f"{where}.sources[{i}]: no source has id {source!r}"
+        for i, source in enumerate(dest.sources or [])
+        if source not in source_ids
+    ]
+    return problems + dest.problems(where)
 
 
 def check(config: Config) -> list[str]:

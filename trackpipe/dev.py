@@ -16,7 +16,7 @@ import msgspec
 from trackpipe.auth import new_key
 from trackpipe.config import REDIS_URL_ENV, Config, config_path, load
 from trackpipe.embedded import start_server
-from trackpipe.keys import rq_prefix_for
+from trackpipe.keys import INGEST_QUEUE, rq_prefix_for
 from trackpipe.serve import edge_server_config, serve
 
 DEMO_CONFIG = """\
@@ -75,10 +75,18 @@ def demo_curl(config: Config, host: str, port: int) -> str | None:
 WORKER_STOP_SECONDS = 15
 
 
-def start_worker(config_file: Path, redis_url: str) -> subprocess.Popen:
-    """One worker for every queue, as its own process (RQ needs the main thread for its signals)."""
+def start_worker(config_file: Path, redis_url: str, queues: list[str]) -> subprocess.Popen:
+    """A worker process (RQ needs the main thread for its signals) over `queues`."""
     command = [sys.executable, "-m", "trackpipe.cli", "worker", "--config", str(config_file)]
+    command += ["--queues", ",".join(queues)]
     return subprocess.Popen(command, env={**os.environ, REDIS_URL_ENV: redis_url})
+
+
+def worker_layout(config: Config) -> list[list[str]]:
+    """One worker for ingest and one per destination, so a slow destination never holds up another."""
+    from workers.runner import destination_queues
+
+    return [[INGEST_QUEUE]] + [destination_queues(d.id) for d in config.destinations]
 
 
 def stop_process(process: subprocess.Popen) -> None:
@@ -116,13 +124,20 @@ def run_dev(args: argparse.Namespace) -> int:
             print(f"try:\n  {curl}")
         rq_tool = Path(sys.executable).parent / "rq"
         print(f"queues:          RQ_KEY_PREFIX={rq_prefix_for(config.key_prefix)} {rq_tool} info -u {redis_url}")
-        worker = start_worker(path, redis_url)
-        print(f"worker:          pid {worker.pid}, all queues, with the retry scheduler")
+        workers = [start_worker(path, redis_url, queues) for queues in worker_layout(config)]
+        for worker, queues in zip(workers, worker_layout(config), strict=True):
+            print(f"worker:          pid {worker.pid} on {', '.join(queues)}")
+        for destination in config.destinations:
+            where = getattr(destination, "path", None) or getattr(destination, "url", "")
+            print(f"destination:     {destination.id} -> {where}")
         print("Ctrl-C stops everything.")
         try:
             serve(edge_server_config(config, args.host, args.port))
         finally:
-            stop_process(worker)
+            for worker in workers:
+                worker.send_signal(signal.SIGTERM)
+            for worker in workers:
+                stop_process(worker)
     finally:
         server.stop()
     return 0

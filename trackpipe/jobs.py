@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from trackpipe.config import WorkerConfig
-from trackpipe.keys import DEFAULT_PREFIX, INGEST_QUEUE, RQ_PREFIX_ENV, deliver_queue, rq_prefix_for
+from trackpipe.keys import DEFAULT_PREFIX, INGEST_QUEUE, RQ_PREFIX_ENV, deliver_queue, retry_queue, rq_prefix_for
 
 # RQ reads its key prefix at import time; default it before the first import.
 os.environ.setdefault(RQ_PREFIX_ENV, rq_prefix_for(DEFAULT_PREFIX))
@@ -87,3 +87,7 @@ def ingest_queue(connection: Redis) -> Queue:
 
 def delivery_queue(destination_id: str, connection: Redis) -> Queue:
     return make_queue(deliver_queue(destination_id), connection)
+
+
+def delivery_retry_queue(destination_id: str, connection: Redis) -> Queue:
+    return make_queue(retry_queue(destination_id), connection)

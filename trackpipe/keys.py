@@ -7,6 +7,11 @@ Layout (``P`` is ``key_prefix`` from the config, default ``trackpipe``):
     P:unauth:ring:<site_id>          last N requests with a missing/unknown key (capped list)
     P:unauth:count                   hash "<site_id>|<reason>" -> requests refused
     P:rq:queue:deliver:<dest>        one delivery queue per destination
+    P:rq:queue:retry:<dest>          its retry queue (jobs wait in RQ's scheduled registry first)
+    P:dlq:<dest>                     dead letters of a destination (capped list, newest first)
+    P:dlq:dropped                    hash dest -> dead letters dropped because the DLQ was full
+    P:errors:dest:<dest>             hash error kind -> count
+    P:errors:dest:<dest>:last        hash error kind -> last seen (ms)
     P:dd:<slot>:<bucket>             dedup: hash of 8-byte id digests seen in window slot <slot>
     P:ingest:decided:<job_id>        the dedup verdicts of an ingest job (survives a crash)
     P:ingest:done:<job_id>           set once an ingest job's fan-out is committed
@@ -26,10 +31,15 @@ DEFAULT_PREFIX = "trackpipe"
 RQ_PREFIX_ENV = "RQ_KEY_PREFIX"
 INGEST_QUEUE = "ingest"
 DELIVER_QUEUE_PREFIX = "deliver:"
+RETRY_QUEUE_PREFIX = "retry:"
 
 
 def deliver_queue(destination_id: str) -> str:
     return f"{DELIVER_QUEUE_PREFIX}{destination_id}"
+
+
+def retry_queue(destination_id: str) -> str:
+    return f"{RETRY_QUEUE_PREFIX}{destination_id}"
 
 
 def rq_prefix_for(prefix: str) -> str:
@@ -80,6 +90,19 @@ class KeyLayout(msgspec.Struct, frozen=True):
 
     def destination_stats(self, destination_id: str, minute: int) -> str:
         return f"{self.prefix}:stats:dest:{destination_id}:{minute}"
+
+    def dlq(self, destination_id: str) -> str:
+        return f"{self.prefix}:dlq:{destination_id}"
+
+    @property
+    def dlq_dropped(self) -> str:
+        return f"{self.prefix}:dlq:dropped"
+
+    def destination_errors(self, destination_id: str) -> str:
+        return f"{self.prefix}:errors:dest:{destination_id}"
+
+    def destination_errors_last(self, destination_id: str) -> str:
+        return f"{self.prefix}:errors:dest:{destination_id}:last"
 
 
 class PrefixMismatch(RuntimeError):

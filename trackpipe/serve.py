@@ -82,6 +82,7 @@ def run_worker(args: argparse.Namespace) -> int:
         print(f"trackpipe worker: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     connection = Redis.from_url(config.redis_url, **REDIS_WORKER_TIMEOUTS)
     worker = build_worker(config, connection, queues, name=args.name)
     log.info("worker %s on queues %s", worker.name, ", ".join(queues))

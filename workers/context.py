@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import Counter
 from redis import Redis
 
+from destinations import open_sender
+from destinations.base import DestinationBase, Sender
 from trackpipe.config import Config, SourceConfig
 from trackpipe.keys import KeyLayout
 from workers.dedup import Deduplicator
@@ -27,6 +29,21 @@ class WorkerContext:
         self.layout = KeyLayout(config.key_prefix)
         self.sources: dict[str, SourceConfig] = {s.id: s for s in config.sources}
         self.dedup = Deduplicator(connection, self.layout, config.dedup.window_seconds, config.dedup.buckets)
+        self.destinations: dict[str, DestinationBase] = {d.id: d for d in config.destinations}
+        self._senders: dict[str, Sender] = {}
+
+    def sender(self, destination_id: str) -> Sender:
+        """One sender per destination per process (the webhook's keeps its connection pool)."""
+        sender = self._senders.get(destination_id)
+        if sender is None:
+            settings = self.destinations[destination_id]
+            sender = self._senders[destination_id] = open_sender(settings)
+        return sender
+
+    def close(self) -> None:
+        for sender in self._senders.values():
+            sender.close()
+        self._senders.clear()
 
     def observe_ingest(self, events: list[Any], fan_out: FanOut) -> None:
         counts: dict[tuple[str, str], int] = {}

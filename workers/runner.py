@@ -10,7 +10,7 @@ from rq.job import Job
 
 from trackpipe.config import Config
 from trackpipe.jobs import MsgpackSerializer, SafeJob, make_queue
-from trackpipe.keys import INGEST_QUEUE, deliver_queue
+from trackpipe.keys import INGEST_QUEUE, deliver_queue, retry_queue
 from workers.context import WorkerContext, install
 
 log = logging.getLogger("trackpipe.worker")
@@ -20,9 +20,13 @@ class QueueNameError(ValueError):
     pass
 
 
+def destination_queues(destination_id: str) -> list[str]:
+    return [deliver_queue(destination_id), retry_queue(destination_id)]
+
+
 def all_queues(config: Config) -> list[str]:
-    # Deliveries first: they finish work already accepted, and each is cheap.
-    return [deliver_queue(d.id) for d in config.destinations] + [INGEST_QUEUE]
+    # Deliveries first: they finish work already accepted.
+    return [q for d in config.destinations for q in destination_queues(d.id)] + [INGEST_QUEUE]
 
 
 def parse_queues(spec: str | None, config: Config) -> list[str]:

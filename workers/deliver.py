@@ -1,0 +1,227 @@
+"""The delivery job: send a batch to its destination, then settle every event in one MULTI/EXEC:
+delivered ones are counted, retryable ones go to the destination's retry queue after their backoff,
+refused ones and those out of attempts go to its dead-letter queue.
+
+A job killed after its MULTI/EXEC is not sent again (its done mark is in its own hash); killed
+between sending and EXEC, it is sent again when re-run: delivery is at least once, and only an
+answer lost in that window can make a duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+
+import msgspec
+from prometheus_client import Counter, Histogram
+from redis import Redis
+from rq import get_current_job
+
+from destinations.base import Delivered, Outcome, Rejected, Retry, RetryConfig
+from trackpipe.jobs import DELIVER_FUNCTION, delivery_job_options, delivery_retry_queue
+from trackpipe.messages import DeliveryBatch, DeliveryEvent, decode_delivery, encode_delivery
+from workers.context import WorkerContext, current_context
+from workers.deadletter import DeadLetter, encode_dead_letter, error_kind
+from workers.dedup import DONE_FIELD
+from workers.retry import next_attempt_at
+
+log = logging.getLogger("trackpipe.deliver")
+STATS_TTL_SECONDS = 2 * 86_400
+
+DELIVERIES = Counter(
+    "trackpipe_deliveries_total",
+    "Events settled by delivery jobs, by destination and outcome",
+    ["destination", "outcome"],
+)
+DLQ_DROPPED = Counter("trackpipe_dlq_dropped_total", "Dead letters dropped because the DLQ was full", ["destination"])
+DELIVERY_SECONDS = Histogram(
+    "trackpipe_delivery_seconds",
+    "Time of one send to a destination",
+    ["destination"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+INGEST_TO_DELIVERY_SECONDS = Histogram(
+    "trackpipe_ingest_to_delivery_seconds",
+    "From the edge receiving an event to its delivery",
+    ["destination"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
+
+
+class Settled(msgspec.Struct):
+    delivered: list[DeliveryEvent]
+    retry: dict[float, list[DeliveryEvent]]  # unix time of the next try -> events
+    dead: list[tuple[DeliveryEvent, str]]
+
+
+def settle(events: list[DeliveryEvent], outcomes: list[Outcome], retry_config: RetryConfig, now: float) -> Settled:
+    """Sort each event by its outcome, counting attempts (pure)."""
+    settled = Settled([], defaultdict(list), [])
+    now_ms = int(now * 1000)
+    for event, outcome in zip(events, outcomes, strict=True):
+        if isinstance(outcome, Delivered):
+            settled.delivered.append(event)
+            continue
+        failed = msgspec.structs.replace(
+            event,
+            attempts=event.attempts + 1,
+            first_failure_at=event.first_failure_at or now_ms,
+            last_error=outcome.reason,
+        )
+        if isinstance(outcome, Rejected):
+            settled.dead.append((failed, outcome.reason))
+            continue
+        assert isinstance(outcome, Retry)
+        at = next_attempt_at(failed.attempts, retry_config, now, outcome.not_before)
+        if at is None:
+            settled.dead.append((failed, f"attempts exhausted ({failed.attempts}): {outcome.reason}"))
+        else:
+            settled.retry[round(at, 0)].append(failed)
+    settled.retry = dict(settled.retry)
+    return settled
+
+
+def _dead_letter(event: DeliveryEvent, destination_id: str, reason: str, now_ms: int) -> bytes:
+    return encode_dead_letter(
+        DeadLetter(
+            event.event_id,
+            event.event_name,
+            destination_id,
+            reason,
+            event.attempts,
+            event.first_failure_at or now_ms,
+            now_ms,
+            msgspec.Raw(event.body),
+        )
+    )
+
+
+def commit_settlement(
+    ctx: WorkerContext, connection: Redis, batch: DeliveryBatch, settled: Settled, job_key: str, now: float
+) -> int:
+    """One MULTI/EXEC for everything the job leaves behind; returns dead letters dropped (DLQ full)."""
+    layout = ctx.layout
+    dest = batch.destination_id
+    now_ms = int(now * 1000)
+    pipe = connection.pipeline(transaction=True)
+    retry_queue = delivery_retry_queue(dest, connection)
+    for at, events in settled.retry.items():
+        # create_job + schedule_job: enqueue_at would pass unknown options on to the function.
+        job = retry_queue.create_job(
+            DELIVER_FUNCTION,
+            args=(encode_delivery(DeliveryBatch(dest, events, now_ms, batch.origin)),),
+            description=f"retry delivery to {dest}",
+            **delivery_job_options(ctx.config.worker),
+        )
+        retry_queue.schedule_job(job, datetime.fromtimestamp(at, UTC), pipeline=pipe)
+    dlq_length_at = None
+    if settled.dead:
+        key = layout.dlq(dest)
+        pipe.lpush(key, *(_dead_letter(e, dest, reason, now_ms) for e, reason in settled.dead))
+        dlq_length_at = len(pipe.command_stack) - 1  # position of LPUSH's reply in EXEC's answer
+        pipe.ltrim(key, 0, ctx.config.dlq.max_events - 1)
+    stats = layout.destination_stats(dest, now_ms // 60_000)
+    for field, n in (
+        ("delivered", len(settled.delivered)),
+        ("retried", sum(len(e) for e in settled.retry.values())),
+        ("dead_lettered", len(settled.dead)),
+    ):
+        if n:
+            pipe.hincrby(stats, field, n)
+    pipe.expire(stats, STATS_TTL_SECONDS)
+    failures: dict[str, int] = defaultdict(int)
+    for events in settled.retry.values():
+        for event in events:
+            failures[error_kind(event.last_error or "unknown")] += 1
+    for _, reason in settled.dead:
+        failures[error_kind(reason)] += 1
+    for kind, n in failures.items():
+        pipe.hincrby(layout.destination_errors(dest), kind, n)
+        pipe.hset(layout.destination_errors_last(dest), kind, now_ms)
+    pipe.hset(job_key, DONE_FIELD, 1)
+    replies = pipe.execute()
+    dropped = 0
+    if dlq_length_at is not None:
+        length = int(replies[dlq_length_at])  # LPUSH answers the list's new length
+        dropped = max(0, length - ctx.config.dlq.max_events)
+        if dropped:
+            connection.hincrby(layout.dlq_dropped, dest, dropped)
+            DLQ_DROPPED.labels(dest).inc(dropped)
+            log.error(
+                "DLQ of %s is full (dlq.max_events=%d): dropped the %d oldest dead letters",
+                dest,
+                ctx.config.dlq.max_events,
+                dropped,
+            )
+    return dropped
+
+
+def process_delivery(
+    ctx: WorkerContext, connection: Redis, job_key: str, payload: bytes, now: float | None = None
+) -> Settled | None:
+    """Deliver one batch; None if this job already settled (a re-run after a crash)."""
+    if connection.hexists(job_key, DONE_FIELD):
+        return None
+    batch = decode_delivery(payload)
+    destination = ctx.destinations.get(batch.destination_id)
+    started = time.time()
+    if destination is None:
+        outcomes: list[Outcome] = [Rejected(f"destination {batch.destination_id!r} is no longer configured")] * len(
+            batch.events
+        )
+        retry_config = RetryConfig()
+    else:
+        outcomes = ctx.sender(batch.destination_id).send([e.body for e in batch.events])
+        retry_config = destination.retry
+        DELIVERY_SECONDS.labels(batch.destination_id).observe(time.time() - started)
+    now = time.time() if now is None else now
+    settled = settle(batch.events, outcomes, retry_config, now)
+    commit_settlement(ctx, connection, batch, settled, job_key, now)
+    for outcome, events in (("delivered", settled.delivered), ("dead_lettered", settled.dead)):
+        if events:
+            DELIVERIES.labels(batch.destination_id, outcome).inc(len(events))
+    retried = sum(len(e) for e in settled.retry.values())
+    if retried:
+        DELIVERIES.labels(batch.destination_id, "retried").inc(retried)
+        log.warning(
+            "delivery to %s: %d events to retry (%s)",
+            batch.destination_id,
+            retried,
+            next(iter(settled.retry.values()))[0].last_error,
+        )
+    if settled.dead:
+        log.warning(
+            "delivery to %s: %d events dead-lettered (%s)", batch.destination_id, len(settled.dead), settled.dead[0][1]
+        )
+    if settled.delivered:
+        latency = INGEST_TO_DELIVERY_SECONDS.labels(batch.destination_id)
+        for event in settled.delivered:
+            received_at = _received_at(event)
+            if received_at:
+                latency.observe(max(0.0, now - received_at / 1000))
+    return settled
+
+
+class _ReceivedAt(msgspec.Struct):
+    context: dict = {}
+
+
+_received_decoder = msgspec.json.Decoder(_ReceivedAt)
+
+
+def _received_at(event: DeliveryEvent) -> int | None:
+    try:
+        value = _received_decoder.decode(event.body).context.get("received_at")
+    except msgspec.DecodeError:
+        return None
+    return value if isinstance(value, int) else None
+
+
+def run_delivery_job(payload: bytes) -> None:
+    """RQ entry point for `deliver:<id>` and `retry:<id>` jobs."""
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("run_delivery_job runs inside an RQ worker")
+    process_delivery(current_context(), job.connection, job.key, payload)
