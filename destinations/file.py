@@ -47,7 +47,7 @@ class FileSender:
         data = b"".join(body + b"\n" for body in bodies)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)  # read: to see a torn end
             try:
                 if _ends_torn(fd):
                     data = b"\n" + data
