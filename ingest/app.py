@@ -148,7 +148,8 @@ class Edge:
         self.committer = GroupCommitter(
             self.store.write,
             max_events=self.config.edge.commit_max_events,
-            linger_seconds=self.config.edge.commit_linger_ms / 1000,
+            interval_seconds=self.config.edge.commit_interval_ms / 1000,
+            min_events=self.config.edge.commit_min_events,
             on_write=metrics.observe_commit,
         )
         self._monitor = asyncio.get_running_loop().create_task(self._watch_backlog())
@@ -218,25 +219,17 @@ class Edge:
                 raise unsupported(f"Content-Type must be application/json, got {headers.content_type!r}")
             if source is not None and self.committer and self.committer.backlog > self.config.edge.max_backlog:
                 return 503, error_body("ingest backlog is full, retry later"), self.retry_after
-            announced = source is not None and self.committer is not None
-            if announced:
-                self.committer.announce()
-            try:
-                body = await read_body(
-                    receive,
-                    limit=MAX_BATCH_BYTES if batch else MAX_EVENT_BYTES,
-                    content_length=parse_content_length(headers.content_length),
-                    gzip=content_coding(headers.content_encoding),
-                )
-                if batch:
-                    checked = check_batch(body)
-                    events, rejected = checked.accepted, checked.rejected
-                else:
-                    events, rejected = [check_event(body)], []
-            finally:
-                # No await from here to the submit in _store: the flusher cannot slip in between.
-                if announced:
-                    self.committer.withdraw()
+            body = await read_body(
+                receive,
+                limit=MAX_BATCH_BYTES if batch else MAX_EVENT_BYTES,
+                content_length=parse_content_length(headers.content_length),
+                gzip=content_coding(headers.content_encoding),
+            )
+            if batch:
+                checked = check_batch(body)
+                events, rejected = checked.accepted, checked.rejected
+            else:
+                events, rejected = [check_event(body)], []
         except RequestRejected as refused:
             status = refused.problem.status("strict" if self.strict else "compat")
             extra = WWW_AUTHENTICATE if status == 401 else ()

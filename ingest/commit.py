@@ -2,9 +2,13 @@
 
 Each request hands its events to `GroupCommitter.submit` and waits for the write that holds
 them. Writes run one at a time on a single dedicated thread (one hop per write, never one per
-request), so the event loop never blocks on Redis. A write may wait up to `linger` for requests
-whose bodies are being read right now (announced), so they share it instead of starting the next
-one; it never waits for requests that have not arrived, so an idle or closed-loop edge pays nothing.
+request), so the event loop never blocks on Redis.
+
+Writes are paced: a write that holds fewer than `min_events` starts no sooner than `interval` after
+the previous one began. Each write is one RQ job, and an ingest job costs a worker several
+milliseconds whatever its size, so at moderate rates (1,000 single events a second) unpaced
+writes of one or two events would make more jobs than a worker can run. A lone request after a
+quiet spell is written at once; a busy edge writes as soon as `min_events` have gathered.
 """
 
 from __future__ import annotations
@@ -58,12 +62,15 @@ class GroupCommitter:
         write: WriteFn,
         *,
         max_events: int = 2_000,
-        linger_seconds: float = 0.002,
+        interval_seconds: float = 0.02,
+        min_events: int = 32,
         on_write: Callable[[int, float], None] | None = None,
     ) -> None:
         self._write = write
         self._max_events = max_events
-        self._linger = linger_seconds
+        self._interval = interval_seconds
+        self._min_events = min_events
+        self._last_write_started = float("-inf")
         self._on_write = on_write
         # The storage thread needs the GIL back quickly while the event loop is busy; the
         # default 5 ms switch interval would add up to 5 ms to every write.
@@ -72,8 +79,7 @@ class GroupCommitter:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trackpipe-store")
         self._queue: deque[_Pending] = deque()
         self._flusher: asyncio.Task[None] | None = None
-        self._settled = asyncio.Event()  # nothing announced is still arriving, or the write is full
-        self.arriving = 0
+        self._ready = asyncio.Event()  # the open write has min_events, or another is queued behind it
         self.backlog = 0  # ingest queue length seen by the latest write
         self.stats = CommitStats()
 
@@ -88,20 +94,10 @@ class GroupCommitter:
         pending = self._batch(len(record.events))
         pending.records.append(record)
         pending.events += len(record.events)
-        if pending.events >= self._max_events or len(self._queue) > 1:
-            self._settled.set()  # a full write need not linger
+        if pending.events >= self._min_events or len(self._queue) > 1:
+            self._ready.set()  # enough to be worth a job: no need to wait out the interval
         self._ensure_flusher()
         await asyncio.shield(pending.done)
-
-    def announce(self) -> None:
-        """A request with events is being read: the next write may wait for it (up to linger)."""
-        self.arriving += 1
-
-    def withdraw(self) -> None:
-        """The announced request is read (call right before `submit`, with no await between)."""
-        self.arriving -= 1
-        if self.arriving <= 0:
-            self._settled.set()
 
     def add_sample(self, sample: UnauthorizedSample) -> None:
         """Best effort: rides along with the next write; nobody waits for it."""
@@ -116,11 +112,14 @@ class GroupCommitter:
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while self._queue:
-            if self._linger > 0 and self.arriving > 0 and len(self._queue) == 1:
-                self._settled.clear()
+            head = self._queue[0]
+            wait = self._last_write_started + self._interval - loop.time()
+            if wait > 0 and len(self._queue) == 1 and head.events < self._min_events:
+                self._ready.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._settled.wait(), self._linger)
+                    await asyncio.wait_for(self._ready.wait(), wait)
             pending = self._queue.popleft()
+            self._last_write_started = loop.time()
             batch = IngestBatch(pending.records) if pending.records else None
             started = time.perf_counter()
             try:

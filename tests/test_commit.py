@@ -142,7 +142,7 @@ def test_concurrent_submits_share_few_writes() -> None:
         assert set(written) == {id(r) for r in [rec0, *records]}
         assert all(count == 1 for count in written.values())
 
-    run(test, store, linger_seconds=0)
+    run(test, store, interval_seconds=0)
 
 
 def test_every_record_is_written_exactly_once_under_load() -> None:
@@ -185,7 +185,7 @@ def test_submit_returns_only_after_its_write_finished() -> None:
         await asyncio.gather(*tasks)
         assert seen_finished == [True] * 40
 
-    run(test, store, linger_seconds=0)
+    run(test, store, interval_seconds=0)
 
 
 def test_failing_write_fails_exactly_its_submits() -> None:
@@ -210,7 +210,7 @@ def test_failing_write_fails_exactly_its_submits() -> None:
         assert committer.stats.failures == 1
         assert committer.stats.writes == 2
 
-    run(test, store, max_events=2, linger_seconds=0)
+    run(test, store, max_events=2, interval_seconds=0)
 
 
 def test_write_after_a_failure_works() -> None:
@@ -243,7 +243,7 @@ def test_max_events_splits_writes() -> None:
         assert store.sizes() == [1, 3, 3, 1]
         assert [r for b in store.batches[1:] if b is not None for r in b.records] == records
 
-    run(test, store, max_events=3, linger_seconds=0)
+    run(test, store, max_events=3, interval_seconds=0)
 
 
 def test_max_events_counts_events_not_requests() -> None:
@@ -260,7 +260,7 @@ def test_max_events_counts_events_not_requests() -> None:
         assert store.sizes() == [1, 10, 10]
         assert [len(b.records) for b in store.batches if b is not None] == [1, 2, 2]
 
-    run(test, store, max_events=10, linger_seconds=0)
+    run(test, store, max_events=10, interval_seconds=0)
 
 
 def test_sample_rides_along_with_the_next_write() -> None:
@@ -282,7 +282,7 @@ def test_sample_rides_along_with_the_next_write() -> None:
         assert store.calls[0][1] == []
         assert store.calls[1] == (IngestBatch([rec]), [s1, s2])
 
-    run(test, store, linger_seconds=0)
+    run(test, store, interval_seconds=0)
 
 
 def test_sample_alone_is_written_without_a_batch() -> None:
@@ -361,7 +361,7 @@ def test_drain_waits_for_writes_in_flight() -> None:
         assert store.finished == [rec, queued]  # the queued write too, not just the one in flight
         await asyncio.gather(submit, late)
 
-    run(test, store, linger_seconds=0)
+    run(test, store, interval_seconds=0)
 
 
 def test_drain_with_nothing_to_do() -> None:
@@ -418,44 +418,42 @@ def test_cancelled_submit_still_gets_written() -> None:
         assert rec in store.finished
         assert impatient.cancelled()
 
-    run(test, store, linger_seconds=0)
+    run(test, store, interval_seconds=0)
 
 
-def test_a_write_waits_for_an_announced_request() -> None:
-    """A request whose body is being read joins the write about to start instead of the next one."""
+def test_a_lone_request_after_a_quiet_spell_is_written_at_once() -> None:
     store = FakeStore()
 
     async def test(store: FakeStore, committer: GroupCommitter) -> None:
-        committer.announce()  # request B: body still arriving
-        first = asyncio.ensure_future(committer.submit(record(1)))  # request A: ready
+        # With a 30 s interval, a write that waited out the interval would time out the test.
+        await asyncio.wait_for(committer.submit(record(1)), WAIT)
+        assert store.sizes() == [1]
+
+    run(test, store, interval_seconds=30)
+
+
+def test_small_writes_are_paced_by_the_interval() -> None:
+    """Right after a write, a small one waits out the interval and gathers what arrives meanwhile."""
+    store = FakeStore()
+
+    async def test(store: FakeStore, committer: GroupCommitter) -> None:
+        await committer.submit(record(0))  # written at once: nothing was written before
+        later = [asyncio.ensure_future(committer.submit(record(n))) for n in (1, 2, 3)]
         await settle()
-        assert store.calls == []  # the write lingers for B (linger is long here)
-        committer.withdraw()
-        second = asyncio.ensure_future(committer.submit(record(2)))
-        await asyncio.gather(first, second)
-        assert store.sizes() == [2]
+        assert store.sizes() == [1]  # the next write is waiting for the interval
+        await asyncio.wait_for(asyncio.gather(*later), WAIT)
+        assert store.sizes() == [1, 3]
 
-    run(test, store, linger_seconds=30)
+    run(test, store, interval_seconds=0.2, min_events=100)
 
 
-def test_a_write_never_waits_when_nothing_is_announced() -> None:
+def test_enough_events_are_written_without_waiting_for_the_interval() -> None:
     store = FakeStore()
 
     async def test(store: FakeStore, committer: GroupCommitter) -> None:
-        # With a 30 s linger, a write that waited for requests that never come would time out the test.
-        await asyncio.wait_for(committer.submit(record(1)), WAIT)
-        assert store.sizes() == [1]
+        await committer.submit(record(0))
+        # min_events reached: written at once although the 30 s interval has not passed.
+        await asyncio.wait_for(asyncio.gather(*(committer.submit(record(n)) for n in (1, 2, 3))), WAIT)
+        assert store.sizes() == [1, 3]
 
-    run(test, store, linger_seconds=30)
-
-
-def test_linger_is_bounded_when_an_announced_request_stalls() -> None:
-    store = FakeStore()
-
-    async def test(store: FakeStore, committer: GroupCommitter) -> None:
-        committer.announce()  # a slow client that never finishes its body
-        await asyncio.wait_for(committer.submit(record(1)), WAIT)
-        assert store.sizes() == [1]
-        committer.withdraw()
-
-    run(test, store, linger_seconds=0.01)
+    run(test, store, interval_seconds=30, min_events=3)

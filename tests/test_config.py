@@ -109,7 +109,8 @@ def test_empty_document_gives_all_defaults() -> None:
     assert config.edge.status_mode == "compat"
     assert config.edge.max_backlog == 20_000
     assert config.edge.commit_max_events == 2_000
-    assert config.edge.commit_linger_ms == 2.0
+    assert config.edge.commit_interval_ms == 20.0
+    assert config.edge.commit_min_events == 32
     assert config.edge.retry_after_seconds == 1
     assert config.edge.unauthorized_ring_size == 500
     assert config.dedup.window_seconds == 86_400
@@ -286,8 +287,9 @@ def test_zero_or_negative_counts(text: str, key: str) -> None:
 @pytest.mark.parametrize(
     ("text", "key", "problem"),
     [
-        ("[edge]\ncommit_linger_ms = -0.5", "edge.commit_linger_ms", ">= 0"),
-        ("[edge]\ncommit_linger_ms = 5000", "edge.commit_linger_ms", "<= 1000"),
+        ("[edge]\ncommit_interval_ms = -0.5", "edge.commit_interval_ms", ">= 0"),
+        ("[edge]\ncommit_interval_ms = 5000", "edge.commit_interval_ms", "<= 1000"),
+        ("[edge]\ncommit_min_events = 0", "edge.commit_min_events", ">= 1"),
         ("[edge]\nunauthorized_ring_size = -1", "edge.unauthorized_ring_size", ">= 0"),
         ("[edge]\nunauthorized_ring_size = 100001", "edge.unauthorized_ring_size", "<= 100000"),
     ],

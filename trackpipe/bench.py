@@ -179,3 +179,164 @@ def bench_dedup(ids: int = 1_000_000, chunk: int = 2_000) -> Measurement:
 
 
 BENCHES: dict[str, Callable[..., Measurement]] = {"worker": bench_worker, "dedup": bench_dedup}
+
+
+E2E_CONFIG = """
+redis_url = "{redis_url}"
+[[sources]]
+id = "bench-web"
+site_id = "1"
+keys = ["bench-key-0123456789"]
+[[destinations]]
+id = "bench-hook"
+type = "webhook"
+url = "{hook_url}"
+[[destinations]]
+id = "bench-file"
+type = "file"
+path = "{out_dir}"
+"""
+
+
+class _Receiver:
+    """A webhook receiver that notes when each event id arrived."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.arrivals: dict[str, float] = {}
+        self.duplicates = 0
+        lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                now = time.time()
+                ids = [e["context"]["event_id"] for e in msgspec.json.decode(body)["batch"]]
+                with lock:
+                    for event_id in ids:
+                        if event_id in receiver.arrivals:
+                            receiver.duplicates += 1
+                        else:
+                            receiver.arrivals[event_id] = now
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def _spawn(*args: str, env: dict[str, str]) -> Any:
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "trackpipe.cli", *args], env=env, stderr=subprocess.DEVNULL)
+
+
+def _wait_http(url: str, timeout: float = 20.0) -> None:
+    import urllib.request
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def bench_e2e(rate: float = 1_000, duration: float = 20.0) -> Measurement:
+    """Post single events at a steady rate through a real edge and workers to a webhook and a file
+    destination; latency from writing the request to the webhook's receipt."""
+    import asyncio
+    import signal
+    import socket
+
+    from trackpipe.loadgen import run_load
+
+    receiver = _Receiver()
+    procs = []
+    try:
+        with bench_server() as (_, url, tmp):
+            config_file = tmp / "e2e.toml"
+            config_file.write_text(E2E_CONFIG.format(redis_url=url, hook_url=receiver.url, out_dir=tmp / "out"))
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            env = {**os.environ}
+            procs.append(_spawn("edge", "--config", str(config_file), "--port", str(port), env=env))
+            for queues in ("ingest", "deliver:bench-hook,retry:bench-hook", "deliver:bench-file,retry:bench-file"):
+                procs.append(_spawn("worker", "--config", str(config_file), "--queues", queues, env=env))
+            base = f"http://127.0.0.1:{port}"
+            _wait_http(f"{base}/healthz")
+            template = msgspec.json.encode(V2_EXAMPLE).replace(b'"c0ffee-1"', b'"e2e-%d"')
+            result = asyncio.run(
+                run_load(
+                    f"{base}/events?tc_s=1&token=bench-key-0123456789",
+                    lambda i: template % i,
+                    connections=32,
+                    duration=duration,
+                    rate=rate,
+                )
+            )
+            end = time.monotonic() + 60
+            while len(receiver.arrivals) < result.ok and time.monotonic() < end:
+                time.sleep(0.1)
+            latencies = [
+                receiver.arrivals[f"e2e-{i}"] - sent
+                for i, sent in result.send_times.items()
+                if f"e2e-{i}" in receiver.arrivals
+            ]
+            in_file = (
+                sum(len(path.read_bytes().splitlines()) for path in (tmp / "out").glob("*.jsonl"))
+                if (tmp / "out").exists()
+                else 0
+            )
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                proc.wait(timeout=30)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        receiver.close()
+    p50, p99 = _percentile(latencies, 0.50), _percentile(latencies, 0.99)
+    detail = {
+        "offered_rate": rate,
+        "achieved_rate": round(result.ok / result.seconds, 1),
+        "accepted": result.ok,
+        "statuses": result.statuses,
+        "webhook_received": len(receiver.arrivals),
+        "file_lines": in_file,
+        "lost_webhook": result.ok - len(receiver.arrivals),
+        "duplicates": receiver.duplicates,
+        "p50_ms": round(p50 * 1000, 1),
+        "p99_ms": round(p99 * 1000, 1),
+        "max_ms": round(max(latencies) * 1000, 1) if latencies else None,
+    }
+    return Measurement(round(p99 * 1000, 1), 500.0, round(p99 * 1000 / 500.0, 3), "p99 ms (target 500)", detail)
+
+
+BENCHES["e2e"] = bench_e2e

@@ -12,17 +12,19 @@ from trackpipe.keys import bind_rq_prefix
 
 def run_bench(args: argparse.Namespace) -> int:
     bind_rq_prefix("trackpipe")
-    from trackpipe.bench import bench_dedup, bench_worker, machine
+    from trackpipe.bench import bench_dedup, bench_e2e, bench_worker, machine
 
-    names = ["worker", "dedup"] if args.what == "all" else [args.what]
+    names = ["worker", "dedup", "e2e"] if args.what == "all" else [args.what]
     results = {}
     for name in names:
         if not args.json:
             print(f"running {name} ...", file=sys.stderr)
         if name == "worker":
             results[name] = bench_worker(args.events, args.job_events, args.baseline_events)
-        else:
+        elif name == "dedup":
             results[name] = bench_dedup(args.ids)
+        else:
+            results[name] = bench_e2e(args.rate, args.duration)
     if args.json:
         print(msgspec.json.encode({"machine": machine(), **results}).decode())
         return 0

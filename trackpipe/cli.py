@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--verbose", action="store_true", help="log every job")
 
     bench = commands.add_parser("bench", help="measure the hot paths against their baselines")
-    bench.add_argument("what", nargs="?", default="all", choices=["worker", "dedup", "all"])
+    bench.add_argument("what", nargs="?", default="all", choices=["worker", "dedup", "e2e", "all"])
     bench.add_argument("--json", action="store_true", help="one JSON object on stdout")
     bench.add_argument("--events", type=_positive, default=100_000, help="worker: events (default: %(default)s)")
     bench.add_argument(
@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--baseline-events", type=_positive, default=2_000, help="worker: one-job-per-event events")
     bench.add_argument("--ids", type=_positive, default=1_000_000, help="dedup: ids remembered")
+    bench.add_argument("--rate", type=_positive, default=1_000, help="e2e: events per second offered")
+    bench.add_argument("--duration", type=_positive, default=20, help="e2e: seconds of load")
 
     keys = commands.add_parser("keys", help="source keys")
     keys_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)

@@ -40,8 +40,9 @@ class EdgeConfig(Strict):
     max_backlog: PositiveInt = 20_000
     # Group commit: one ingest job holds at most this many events ...
     commit_max_events: PositiveInt = 2_000
-    # ... and waits at most this long for requests whose bodies are still being read.
-    commit_linger_ms: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 2.0
+    # Writes (ingest jobs) holding fewer than commit_min_events start at most once per interval.
+    commit_interval_ms: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 20.0
+    commit_min_events: PositiveInt = 32
     retry_after_seconds: PositiveInt = 1
     # How many events from missing/unknown keys are kept for the inspector, per site.
     unauthorized_ring_size: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 500
