@@ -7,6 +7,7 @@ line stays on its own and never joins the next event.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from collections.abc import Callable
@@ -49,6 +50,9 @@ class FileSender:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd = os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)  # read: to see a torn end
             try:
+                # Several workers may append to one file: the check for a torn end and the write
+                # must not interleave with another writer's, or a half-written line looks torn.
+                fcntl.flock(fd, fcntl.LOCK_EX)
                 if _ends_torn(fd):
                     data = b"\n" + data
                 written = os.write(fd, data)

@@ -28,6 +28,8 @@ from destinations.base import (
     short_reason,
 )
 
+# A Retry-After longer than this is read as this: a receiver cannot park events for years.
+MAX_RETRY_AFTER_SECONDS = 86_400
 RETRYABLE_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 BODY_IN_REASON = 200
 
@@ -72,12 +74,13 @@ def retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return now + int(value)
+    if value.isascii() and value.isdigit():
+        return now + min(int(value[:12]), MAX_RETRY_AFTER_SECONDS)
     try:
-        return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError):
+        at = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
+    return min(at, now + MAX_RETRY_AFTER_SECONDS)
 
 
 def outcomes_for(response: httpx.Response, count: int, now: float) -> list[Outcome]:

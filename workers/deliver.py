@@ -10,6 +10,7 @@ answer lost in that window can make a duplicate.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -76,9 +77,10 @@ def settle(events: list[DeliveryEvent], outcomes: list[Outcome], retry_config: R
         assert isinstance(outcome, Retry)
         at = next_attempt_at(failed.attempts, retry_config, now, outcome.not_before)
         if at is None:
-            settled.dead.append((failed, f"attempts exhausted ({failed.attempts}): {outcome.reason}"))
+            settled.dead.append((failed, f"{outcome.reason} (attempts exhausted: {failed.attempts})"))
         else:
-            settled.retry[round(at, 0)].append(failed)
+            # Whole seconds (RQ schedules by the second), rounded up: never due before asked.
+            settled.retry[float(math.ceil(at))].append(failed)
     settled.retry = dict(settled.retry)
     return settled
 
