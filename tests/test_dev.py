@@ -26,9 +26,7 @@ import pytest
 import redis
 
 from tests.support import free_port, wait_for_http
-from trackpipe.jobs import ingest_queue
 from trackpipe.keys import KeyLayout
-from trackpipe.messages import decode_batch
 
 TRACKPIPE = Path(sys.executable).parent / "trackpipe"
 READY_LINE = "Ctrl-C stops everything."
@@ -174,6 +172,10 @@ class DevRun:
 
     def kill(self) -> None:
         """Cleanup: nothing this run started may outlive the test."""
+        if self.valkey_pid is None and re.search(r"^embedded server: ", self.stdout, re.MULTILINE):
+            # The server may live outside the dev process group: find it before the group goes.
+            with contextlib.suppress(redis.RedisError, AssertionError):
+                self.remember_valkey_pid()
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -217,6 +219,98 @@ def ingest_job_ids(redis_url: str) -> list[str]:
         return [i.decode() for i in client.lrange(KeyLayout().queue("ingest"), 0, -1)]
     finally:
         client.close()
+
+
+def inspector_records(redis_url: str, source: str = "demo-web") -> list[dict]:
+    """The inspector's records of a source, oldest first."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return [json.loads(raw) for raw in reversed(client.lrange(KeyLayout().inspector(source), 0, -1))]
+    finally:
+        client.close()
+
+
+def ingest_drained(redis_url: str) -> bool:
+    """Nothing waits on the ingest queue or runs: every stored job was processed."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        layout = KeyLayout()
+        return client.llen(layout.queue("ingest")) == 0 and client.zcard(f"{layout.rq_prefix}:wip:ingest") == 0
+    finally:
+        client.close()
+
+
+def delivery_of(redis_url: str, out_dir: Path, event_id: str) -> str | None:
+    """Where the demo-file delivery of the event is: written out, or a delivery job still on its way
+    (waiting, running, scheduled for a retry, or failed). None if there is no trace of it."""
+    for path in sorted(out_dir.glob("*.jsonl")) if out_dir.is_dir() else []:
+        for line in path.read_text(errors="replace").splitlines():
+            if f'"{event_id}"' in line:
+                return f"written to {path.name}"
+    client = redis.Redis.from_url(redis_url)
+    try:
+        prefix = KeyLayout().rq_prefix
+        for queue in ("deliver:demo-file", "retry:demo-file"):
+            if client.llen(f"{prefix}:queue:{queue}"):
+                return f"queued on {queue}"
+            for registry in ("wip", "scheduled", "failed"):
+                if client.zcard(f"{prefix}:{registry}:{queue}"):
+                    return f"in the {registry} registry of {queue}"
+        return None
+    finally:
+        client.close()
+
+
+def worker_pids(run: DevRun) -> list[int]:
+    """The worker processes `trackpipe dev` says it started."""
+    return [int(pid) for pid in re.findall(r"^worker:\s+pid (\d+)", run.stdout, re.MULTILINE)]
+
+
+def worker_processes(marker: str) -> list[int]:
+    """Live `trackpipe.cli worker` processes (and the schedulers they fork) whose command line holds
+    `marker` (this test's project directory: other tests' workers are not ours)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        ours = b"trackpipe.cli" in cmdline and b" worker" in cmdline and marker.encode() in cmdline
+        if ours and pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def running_worker_pids(redis_url: str) -> set[int]:
+    """Pids of the RQ workers registered on the server (a worker registers once it has started up)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        pids = set()
+        for key in client.smembers(f"{KeyLayout().rq_prefix}:workers"):
+            pid = client.hget(key, "pid")
+            if pid:
+                pids.add(int(pid))
+        return pids
+    finally:
+        client.close()
+
+
+def wait_workers_up(run: DevRun) -> None:
+    """Every worker `trackpipe dev` started is up and waiting for jobs."""
+    pids = set(worker_pids(run))
+    assert pids, f"no worker pid printed:\n{run.stdout}"
+    wait_until(lambda: pids <= running_worker_pids(run.redis_url), 30, f"workers {pids} not all registered")
+
+
+def assert_workers_stopped(run: DevRun, project: Path) -> None:
+    """Ctrl-C stops the workers too: none of them, nor any scheduler they forked, is left running."""
+    pids = worker_pids(run)
+    assert pids, f"no worker pid printed:\n{run.stdout}"
+    wait_until(lambda: not any(pid_alive(p) for p in pids), 20, f"worker still running: {pids}")
+    marker = str(project.resolve())
+    wait_until(lambda: not worker_processes(marker), 20, f"worker processes left: {worker_processes(marker)}")
 
 
 def assert_server_stopped(run: DevRun) -> None:
@@ -265,27 +359,37 @@ def test_dev_end_to_end_curl_job_ctrl_c_and_restart(project: Path) -> None:
         assert status == 200, body
         assert json.loads(body) == {"status": "ok"}
 
-        # 200 means stored: an RQ job on the ingest queue of the embedded server, holding the event.
-        job_ids = ingest_job_ids(first.redis_url)
-        assert len(job_ids) == 1, job_ids
-        connection = redis.Redis.from_url(first.redis_url)
-        try:
-            job = ingest_queue(connection).fetch_job(job_ids[0])
-            assert job is not None
-            batch = decode_batch(job.args[0])
-        finally:
-            connection.close()
-        [record] = batch.records
-        assert (record.source_id, record.site_id) == ("demo-web", "1")
-        [event] = [json.loads(raw) for raw in record.events]
-        assert event["event_name"] == "purchase"
-        assert event["context"]["event_id"] == "c0ffee-1"
+        # 200 means stored; the dev worker then processes the job: the ingest queue drains, the
+        # inspector shows the event, and the demo `file` destination gets a delivery job (or has
+        # already written the event out).
+        out_dir = project / ".trackpipe" / "out"
+        assert worker_pids(first), first.stdout
+        assert worker_processes(str(project.resolve())), "no worker process running"
+        wait_until(
+            lambda: ingest_drained(first.redis_url) and inspector_records(first.redis_url),
+            30,
+            f"the ingest job was not processed\nstderr:\n{first.stderr()}",
+        )
+        [record] = inspector_records(first.redis_url)
+        assert record["event_id"] == "c0ffee-1"
+        assert record["event_name"] == "purchase"
+        assert record["status"] in ("VALID", "INVALID_ACCEPTED"), record
+        assert record["payload"]["context"]["source_id"] == "demo-web"
+        assert record["destinations"] == {"demo-file": "queued"}
+        wait_until(
+            lambda: delivery_of(first.redis_url, out_dir, "c0ffee-1"),
+            30,
+            f"no delivery to demo-file for the event\nstderr:\n{first.stderr()}",
+        )
 
-        # SIGINT to the dev process alone: it must stop its own valkey-server, and exit 0.
+        # SIGINT to the dev process alone: it must stop its workers and its own valkey-server, and exit 0.
+        wait_workers_up(first)
         problems = exit_problems(first, first.interrupt(whole_group=False))
+        assert_workers_stopped(first, project)
         assert_server_stopped(first)
 
-    # Second run in the same directory: same config and key, and the first job survived (AOF).
+    # Second run in the same directory: same config and key, and what the first run stored survived
+    # (AOF): the inspector's record, and the dedup state (the same event again is a duplicate).
     with dev_run(project) as second:
         second.wait_ready()
         assert "wrote a demo config" not in second.stdout
@@ -293,10 +397,23 @@ def test_dev_end_to_end_curl_job_ctrl_c_and_restart(project: Path) -> None:
         assert curl_token(second.curl) == token
         assert second.curl == curl.replace(f":{first.port}/", f":{second.port}/")
         second.remember_valkey_pid()
-        assert job_ids[0] in ingest_job_ids(second.redis_url)
+        assert [r["event_id"] for r in inspector_records(second.redis_url)] == ["c0ffee-1"]
+        assert ingest_job_ids(second.redis_url) == []
 
-        # A real Ctrl-C: SIGINT to the whole foreground process group.
+        status, body = run_curl(second.curl)
+        assert status == 200, body
+        wait_until(
+            lambda: ingest_drained(second.redis_url) and len(inspector_records(second.redis_url)) == 2,
+            30,
+            f"the second ingest job was not processed\nstderr:\n{second.stderr()}",
+        )
+        again = inspector_records(second.redis_url)[-1]
+        assert (again["event_id"], again["status"]) == ("c0ffee-1", "DUPLICATE")
+
+        # A real Ctrl-C: SIGINT to the whole foreground process group (once everything is up).
+        wait_workers_up(second)
         problems += exit_problems(second, second.interrupt(whole_group=True))
+        assert_workers_stopped(second, project)
         assert_server_stopped(second)
 
     # Checked last, so that the restart and persistence above are checked whatever this says.
@@ -322,6 +439,7 @@ def test_dev_stopped_with_sigterm_takes_its_server_down(project: Path) -> None:
         run.proc.send_signal(signal.SIGTERM)
         run.proc.wait(timeout=20)
         assert "Traceback" not in run.stderr(), run.stderr()
+        assert_workers_stopped(run, project)
         assert_server_stopped(run)
 
 

@@ -15,8 +15,8 @@ import msgspec
 
 from trackpipe.auth import new_key
 from trackpipe.config import REDIS_URL_ENV, Config, config_path, load
-from trackpipe.embedded import start_server
-from trackpipe.keys import INGEST_QUEUE, rq_prefix_for
+from trackpipe.embedded import die_with_parent, start_server
+from trackpipe.keys import INGEST_QUEUE, bind_rq_prefix, deliver_queue, retry_queue, rq_prefix_for
 from trackpipe.serve import edge_server_config, serve
 
 DEMO_CONFIG = """\
@@ -76,17 +76,16 @@ WORKER_STOP_SECONDS = 15
 
 
 def start_worker(config_file: Path, redis_url: str, queues: list[str]) -> subprocess.Popen:
-    """A worker process (RQ needs the main thread for its signals) over `queues`."""
+    """A worker process (RQ needs the main thread for its signals) over `queues`. It shares the
+    terminal's Ctrl-C (a warm shutdown) and ends with dev even if dev is killed."""
     command = [sys.executable, "-m", "trackpipe.cli", "worker", "--config", str(config_file)]
     command += ["--queues", ",".join(queues)]
-    return subprocess.Popen(command, env={**os.environ, REDIS_URL_ENV: redis_url})
+    return subprocess.Popen(command, env={**os.environ, REDIS_URL_ENV: redis_url}, preexec_fn=die_with_parent)
 
 
 def worker_layout(config: Config) -> list[list[str]]:
     """One worker for ingest and one per destination, so a slow destination never holds up another."""
-    from workers.runner import destination_queues
-
-    return [[INGEST_QUEUE]] + [destination_queues(d.id) for d in config.destinations]
+    return [[INGEST_QUEUE]] + [[deliver_queue(d.id), retry_queue(d.id)] for d in config.destinations]
 
 
 def stop_process(process: subprocess.Popen) -> None:
@@ -112,6 +111,7 @@ def run_dev(args: argparse.Namespace) -> int:
             write_demo_config(path, data_dir / "out")
             print(f"wrote a demo config to {path}")
     config = load(path)
+    bind_rq_prefix(config.key_prefix)
     server = start_server(data_dir / "valkey", port=args.redis_port or None)
     try:
         redis_url = f"redis://127.0.0.1:{server.port}/0"

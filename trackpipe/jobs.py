@@ -18,6 +18,7 @@ os.environ.setdefault(RQ_PREFIX_ENV, rq_prefix_for(DEFAULT_PREFIX))
 import msgspec
 from redis import Redis
 from rq import Queue, Retry
+from rq.exceptions import DeserializationError
 from rq.job import Job
 
 INGEST_FUNCTION = "workers.ingest.run_ingest_job"
@@ -61,12 +62,30 @@ class ForbiddenJobFunction(Exception):
 
 
 class SafeJob(Job):
-    """A Job that only resolves functions trackpipe registered."""
+    """A Job that only resolves functions trackpipe registered.
+
+    A job that names another function, or whose data is not MessagePack (a planted pickle), fails
+    for good: retrying it could never succeed.
+    """
+
+    _unrunnable = False
+
+    def _deserialize_data(self) -> None:
+        try:
+            super()._deserialize_data()
+        except DeserializationError:
+            self._unrunnable = True
+            raise
+
+    @property
+    def should_retry(self) -> bool:  # type: ignore[override]
+        return not self._unrunnable and super().should_retry
 
     @property
     def func(self):  # type: ignore[override]
         name = self.func_name
         if self.instance is not None or name not in JOB_FUNCTIONS:
+            self._unrunnable = True
             raise ForbiddenJobFunction(f"job {self.id}: function {name!r} is not a trackpipe job")
         return super().func
 

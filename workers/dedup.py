@@ -2,8 +2,10 @@
 
 Memory: each remembered id is an 8-byte digest field in one of `dedup.buckets` small hashes per
 window slot (`P:dd:<slot>:<bucket>`), which Valkey keeps as compact listpacks. Slots are
-`window_seconds` long; an id is looked up in its slot and the previous one, and inserted in its own,
-so every id seen less than one window ago is found. A slot's hashes expire two windows after creation.
+`window_seconds` long, by receive time; an id is looked up in its slot and both neighbours and
+inserted in its own, so a copy received less than one window earlier or later is found whatever
+order the jobs run in (a crashed job re-runs after newer ones). A slot's hashes expire two windows
+after creation.
 
 Crash safety: the verdicts of a job are stored in the job's own RQ hash by the same Lua script that
 marks the ids, so a re-run of a killed job reads its verdicts back instead of seeing its own marks
@@ -65,7 +67,8 @@ for i = 0, #blob / 16 - 1 do
   local slot = u32(p + 8)
   local bucket = u32(p + 12)
   local current = prefix .. slot .. ':' .. bucket
-  if redis.call('HEXISTS', prefix .. (slot - 1) .. ':' .. bucket, field) == 1 then
+  if redis.call('HEXISTS', prefix .. (slot - 1) .. ':' .. bucket, field) == 1
+     or redis.call('HEXISTS', prefix .. (slot + 1) .. ':' .. bucket, field) == 1 then
     out[i + 1] = '0'
   elseif redis.call('HSETNX', current, field, '') == 1 then
     out[i + 1] = '1'

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 
 from redis import Redis
-from rq import SimpleWorker
+from rq import Queue, SimpleWorker
+from rq.executions import Execution
 from rq.job import Job
 
 from trackpipe.config import Config
@@ -52,6 +53,31 @@ class TrackpipeWorker(SimpleWorker):
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return int(job.timeout if job.timeout and job.timeout > 0 else 60) + self.abandoned_grace_seconds
 
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        if job.started_at is not None:  # a re-run: an earlier execution may have died with its worker
+            prune_dead_executions(job, self.connection)
+        super().execute_job(job, queue)
+
+
+def prune_dead_executions(job: Job, connection: Redis) -> None:
+    """Forget executions whose records are gone (their worker was killed).
+
+    RQ 3.0 keeps a dead execution's id in the job's execution registry after its record expires,
+    and finishing the re-run then fails with "Execution ... not found in Redis", so a re-run that
+    did all its work would still be marked failed and retried.
+    """
+    registry = job.execution_registry
+    ids = [i.decode() if isinstance(i, bytes) else i for i in connection.zrange(registry.key, 0, -1)]
+    if not ids:
+        return
+    pipe = connection.pipeline(transaction=False)
+    for execution_id in ids:
+        pipe.exists(Execution(execution_id, job.id, connection).key)
+    dead = [i for i, alive in zip(ids, pipe.execute(), strict=True) if not alive]
+    if dead:
+        log.info("job %s: forgetting %d dead execution(s)", job.id, len(dead))
+        connection.zrem(registry.key, *dead)
+
 
 def build_worker(config: Config, connection: Redis, queues: list[str], name: str | None = None) -> TrackpipeWorker:
     install(WorkerContext(config, connection))
@@ -62,6 +88,9 @@ def build_worker(config: Config, connection: Redis, queues: list[str], name: str
         job_class=SafeJob,
         serializer=MsgpackSerializer,
         maintenance_interval=config.worker.maintenance_interval_seconds,
+        # An idle worker only looks for abandoned jobs between blocking waits for work, which last
+        # worker_ttl - 15 s (400 s by default): make them as long as the maintenance interval.
+        worker_ttl=config.worker.maintenance_interval_seconds + 15,
     )
     worker.abandoned_grace_seconds = config.worker.abandoned_grace_seconds
     return worker
