@@ -290,6 +290,7 @@ def test_zero_or_negative_counts(text: str, key: str) -> None:
         ("[edge]\ncommit_interval_ms = -0.5", "edge.commit_interval_ms", ">= 0"),
         ("[edge]\ncommit_interval_ms = 5000", "edge.commit_interval_ms", "<= 1000"),
         ("[edge]\ncommit_min_events = 0", "edge.commit_min_events", ">= 1"),
+        ("[worker]\ningest_retries = 0", "worker.ingest_retries", ">= 1"),
         ("[edge]\nunauthorized_ring_size = -1", "edge.unauthorized_ring_size", ">= 0"),
         ("[edge]\nunauthorized_ring_size = 100001", "edge.unauthorized_ring_size", "<= 100000"),
     ],

@@ -64,7 +64,8 @@ class WorkerConfig(Strict):
     # How often a worker looks for abandoned jobs and due retries.
     maintenance_interval_seconds: PositiveInt = 10
     # Times an ingest job is retried after an error or a dead worker.
-    ingest_retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = 10
+    # At least 1: RQ re-runs a job whose worker died only if it has a retry left.
+    ingest_retries: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
 
 
 class InspectorConfig(Strict):

@@ -34,7 +34,7 @@ def ingest_job_options(worker: WorkerConfig) -> dict[str, Any]:
     """Ingest jobs keep no result and only a week of failure record: at volume RQ's defaults (500 s
     of results, a year of failures) would hold millions of keys. Retries cover both errors and a
     worker that died mid-job (RQ re-runs an abandoned job only if it has retries left)."""
-    retry = Retry(max=worker.ingest_retries, interval=RETRY_INTERVALS) if worker.ingest_retries else None
+    retry = Retry(max=worker.ingest_retries, interval=RETRY_INTERVALS)
     return {
         "result_ttl": 0,
         "failure_ttl": FAILURE_TTL,
