@@ -20,26 +20,8 @@ from redis import Redis
 
 from trackpipe.config import Config, parse
 from trackpipe.embedded import start_server
+from trackpipe.examples import V2_EXAMPLE
 from trackpipe.keys import KeyLayout
-
-V2_EXAMPLE: dict[str, Any] = {
-    "event_name": "purchase",
-    "id": "O-1",
-    "value": 42.5,
-    "revenue": 35,
-    "currency": "EUR",
-    "type": "online",
-    "payment_method": "card",
-    "status": "pending",
-    "user": {"id": "7", "consent_categories": ["1", "3"]},
-    "items": [{"id": "SKU-9", "quantity": 1, "product": {"name": "Mug", "price": 35}}],
-    "context": {
-        "event_id": "c0ffee-1",
-        "event_timestamp": 1700000000000,
-        "page": {"url": "https://x/ok"},
-        "device": {"ip": "198.51.100.4", "user_agent": "Mozilla/5.0"},
-    },
-}
 
 BENCH_CONFIG = """
 redis_url = "{redis_url}"

@@ -16,6 +16,7 @@ import msgspec
 from trackpipe.auth import new_key
 from trackpipe.config import REDIS_URL_ENV, Config, config_path, load
 from trackpipe.embedded import die_with_parent, start_server
+from trackpipe.examples import V2_EXAMPLE
 from trackpipe.keys import INGEST_QUEUE, bind_rq_prefix, deliver_queue, retry_queue, rq_prefix_for
 from trackpipe.serve import edge_server_config, serve
 
@@ -40,20 +41,6 @@ type = "file"
 path = "{out_dir}"
 """
 
-DEMO_EVENT = {
-    "event_name": "purchase",
-    "id": "O-1",
-    "value": 42.5,
-    "revenue": 35,
-    "currency": "EUR",
-    "type": "online",
-    "payment_method": "card",
-    "status": "pending",
-    "user": {"id": "7", "consent_categories": ["1", "3"]},
-    "items": [{"id": "SKU-9", "quantity": 1, "product": {"name": "Mug", "price": 35}}],
-    "context": {"event_id": "c0ffee-1", "event_timestamp": 1700000000000, "page": {"url": "https://x/ok"}},
-}
-
 
 def write_demo_config(path: Path, out_dir: Path) -> None:
     key, _ = new_key()
@@ -68,7 +55,7 @@ def demo_curl(config: Config, host: str, port: int) -> str | None:
         return None
     source, key = plain[0]
     url = f"http://{host}:{port}/events?tc_s={source.site_id}&token={key}"
-    body = msgspec.json.encode(DEMO_EVENT).decode()
+    body = msgspec.json.encode(V2_EXAMPLE).decode()
     return f"curl -sS -X POST {shlex.quote(url)} -H 'Content-Type: application/json' -d {shlex.quote(body)}"
 
 
