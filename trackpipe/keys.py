@@ -13,6 +13,7 @@ Layout (``P`` is ``key_prefix`` from the config, default ``trackpipe``):
     P:errors:dest:<dest>             hash error kind -> count
     P:errors:dest:<dest>:last        hash error kind -> last seen (ms)
     P:dd:<slot>:<bucket>             dedup: hash of 8-byte id digests seen in window slot <slot>
+    P:ddslot:<slot>                  dedup: marker that slot <slot> holds any id
     P:ingest:decided:<job_id>        the dedup verdicts of an ingest job (survives a crash)
     P:ingest:done:<job_id>           set once an ingest job's fan-out is committed
     P:inspect:<source>               recent processed events of a source (capped list)
@@ -71,6 +72,10 @@ class KeyLayout(msgspec.Struct, frozen=True):
     def dedup_bucket_prefix(self) -> str:
         """The dedup script builds `<this><slot>:<bucket>` itself (see workers.dedup)."""
         return f"{self.prefix}:dd:"
+
+    @property
+    def dedup_slot_marker_prefix(self) -> str:
+        return f"{self.prefix}:ddslot:"
 
     @property
     def dedup_pattern(self) -> str:

@@ -44,9 +44,10 @@ def slot_of(received_at_ms: int, window_seconds: int) -> int:
 
 
 # KEYS[1]: the job hash. ARGV: verdict ttl, bucket ttl, done field, verdict field, bucket key
-# prefix ("P:dd:"), then one blob holding, per id, 16 bytes: the 8-byte field, the 4-byte slot and
-# the 4-byte bucket (big-endian). One blob instead of three arguments per id keeps the call cheap
-# to build and to parse. Bucket keys are built here: trackpipe, like RQ, does not run on Cluster.
+# prefix ("P:dd:"), one blob, slot marker prefix ("P:ddslot:"). The blob holds, per id, 16 bytes:
+# the 8-byte field, the 4-byte slot and the 4-byte bucket (big-endian). One blob instead of three
+# arguments per id keeps the call cheap to build and to parse. Bucket keys are built here:
+# trackpipe, like RQ, does not run on Cluster.
 # Returns "done" when the job's fan-out was already committed, else "v" + one "1" (first seen)
 # or "0" (duplicate) per id.
 CLAIM_SCRIPT = """
@@ -57,6 +58,18 @@ local blob = ARGV[6]
 local prefix = ARGV[5]
 local out = {}
 local touched = {}
+local filled = {}
+local present = {}
+-- Whether a slot holds any id at all (its marker key): most lookups in a neighbouring slot
+-- (above all the next one, which only exists when jobs run out of order) can then be skipped.
+local function slot_present(slot)
+  local known = present[slot]
+  if known == nil then
+    known = redis.call('EXISTS', ARGV[7] .. slot) == 1
+    present[slot] = known
+  end
+  return known
+end
 local function u32(p)
   local a, b, c, d = string.byte(blob, p, p + 3)
   return ((a * 256 + b) * 256 + c) * 256 + d
@@ -67,17 +80,21 @@ for i = 0, #blob / 16 - 1 do
   local slot = u32(p + 8)
   local bucket = u32(p + 12)
   local current = prefix .. slot .. ':' .. bucket
-  if redis.call('HEXISTS', prefix .. (slot - 1) .. ':' .. bucket, field) == 1
-     or redis.call('HEXISTS', prefix .. (slot + 1) .. ':' .. bucket, field) == 1 then
+  if (slot_present(slot - 1) and redis.call('HEXISTS', prefix .. (slot - 1) .. ':' .. bucket, field) == 1)
+     or (slot_present(slot + 1) and redis.call('HEXISTS', prefix .. (slot + 1) .. ':' .. bucket, field) == 1) then
     out[i + 1] = '0'
   elseif redis.call('HSETNX', current, field, '') == 1 then
     out[i + 1] = '1'
     touched[current] = true
+    filled[slot] = true
+    present[slot] = true
   else
     out[i + 1] = '0'
   end
 end
 for key in pairs(touched) do redis.call('EXPIRE', key, ARGV[2], 'NX') end
+-- Refreshed on every insertion, so a slot's marker outlives every bucket key of that slot.
+for slot in pairs(filled) do redis.call('SET', ARGV[7] .. slot, '1', 'EX', ARGV[2]) end
 verdict = 'v' .. table.concat(out)
 redis.call('HSET', KEYS[1], ARGV[4], verdict)
 redis.call('EXPIRE', KEYS[1], ARGV[1], 'NX')
@@ -108,6 +125,7 @@ class Deduplicator:
             VERDICT_FIELD,
             self._layout.dedup_bucket_prefix,
             blob,
+            self._layout.dedup_slot_marker_prefix,
         ]
         reply = self._script(keys=[job_key], args=args, client=connection)
         text = reply.decode() if isinstance(reply, bytes) else str(reply)

