@@ -20,6 +20,7 @@ import httpx
 import redis
 
 from tests.support import ROOT, TEST_KEY, free_port, running_edge
+from trackpipe.examples import V2_EXAMPLE
 from trackpipe.keys import KeyLayout
 from workers.deadletter import decode_dead_letter
 
@@ -168,24 +169,8 @@ V1 = {
     "page": {"location": "https://x/p"},
     "device": {"ip": "198.51.100.4"},
 }
-V2 = {
-    "event_name": "purchase",
-    "id": "O-1",
-    "value": 42.5,
-    "revenue": 35,
-    "currency": "EUR",
-    "type": "online",
-    "payment_method": "card",
-    "status": "pending",
-    "user": {"id": "7", "consent_categories": ["1", "3"]},
-    "items": [{"id": "SKU-9", "quantity": 1, "product": {"name": "Mug", "price": 35}}],
-    "context": {
-        "event_id": "e2e-v2",
-        "event_timestamp": 1700000000000,
-        "page": {"url": "https://x/ok"},
-        "device": {"ip": "198.51.100.4", "user_agent": "Mozilla/5.0"},
-    },
-}
+# The contract's v2 example, with an event id of this test's own.
+V2 = {**V2_EXAMPLE, "context": {**V2_EXAMPLE["context"], "event_id": "e2e-v2"}}
 
 
 def post(base: str, event: dict[str, Any]) -> None:

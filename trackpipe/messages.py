@@ -33,6 +33,7 @@ class DeliveryEvent(msgspec.Struct, array_like=True):
     attempts: int = 0
     first_failure_at: int | None = None  # ms
     last_error: str | None = None
+    received_at: int = 0  # ms, when the edge received it (for ingest-to-delivery latency)
 
 
 class DeliveryBatch(msgspec.Struct, array_like=True):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
 from redis import Redis
@@ -45,12 +45,8 @@ class WorkerContext:
             sender.close()
         self._senders.clear()
 
-    def observe_ingest(self, events: list[Any], fan_out: FanOut) -> None:
-        counts: dict[tuple[str, str], int] = {}
-        for item in events:
-            key = (item.source_id, item.status.value)
-            counts[key] = counts.get(key, 0) + 1
-        for (source, status), n in counts.items():
+    def observe_ingest(self, status_counts: dict[tuple[str, str], int], fan_out: FanOut) -> None:
+        for (source, status), n in status_counts.items():
             EVENTS_PROCESSED.labels(source, status).inc(n)
             if status == "DUPLICATE":
                 DEDUP_HITS.labels(source).inc(n)

@@ -200,25 +200,9 @@ def process_delivery(
     if settled.delivered:
         latency = INGEST_TO_DELIVERY_SECONDS.labels(batch.destination_id)
         for event in settled.delivered:
-            received_at = _received_at(event)
-            if received_at:
-                latency.observe(max(0.0, now - received_at / 1000))
+            if event.received_at:
+                latency.observe(max(0.0, now - event.received_at / 1000))
     return settled
-
-
-class _ReceivedAt(msgspec.Struct):
-    context: dict = {}
-
-
-_received_decoder = msgspec.json.Decoder(_ReceivedAt)
-
-
-def _received_at(event: DeliveryEvent) -> int | None:
-    try:
-        value = _received_decoder.decode(event.body).context.get("received_at")
-    except msgspec.DecodeError:
-        return None
-    return value if isinstance(value, int) else None
 
 
 def run_delivery_job(payload: bytes) -> None:

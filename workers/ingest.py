@@ -127,7 +127,9 @@ def plan_fan_out(events: list[ProcessedEvent], config: Config) -> FanOut:
                 if accepts(destination, item.source_id, item.event):
                     body = body or _json.encode(item.event)
                     deliveries[destination.id].append(
-                        DeliveryEvent(str(item.event_id), str(item.event.get("event_name")), body)
+                        DeliveryEvent(
+                            str(item.event_id), str(item.event.get("event_name")), body, received_at=item.received_at
+                        )
                     )
                     routes[destination.id] = "queued"
                 else:
@@ -171,8 +173,22 @@ def _inspector_records(
     return kept
 
 
+def count_statuses(events: list[ProcessedEvent]) -> dict[tuple[str, str], int]:
+    """(source id, status) -> events."""
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for item in events:
+        counts[(item.source_id, item.status.value)] += 1
+    return dict(counts)
+
+
 def commit_fan_out(
-    ctx: WorkerContext, connection: Redis, job_id: str, job_key: str, events: list[ProcessedEvent], now_ms: int
+    ctx: WorkerContext,
+    connection: Redis,
+    job_id: str,
+    job_key: str,
+    events: list[ProcessedEvent],
+    status_counts: dict[tuple[str, str], int],
+    now_ms: int,
 ) -> FanOut:
     """Everything the job leaves behind, in one MULTI/EXEC ending with the job's done mark."""
     layout: KeyLayout = ctx.layout
@@ -194,9 +210,6 @@ def commit_fan_out(
             key = layout.inspector(source_id)
             pipe.lpush(key, *(encode_record(r) for r in records))
             pipe.ltrim(key, 0, inspector_size - 1)
-    status_counts: dict[tuple[str, str], int] = defaultdict(int)
-    for item in events:
-        status_counts[(item.source_id, item.status.value)] += 1
     for (source_id, status), n in status_counts.items():
         pipe.hincrby(layout.source_stats(source_id), status, n)
     minute = now_ms // 60_000
@@ -248,12 +261,13 @@ def _process_ingest(ctx: WorkerContext, connection: Redis, job_id: str, job_key:
         if not first_seen:
             events[i].status = EventStatus.DUPLICATE
     faults.point("ingest:after_dedup")
-    fan_out = commit_fan_out(ctx, connection, job_id, job_key, events, time.time_ns() // 1_000_000)
+    status_counts = count_statuses(events)
+    fan_out = commit_fan_out(ctx, connection, job_id, job_key, events, status_counts, time.time_ns() // 1_000_000)
     faults.point("ingest:after_fanout")
+    ctx.observe_ingest(status_counts, fan_out)
     by_status: dict[str, int] = defaultdict(int)
-    for item in events:
-        by_status[item.status.value] += 1
-    ctx.observe_ingest(events, fan_out)
+    for (_, status), n in status_counts.items():
+        by_status[status] += n
     return IngestOutcome(len(events), dict(by_status), {d: len(e) for d, e in fan_out.deliveries.items()})
 
 
