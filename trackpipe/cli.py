@@ -50,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run an RQ worker (ingest and delivery jobs)")
     worker.add_argument("--config", help="config file (default: TRACKPIPE_CONFIG)")
-    worker.add_argument("--queues", help="comma-separated queues: ingest, deliver:<destination id> (default: all)")
+    worker.add_argument(
+        "--queues",
+        help="comma-separated queues (ingest, deliver:<id>, retry:<id>), or all (default) or deliveries",
+    )
     worker.add_argument("--burst", action="store_true", help="exit once the queues are empty")
     worker.add_argument("--name", help="worker name (default: RQ's)")
     worker.add_argument("--no-scheduler", action="store_true", help="do not run the retry scheduler")

@@ -31,10 +31,13 @@ def all_queues(config: Config) -> list[str]:
 
 
 def parse_queues(spec: str | None, config: Config) -> list[str]:
-    """`ingest,deliver:crm-hook` (or None / "all") → queue names, each checked against the config."""
+    """`ingest,deliver:crm-hook` → queue names, each checked against the config. None or "all":
+    every queue; "deliveries": every destination's delivery and retry queues."""
     known = all_queues(config)
     if spec is None or spec.strip() in ("", "all"):
         return known
+    if spec.strip() == "deliveries":
+        return [q for q in known if q != INGEST_QUEUE]
     names = [part.strip() for part in spec.split(",") if part.strip()]
     for name in names:
         if name not in known:

@@ -1,0 +1,10 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY trackpipe ./trackpipe
+COPY ingest ./ingest
+COPY workers ./workers
+COPY destinations ./destinations
+RUN pip install --no-cache-dir .
+ENV TRACKPIPE_CONFIG=/etc/trackpipe/trackpipe.toml
+ENTRYPOINT ["trackpipe"]

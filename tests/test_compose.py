@@ -1,0 +1,50 @@
+"""compose.yaml stays runnable: valid YAML, the services the README names, and only commands the
+CLI really has, with a config that loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trackpipe.cli import build_parser
+from trackpipe.config import load
+from workers.runner import parse_queues
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICES = {"valkey", "edge", "ingest-worker", "delivery-worker"}
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())
+
+
+def test_compose_is_yaml_with_the_services_the_readme_names() -> None:
+    services = compose()["services"]
+    assert set(services) == SERVICES
+    readme = (ROOT / "README.md").read_text()
+    for name in SERVICES:
+        assert f"`{name}`" in readme, f"README does not mention the {name} service"
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES - {"valkey"}))
+def test_every_trackpipe_command_parses(service: str) -> None:
+    command = compose()["services"][service]["command"]
+    args = build_parser().parse_args(command)  # exits (SystemExit) on an unknown command or option
+    assert args.command in ("edge", "worker")
+
+
+def test_the_mounted_config_loads_and_names_real_queues() -> None:
+    config = load(ROOT / "deploy" / "trackpipe.toml")
+    for service in ("ingest-worker", "delivery-worker"):
+        command = compose()["services"][service]["command"]
+        queues = parse_queues(command[command.index("--queues") + 1], config)
+        expected = ["ingest"] if service == "ingest-worker" else ["deliver:lake", "retry:lake"]
+        assert queues == expected
+
+
+def test_valkey_keeps_what_it_acknowledged() -> None:
+    command = compose()["services"]["valkey"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
