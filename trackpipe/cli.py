@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--no-scheduler", action="store_true", help="do not run the retry scheduler")
     worker.add_argument("--verbose", action="store_true", help="log every job")
 
+    status = commands.add_parser("status", help="queues, lag, workers, retries, dead letters, delivery rates")
+    status.add_argument("--config", help="config file (default: TRACKPIPE_CONFIG)")
+    status.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
     bench = commands.add_parser("bench", help="measure the hot paths against their baselines")
     bench.add_argument("what", nargs="?", default="all", choices=["worker", "dedup", "e2e", "all"])
     bench.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -94,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from trackpipe.serve import run_edge
 
             return run_edge(args.config, host=args.host, port=args.port, workers=args.workers)
+        if args.command == "status":
+            from trackpipe.serve import run_status
+
+            return run_status(args)
         if args.command == "bench":
             from trackpipe.benchcli import run_bench
 

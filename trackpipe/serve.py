@@ -94,6 +94,25 @@ def run_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_status(args: argparse.Namespace) -> int:
+    config = load_from(args.config)
+    bind_rq_prefix(config.key_prefix)
+    import msgspec
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    from trackpipe.status import collect, render
+
+    try:
+        with Redis.from_url(config.redis_url, socket_connect_timeout=3, socket_timeout=10) as connection:
+            status = collect(config, connection)
+    except RedisError as exc:
+        print(f"trackpipe status: cannot read {config.redis_url}: {exc}", file=sys.stderr)
+        return 1
+    print(msgspec.json.encode(status).decode() if args.json else render(status))
+    return 0
+
+
 def run_edge(config_arg: str | None, *, host: str, port: int, workers: int) -> int:
     config = load_from(config_arg)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
