@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--config", help="config file (default: TRACKPIPE_CONFIG)")
     status.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
+    from trackpipe.dlqcli import add_parser as add_dlq_parser
+
+    add_dlq_parser(commands, _positive)
+
     bench = commands.add_parser("bench", help="measure the hot paths against their baselines")
     bench.add_argument("what", nargs="?", default="all", choices=["worker", "dedup", "e2e", "all"])
     bench.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -98,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from trackpipe.serve import run_edge
 
             return run_edge(args.config, host=args.host, port=args.port, workers=args.workers)
+        if args.command == "dlq":
+            from trackpipe.dlqcli import run_dlq
+
+            return run_dlq(args)
         if args.command == "status":
             from trackpipe.serve import run_status
 
