@@ -337,5 +337,7 @@ def create_app(config: Config, **redis_factories: Any) -> EdgeApp:
 def create_app_from_env() -> EdgeApp:
     """uvicorn factory for `trackpipe edge --workers N`: the config comes from TRACKPIPE_CONFIG."""
     from trackpipe.config import load_from
+    from trackpipe.logs import setup_logging
 
+    setup_logging()
     return create_app(load_from(None))

@@ -125,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"trackpipe: bad config: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before a command installed its own handling
+        return 130
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shlex
 import signal
@@ -18,6 +17,7 @@ from trackpipe.config import REDIS_URL_ENV, Config, config_path, load
 from trackpipe.embedded import die_with_parent, start_server
 from trackpipe.examples import V2_EXAMPLE
 from trackpipe.keys import INGEST_QUEUE, bind_rq_prefix, deliver_queue, retry_queue, rq_prefix_for
+from trackpipe.logs import setup_logging
 from trackpipe.serve import edge_server_config, serve
 
 DEMO_CONFIG = """\
@@ -63,11 +63,14 @@ WORKER_STOP_SECONDS = 15
 
 
 def start_worker(config_file: Path, redis_url: str, queues: list[str]) -> subprocess.Popen:
-    """A worker process (RQ needs the main thread for its signals) over `queues`. It shares the
-    terminal's Ctrl-C (a warm shutdown) and ends with dev even if dev is killed."""
+    """A worker process (RQ needs the main thread for its signals) over `queues`, in its own
+    session so the terminal's Ctrl-C does not catch it mid-start: dev stops it with SIGTERM (a warm
+    shutdown), and it ends with dev even if dev is killed."""
     command = [sys.executable, "-m", "trackpipe.cli", "worker", "--config", str(config_file)]
     command += ["--queues", ",".join(queues)]
-    return subprocess.Popen(command, env={**os.environ, REDIS_URL_ENV: redis_url}, preexec_fn=die_with_parent)
+    return subprocess.Popen(
+        command, env={**os.environ, REDIS_URL_ENV: redis_url}, preexec_fn=die_with_parent, start_new_session=True
+    )
 
 
 def worker_layout(config: Config) -> list[list[str]]:
@@ -89,7 +92,7 @@ def stop_process(process: subprocess.Popen) -> None:
 def run_dev(args: argparse.Namespace) -> int:
     # The printed curl line must show up at once under `| tee` or a process manager too.
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging()
     data_dir = Path(args.data_dir).resolve()
     path = config_path(args.config)
     if path is None:

@@ -14,6 +14,7 @@ import uvicorn
 
 from trackpipe.config import CONFIG_ENV, Config, config_path, load_from
 from trackpipe.keys import bind_rq_prefix
+from trackpipe.logs import setup_logging
 
 log = logging.getLogger("trackpipe")
 # A worker blocks on BLPOP between jobs: no read timeout, but a bounded connect.
@@ -65,7 +66,10 @@ def edge_server_config(config: Config, host: str, port: int, log_level: str = "i
     bind_rq_prefix(config.key_prefix)
     from ingest.app import create_app
 
-    return uvicorn.Config(create_app(config), host=host, port=port, log_level=log_level, **UVICORN_SETTINGS)
+    # log_config=None: uvicorn logs through the JSON handler set up by trackpipe.logs.
+    return uvicorn.Config(
+        create_app(config), host=host, port=port, log_level=log_level, log_config=None, **UVICORN_SETTINGS
+    )
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -81,8 +85,7 @@ def run_worker(args: argparse.Namespace) -> int:
     except QueueNameError as exc:
         print(f"trackpipe worker: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    setup_logging()
     connection = Redis.from_url(config.redis_url, **REDIS_WORKER_TIMEOUTS)
     worker = build_worker(config, connection, queues, name=args.name)
     log.info("worker %s on queues %s", worker.name, ", ".join(queues))
@@ -115,7 +118,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 def run_edge(config_arg: str | None, *, host: str, port: int, workers: int) -> int:
     config = load_from(config_arg)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging()
     if workers == 1:
         serve(edge_server_config(config, host, port))
         return 0
@@ -133,6 +136,7 @@ def run_edge(config_arg: str | None, *, host: str, port: int, workers: int) -> i
         port=port,
         workers=workers,
         log_level="info",
+        log_config=None,
         **UVICORN_SETTINGS,
     )
     return 0
