@@ -242,3 +242,39 @@ def test_planted_jobs_never_run_code_and_the_worker_survives_them(
     finally:
         returncode = stop_worker(worker)
     assert returncode == 0, f"SIGTERM: a warm shutdown exits 0, not {returncode}\n{log.read_text()}"
+
+
+def test_worker_serves_its_metrics(tmp_path: Path, valkey_url: str, valkey_client: redis.Redis) -> None:
+    import httpx
+
+    config_file = write_config(tmp_path, valkey_url)
+    store_job(valkey_client, config_file, "metrics-1")
+    port = free_port()
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "trackpipe.cli",
+            "worker",
+            "--config",
+            str(config_file),
+            "--queues",
+            "ingest",
+            "--metrics-port",
+            str(port),
+        ],
+        cwd=ROOT,
+    )
+    try:
+
+        def processed() -> bool:
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).text
+            except httpx.HTTPError:
+                return False
+            return 'trackpipe_events_processed_total{source="shop-web"' in text
+
+        poll_until(processed, 20, "the worker's /metrics never counted the processed event")
+    finally:
+        worker.terminate()
+        worker.wait(timeout=20)

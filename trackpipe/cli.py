@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--name", help="worker name (default: RQ's)")
     worker.add_argument("--no-scheduler", action="store_true", help="do not run the retry scheduler")
     worker.add_argument("--verbose", action="store_true", help="log every job")
+    worker.add_argument("--metrics-port", type=_port, help="serve Prometheus metrics on this port")
+    worker.add_argument("--metrics-host", help="address for --metrics-port (default: 127.0.0.1)")
 
     status = commands.add_parser("status", help="queues, lag, workers, retries, dead letters, delivery rates")
     status.add_argument("--config", help="config file (default: TRACKPIPE_CONFIG)")

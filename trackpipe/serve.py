@@ -86,6 +86,14 @@ def run_worker(args: argparse.Namespace) -> int:
         print(f"trackpipe worker: {exc}", file=sys.stderr)
         return 2
     setup_logging()
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(args.metrics_port, addr="127.0.0.1" if args.metrics_host is None else args.metrics_host)
+        except OSError as exc:
+            print(f"trackpipe worker: --metrics-port {args.metrics_port}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     connection = Redis.from_url(config.redis_url, **REDIS_WORKER_TIMEOUTS)
     worker = build_worker(config, connection, queues, name=args.name)
     log.info("worker %s on queues %s", worker.name, ", ".join(queues))
