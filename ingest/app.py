@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ingest import metrics
+from ingest.admin import Admin
 from ingest.body import ClientDisconnected, content_coding, parse_content_length, read_body
 from ingest.commit import GroupCommitter, StorageUnavailable
 from ingest.openapi import spec
@@ -318,6 +319,7 @@ class EdgeApp:
                 Route("/readyz", edge.readyz),
                 Route("/metrics", edge.metrics),
                 Route("/openapi.json", edge.openapi),
+                *Admin(edge).routes(),
             ],
             lifespan=lifespan,
         )

@@ -1,0 +1,240 @@
+"""The admin API (CONTRACT §8), behind `Authorization: Bearer <admin_token>`.
+
+- GET  /admin/sources/{source_id}/events?limit=&status=&test_code=   the live event inspector
+- GET  /admin/destinations/{destination_id}/delivery                 counts, error details, trend
+- GET  /admin/dlq/{destination_id}?event=&reason=&since=&until=&limit=
+- POST /admin/dlq/{destination_id}/replay   body: {"to", "dry_run", "event", "reason", "since", "until", "limit"}
+
+Inspector records are stored with the IP already masked and without keys; nothing here reads a key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from trackpipe.keys import KeyLayout
+
+if TYPE_CHECKING:
+    from ingest.app import Edge
+
+MAX_LIMIT = 1_000
+TREND_MINUTES = 60
+OUTCOMES = ("queued", "delivered", "retried", "dead_lettered", "filtered")
+STATUSES = {"VALID", "INVALID_ACCEPTED", "INVALID_REJECTED", "DUPLICATE"}
+_json = msgspec.json.Encoder()
+
+
+class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True):
+    to: str | None = None
+    dry_run: bool = False
+    event: str | None = None
+    reason: str | None = None
+    since: str | None = None
+    until: str | None = None
+    limit: int | None = None
+
+
+def error(status: int, reason: str) -> Response:
+    headers = {"WWW-Authenticate": 'Bearer realm="trackpipe-admin"'} if status == 401 else None
+    return JSONResponse({"status": "error", "error": reason}, status_code=status, headers=headers)
+
+
+def raw_json(data: bytes) -> Response:
+    return Response(data, media_type="application/json")
+
+
+def _limit(request: Request) -> int | Response:
+    text = request.query_params.get("limit", "100")
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        return error(400, f"limit: {text!r} is not a whole number from 1 to {MAX_LIMIT}")
+    return int(text)
+
+
+class Admin:
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+        token = edge.config.admin_token
+        self._token = token.encode() if token else None
+        self.layout = KeyLayout(edge.config.key_prefix)
+
+    def authorized(self, request: Request) -> Response | None:
+        """None when the request carries the admin token; the 401 answer otherwise."""
+        if self._token is None:
+            return error(401, "the admin API is off: no admin_token in the config")
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), self._token):
+            return error(401, "missing or wrong admin token")
+        return None
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/admin/sources/{source_id}/events", self.guard(self.inspector)),
+            Route("/admin/destinations/{destination_id}/delivery", self.guard(self.delivery)),
+            Route("/admin/dlq/{destination_id}", self.guard(self.dlq_list)),
+            Route("/admin/dlq/{destination_id}/replay", self.guard(self.dlq_replay), methods=["POST"]),
+        ]
+
+    def guard(self, endpoint: Any) -> Any:
+        async def guarded(request: Request) -> Response:
+            refused = self.authorized(request)
+            if refused is not None:
+                return refused
+            try:
+                return await endpoint(request)
+            except OSError as exc:  # redis-py connection errors are OSErrors
+                return error(503, f"storage unavailable: {type(exc).__name__}")
+
+        return guarded
+
+    # -- inspector --------------------------------------------------------------------------
+
+    async def inspector(self, request: Request) -> Response:
+        source_id = request.path_params["source_id"]
+        if source_id not in {s.id for s in self.edge.config.sources}:
+            return error(404, f"no source {source_id!r}")
+        limit = _limit(request)
+        if isinstance(limit, Response):
+            return limit
+        status = request.query_params.get("status")
+        if status is not None and status not in STATUSES:
+            return error(400, f"status: {status!r} is not one of {', '.join(sorted(STATUSES))}")
+        test_code = request.query_params.get("test_code")
+        assert self.edge.redis is not None
+        raw = await self.edge.redis.lrange(self.layout.inspector(source_id), 0, -1)
+        picked: list[bytes] = []
+        for item in raw:
+            if status is not None or test_code is not None:
+                record = msgspec.json.decode(item)
+                if status is not None and record.get("status") != status:
+                    continue
+                if test_code is not None and record.get("test_code") != test_code:
+                    continue
+            picked.append(item)
+            if len(picked) >= limit:
+                break
+        return raw_json(b'{"source_id":' + _json.encode(source_id) + b',"events":[' + b",".join(picked) + b"]}")
+
+    # -- delivery view ----------------------------------------------------------------------
+
+    async def delivery(self, request: Request) -> Response:
+        destination_id = request.path_params["destination_id"]
+        if destination_id not in {d.id for d in self.edge.config.destinations}:
+            return error(404, f"no destination {destination_id!r}")
+        assert self.edge.redis is not None
+        now_minute = int(time.time() // 60)
+        minutes = list(range(now_minute - TREND_MINUTES + 1, now_minute + 1))
+        pipe = self.edge.redis.pipeline(transaction=False)
+        for minute in minutes:
+            pipe.hgetall(self.layout.destination_stats(destination_id, minute))
+        pipe.hgetall(self.layout.destination_errors(destination_id))
+        pipe.hgetall(self.layout.destination_errors_last(destination_id))
+        pipe.llen(self.layout.dlq(destination_id))
+        *per_minute, errors, last_seen, dlq_size = await pipe.execute()
+        totals: dict[str, int] = {}
+        trend = []
+        for minute, counts in zip(minutes, per_minute, strict=True):
+            decoded = {k.decode(): int(v) for k, v in counts.items()}
+            for key, value in decoded.items():
+                totals[key] = totals.get(key, 0) + value
+            if decoded:
+                trend.append({"minute": minute * 60, **decoded})
+        details = sorted(
+            (
+                {"reason": kind.decode(), "count": int(count), "last_seen": int(last_seen.get(kind, 0))}
+                for kind, count in errors.items()
+            ),
+            key=lambda d: -d["count"],
+        )
+        return JSONResponse(
+            {
+                "destination_id": destination_id,
+                "last_hour": {
+                    k: totals.get(k, 0) for k in ("queued", "delivered", "retried", "dead_lettered", "filtered")
+                },
+                "dlq": int(dlq_size),
+                "errors": details,
+                "trend": trend,
+            }
+        )
+
+    # -- dead letters -----------------------------------------------------------------------
+
+    def _selection(self, event: str | None, reason: str | None, since: str | None, until: str | None) -> Any:
+        from trackpipe.dlq import Selection, parse_time
+
+        return Selection(
+            event_name=event,
+            reason_contains=reason,
+            since_ms=parse_time(since, "since") if since else None,
+            until_ms=parse_time(until, "until") if until else None,
+        )
+
+    async def dlq_list(self, request: Request) -> Response:
+        from trackpipe.dlq import DlqError, check_destination
+        from workers.deadletter import decode_dead_letter
+
+        destination_id = request.path_params["destination_id"]
+        limit = _limit(request)
+        if isinstance(limit, Response):
+            return limit
+        query = request.query_params
+        try:
+            check_destination(self.edge.config, destination_id, "destination")
+            selection = self._selection(query.get("event"), query.get("reason"), query.get("since"), query.get("until"))
+        except DlqError as exc:
+            return error(404 if "no destination" in str(exc) else 400, str(exc))
+        assert self.edge.redis is not None
+        picked = []
+        for raw in await self.edge.redis.lrange(self.layout.dlq(destination_id), 0, -1):
+            try:
+                record = decode_dead_letter(raw)
+            except msgspec.DecodeError:
+                continue
+            if selection.matches(record):
+                picked.append(raw)
+                if len(picked) >= limit:
+                    break
+        body = b'{"destination_id":' + _json.encode(destination_id) + b',"dead_letters":[' + b",".join(picked) + b"]}"
+        return raw_json(body)
+
+    async def dlq_replay(self, request: Request) -> Response:
+        from trackpipe.dlq import DlqError, check_destination
+
+        destination_id = request.path_params["destination_id"]
+        try:
+            ask = msgspec.json.decode(await request.body() or b"{}", type=ReplayRequest)
+        except msgspec.DecodeError as exc:
+            return error(400, f"body: {exc}")
+        try:
+            check_destination(self.edge.config, destination_id, "destination")
+            target = ask.to or destination_id
+            check_destination(self.edge.config, target, "to")
+            selection = self._selection(ask.event, ask.reason, ask.since, ask.until)
+        except DlqError as exc:
+            return error(404 if "destination:" in str(exc) else 400, str(exc))
+        if ask.limit is not None and not 1 <= ask.limit <= 1_000_000:
+            return error(400, "limit: must be from 1 to 1000000")
+        # RQ is synchronous, and a replay is an analyst's action, not the hot path: one thread hop.
+        result = await asyncio.to_thread(self._replay, destination_id, target, selection, ask)
+        return JSONResponse(result)
+
+    def _replay(self, destination_id: str, target: str, selection: Any, ask: ReplayRequest) -> dict[str, Any]:
+        from redis import Redis
+
+        from trackpipe import dlq
+
+        config = self.edge.config
+        with Redis.from_url(config.redis_url, socket_connect_timeout=3, socket_timeout=30) as connection:
+            chosen = dlq.select(connection, self.layout, destination_id, selection, ask.limit)
+            if ask.dry_run:
+                return {"status": "ok", "dry_run": True, "would_replay": len(chosen), "to": target}
+            replayed = dlq.replay(connection, config, destination_id, chosen, target)
+        return {"status": "ok", "replayed": replayed, "to": target}

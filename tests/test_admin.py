@@ -1,0 +1,190 @@
+"""The admin API against a real valkey: inspector, delivery view, DLQ list and replay; 401 without
+the admin token, and nothing leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+import redis
+
+from ingest.app import create_app
+from tests.support import TEST_KEY
+from trackpipe.config import parse
+from trackpipe.jobs import delivery_queue
+from trackpipe.keys import KeyLayout
+from trackpipe.messages import IngestBatch, IngestRecord, decode_delivery, encode_batch
+from workers.context import WorkerContext
+from workers.deadletter import DeadLetter, encode_dead_letter
+from workers.ingest import process_ingest
+
+LAYOUT = KeyLayout()
+ADMIN = "admin-token-0123456789"
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+
+
+def config_text(redis_url: str, tmp_path: Path) -> str:
+    return f"""
+redis_url = "{redis_url}"
+admin_token = "{ADMIN}"
+[[sources]]
+id = "shop-web"
+site_id = "29"
+keys = ["{TEST_KEY}"]
+[[destinations]]
+id = "crm"
+type = "webhook"
+url = "http://127.0.0.1:9/hook"
+[[destinations]]
+id = "lake"
+type = "file"
+path = "{tmp_path / "lake"}"
+"""
+
+
+def run(config_text_: str, test: Callable[[httpx.AsyncClient], Awaitable[None]]) -> None:
+    async def main() -> None:
+        app = create_app(parse(config_text_))
+        await app.edge.start()
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://edge") as client:
+                await test(client)
+        finally:
+            await app.edge.stop()
+
+    asyncio.run(main())
+
+
+@pytest.fixture
+def filled(tmp_path: Path, valkey_url: str, valkey_client: redis.Redis) -> str:
+    """A config whose Redis holds processed events, delivery counters and dead letters."""
+    text = config_text(valkey_url, tmp_path)
+    config = parse(text)
+    events = [
+        {
+            "event_name": "sign_up",
+            "user": {"id": "1", "consent_categories": ["1"]},
+            "context": {"event_id": "a-1", "event_timestamp": 1, "device": {"ip": "203.0.113.77"}},
+        },
+        {"context": {"event_id": "a-2"}},  # no event_name: rejected
+        {
+            "event_name": "sign_up",
+            "test_code": "qa-7",
+            "user": {"id": "2", "consent_categories": ["1"]},
+            "context": {"event_id": "a-3", "event_timestamp": 1},
+        },
+    ]
+    payload = encode_batch(
+        IngestBatch([IngestRecord("shop-web", "29", int(time.time() * 1000), [json.dumps(e).encode() for e in events])])
+    )
+    process_ingest(WorkerContext(config, valkey_client), valkey_client, "job-a", "trackpipe:rq:job:job-a", payload)
+    minute = int(time.time() // 60)
+    valkey_client.hset(LAYOUT.destination_stats("crm", minute), mapping={"delivered": 5, "retried": 2})
+    valkey_client.hset(LAYOUT.destination_errors("crm"), mapping={"HTTP 500": 2})
+    valkey_client.hset(LAYOUT.destination_errors_last("crm"), mapping={"HTTP 500": 1_780_000_000_000})
+    for n, reason in enumerate(["HTTP 500: down", "HTTP 422: schema"]):
+        body = msgspec.json.encode({"event_name": "sign_up", "context": {"event_id": f"d-{n}"}})
+        record = DeadLetter(f"d-{n}", "sign_up", "crm", reason, 6, 1, 2, msgspec.Raw(body))
+        valkey_client.lpush(LAYOUT.dlq("crm"), encode_dead_letter(record))
+    return text
+
+
+ROUTES = [
+    ("GET", "/admin/sources/shop-web/events"),
+    ("GET", "/admin/destinations/crm/delivery"),
+    ("GET", "/admin/dlq/crm"),
+    ("POST", "/admin/dlq/crm/replay"),
+]
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": ADMIN}])
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+def test_every_admin_route_needs_the_token(filled: str, method: str, path: str, headers: dict[str, str]) -> None:
+    async def test(client: httpx.AsyncClient) -> None:
+        response = await client.request(method, path, headers=headers)
+        assert response.status_code == 401
+        assert response.json()["status"] == "error"
+        assert "a-1" not in response.text and "d-0" not in response.text
+
+    run(filled, test)
+
+
+def test_inspector_lists_statuses_with_masked_ips_and_filters(filled: str) -> None:
+    async def test(client: httpx.AsyncClient) -> None:
+        everything = (await client.get("/admin/sources/shop-web/events", headers=AUTH)).json()
+        by_id = {e["event_id"]: e for e in everything["events"]}
+        assert by_id["a-1"]["status"] == "VALID"
+        assert by_id["a-1"]["payload"]["context"]["device"]["ip"] == "203.0.113.0"
+        rejected = [e for e in everything["events"] if e["status"] == "INVALID_REJECTED"]
+        assert rejected and rejected[0]["errors"] == ["event_name is missing"]
+        only = await client.get("/admin/sources/shop-web/events", params={"status": "INVALID_REJECTED"}, headers=AUTH)
+        assert {e["status"] for e in only.json()["events"]} == {"INVALID_REJECTED"}
+        tests = await client.get("/admin/sources/shop-web/events", params={"test_code": "qa-7"}, headers=AUTH)
+        assert [e["event_id"] for e in tests.json()["events"]] == ["a-3"]
+        limited = await client.get("/admin/sources/shop-web/events", params={"limit": "1"}, headers=AUTH)
+        assert len(limited.json()["events"]) == 1
+        assert TEST_KEY not in everything.__repr__() and "203.0.113.77" not in json.dumps(everything)
+        for params, status in (({"limit": "0"}, 400), ({"status": "NOPE"}, 400)):
+            bad = await client.get("/admin/sources/shop-web/events", params=params, headers=AUTH)
+            assert bad.status_code == status and bad.json()["status"] == "error"
+        assert (await client.get("/admin/sources/nosuch/events", headers=AUTH)).status_code == 404
+
+    run(filled, test)
+
+
+def test_delivery_view_has_counts_errors_and_trend(filled: str) -> None:
+    async def test(client: httpx.AsyncClient) -> None:
+        view = (await client.get("/admin/destinations/crm/delivery", headers=AUTH)).json()
+        assert view["last_hour"]["delivered"] == 5 and view["last_hour"]["retried"] == 2
+        assert view["last_hour"]["queued"] >= 1  # the ingest job above queued sign_up events for crm
+        assert view["errors"] == [{"reason": "HTTP 500", "count": 2, "last_seen": 1_780_000_000_000}]
+        assert view["dlq"] == 2
+        assert any(point.get("delivered") == 5 for point in view["trend"])
+        assert (await client.get("/admin/destinations/nosuch/delivery", headers=AUTH)).status_code == 404
+
+    run(filled, test)
+
+
+def test_dlq_list_and_replay(filled: str, valkey_client: redis.Redis) -> None:
+    async def test(client: httpx.AsyncClient) -> None:
+        listed = (await client.get("/admin/dlq/crm", params={"reason": "422"}, headers=AUTH)).json()
+        assert [d["event_id"] for d in listed["dead_letters"]] == ["d-1"]
+        dry = (await client.post("/admin/dlq/crm/replay", json={"dry_run": True}, headers=AUTH)).json()
+        assert dry == {"status": "ok", "dry_run": True, "would_replay": 2, "to": "crm"}
+        assert valkey_client.llen(LAYOUT.dlq("crm")) == 2
+        done = await client.post("/admin/dlq/crm/replay", json={"to": "lake", "reason": "500"}, headers=AUTH)
+        assert done.json() == {"status": "ok", "replayed": 1, "to": "lake"}
+        jobs = delivery_queue("lake", valkey_client).jobs
+        replayed = [decode_delivery(j.args[0]) for j in jobs if decode_delivery(j.args[0]).origin == "replay"]
+        assert [e.event_id for b in replayed for e in b.events] == ["d-0"]
+        assert valkey_client.llen(LAYOUT.dlq("crm")) == 1
+        bad: list[tuple[Any, int]] = [
+            ({"to": "nosuch"}, 400),  # a bad body field; the URL names a real DLQ
+            ({"since": "yesterday"}, 400),
+            ({"unknown": 1}, 400),
+        ]
+        for body, status in bad:
+            response = await client.post("/admin/dlq/crm/replay", json=body, headers=AUTH)
+            assert response.status_code == status, (body, response.text)
+        missing = await client.post("/admin/dlq/nosuch/replay", json={}, headers=AUTH)
+        assert missing.status_code == 404
+
+    run(filled, test)
+
+
+def test_admin_is_off_without_a_token(tmp_path: Path, valkey_url: str) -> None:
+    text = config_text(valkey_url, tmp_path).replace(f'admin_token = "{ADMIN}"\n', "")
+
+    async def test(client: httpx.AsyncClient) -> None:
+        response = await client.get("/admin/dlq/crm", headers=AUTH)
+        assert response.status_code == 401 and "no admin_token" in response.json()["error"]
+
+    run(text, test)
