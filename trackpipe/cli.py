@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--data-dir", default=".trackpipe", help="where the server's data lives (default: %(default)s)")
     dev.add_argument("--host", default="127.0.0.1", help="edge address (default: %(default)s)")
     dev.add_argument("--port", type=_port, default=8080, help="edge port (default: %(default)s)")
-    dev.add_argument("--redis-port", type=_port, default=0, help="embedded server port (default: a free one)")
+    dev.add_argument(
+        "--redis-port", type=_port, default=0, help="embedded server port (default: 6399, or a free one if taken)"
+    )
 
     edge = commands.add_parser("edge", help="run the HTTP edge (uvicorn)")
     edge.add_argument("--config", help="config file (default: TRACKPIPE_CONFIG)")

@@ -22,8 +22,8 @@ from trackpipe.serve import edge_server_config, serve
 
 DEMO_CONFIG = """\
 # trackpipe demo config, written by `trackpipe dev`. Edit freely; it is kept between runs.
-# `redis_url` is ignored by `trackpipe dev`, which runs its own embedded server.
-redis_url = "redis://127.0.0.1:6379/0"
+# `trackpipe dev` runs its own embedded server on this port (other commands use it while dev runs).
+redis_url = "redis://127.0.0.1:{redis_port}/0"
 admin_token = "{admin_token}"
 
 [edge]
@@ -42,11 +42,14 @@ path = "{out_dir}"
 """
 
 
+DEV_REDIS_PORT = 6399
+
+
 def write_demo_config(path: Path, out_dir: Path) -> None:
     key, _ = new_key()
     admin_token, _ = new_key()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(DEMO_CONFIG.format(key=key, admin_token=admin_token, out_dir=out_dir))
+    path.write_text(DEMO_CONFIG.format(key=key, admin_token=admin_token, out_dir=out_dir, redis_port=DEV_REDIS_PORT))
 
 
 def demo_curl(config: Config, host: str, port: int) -> str | None:
@@ -102,7 +105,14 @@ def run_dev(args: argparse.Namespace) -> int:
             print(f"wrote a demo config to {path}")
     config = load(path)
     bind_rq_prefix(config.key_prefix)
-    server = start_server(data_dir / "valkey", port=args.redis_port or None)
+    try:
+        server = start_server(data_dir / "valkey", port=args.redis_port or DEV_REDIS_PORT)
+    except OSError as exc:
+        if args.redis_port:
+            print(f"trackpipe dev: --redis-port {args.redis_port}: {exc}", file=sys.stderr)
+            return 2
+        # 6399 is taken (another dev running?): any free port; the printed commands name it.
+        server = start_server(data_dir / "valkey", port=None)
     try:
         redis_url = f"redis://127.0.0.1:{server.port}/0"
         config = msgspec.structs.replace(config, redis_url=redis_url)
@@ -120,6 +130,11 @@ def run_dev(args: argparse.Namespace) -> int:
         for destination in config.destinations:
             where = getattr(destination, "path", None) or getattr(destination, "url", "")
             print(f"destination:     {destination.id} -> {where}")
+        if config.admin_token and config.sources:
+            inspector = f"http://{args.host}:{args.port}/admin/sources/{config.sources[0].id}/events"
+            print(f"inspector:       curl -sS -H 'Authorization: Bearer {config.admin_token}' {inspector}")
+        tool = Path(sys.executable).parent / "trackpipe"
+        print(f"status:          {REDIS_URL_ENV}={redis_url} {tool} status --config {path}")
         print("Ctrl-C stops everything.")
         try:
             serve(edge_server_config(config, args.host, args.port))

@@ -95,8 +95,9 @@ def render(status: Status) -> str:
         lines.append(f"{q.name:<32} {q.depth:>8} {lag:>9} {q.running:>8} {q.scheduled:>8} {q.failed:>7} {q.workers:>8}")
     if status.destinations:
         lines.append("")
-        lines.append(f"{'destination':<24} {'dlq':>7} {'dropped':>8}  last minute")
+        lines.append(f"{'destination':<24} {'dlq':>7} {'dropped':>8}  this minute | last minute")
         for d in status.destinations:
-            minute = ", ".join(f"{k} {v}" for k, v in d.last_minute.items()) or "idle"
-            lines.append(f"{d.id:<24} {d.dlq:>7} {d.dlq_dropped:>8}  {minute}")
+            now = ", ".join(f"{k} {v}" for k, v in d.this_minute.items()) or "idle"
+            last = ", ".join(f"{k} {v}" for k, v in d.last_minute.items()) or "idle"
+            lines.append(f"{d.id:<24} {d.dlq:>7} {d.dlq_dropped:>8}  {now} | {last}")
     return "\n".join(lines)
