@@ -210,8 +210,12 @@ def test_planted_jobs_never_run_code_and_the_worker_survives_them(
     worker = start_worker(config_file, "--queues", "ingest", log=log)
     try:
         # The job queued after the planted ones is processed: the worker went past them.
+        # Done means fanned out *and* finished by RQ (which then deletes the job's hash).
         poll_until(
-            lambda: conn.llen(LAYOUT.queue("deliver:lake")) or worker.poll() is not None,
+            lambda: (
+                (conn.llen(LAYOUT.queue("deliver:lake")) and not conn.exists(job_key(legit)))
+                or worker.poll() is not None
+            ),
             30,
             lambda: f"the legit job was not processed\n{log.read_text()}",
         )
