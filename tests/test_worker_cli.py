@@ -282,3 +282,47 @@ def test_worker_serves_its_metrics(tmp_path: Path, valkey_url: str, valkey_clien
     finally:
         worker.terminate()
         worker.wait(timeout=20)
+
+
+def test_worker_metrics_show_queue_depth_lag_and_dlq(
+    tmp_path: Path, valkey_url: str, valkey_client: redis.Redis
+) -> None:
+    import httpx
+
+    config_file = write_config(tmp_path, valkey_url)
+    port = free_port()
+    # A worker on the delivery queues only: the ingest jobs stay waiting, so depth and lag show.
+    store_job(valkey_client, config_file, "waiting-1")
+    store_job(valkey_client, config_file, "waiting-2")
+    valkey_client.lpush(LAYOUT.dlq("lake"), b"{}")
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "trackpipe.cli",
+            "worker",
+            "--config",
+            str(config_file),
+            "--queues",
+            "deliveries",
+            "--metrics-port",
+            str(port),
+        ],
+        cwd=ROOT,
+    )
+    try:
+
+        def page() -> str:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            except httpx.HTTPError:
+                return ""
+
+        text = poll_until(page, 20, "the worker's /metrics never answered")
+        assert 'trackpipe_queue_jobs{queue="ingest"} 2.0' in text
+        assert 'trackpipe_dlq_events{destination="lake"} 1.0' in text
+        lag = [line for line in text.splitlines() if line.startswith('trackpipe_queue_lag_seconds{queue="ingest"}')]
+        assert lag and float(lag[0].split()[-1]) >= 0.0
+    finally:
+        worker.terminate()
+        worker.wait(timeout=20)

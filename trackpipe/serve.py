@@ -87,7 +87,11 @@ def run_worker(args: argparse.Namespace) -> int:
         return 2
     setup_logging()
     if args.metrics_port is not None:
-        from prometheus_client import start_http_server
+        from prometheus_client import REGISTRY, start_http_server
+
+        from workers.queue_metrics import QueueCollector
+
+        REGISTRY.register(QueueCollector(config, config.redis_url))
 
         try:
             start_http_server(args.metrics_port, addr="127.0.0.1" if args.metrics_host is None else args.metrics_host)

@@ -156,6 +156,7 @@ def commit_settlement(
                 dest,
                 ctx.config.dlq.max_events,
                 dropped,
+                extra={"destination": dest},
             )
     return dropped
 
@@ -185,6 +186,7 @@ def process_delivery(
         if events:
             DELIVERIES.labels(batch.destination_id, outcome).inc(len(events))
     retried = sum(len(e) for e in settled.retry.values())
+    ids = {"destination": batch.destination_id, "job": job_key.rsplit(":", 1)[-1]}
     if retried:
         DELIVERIES.labels(batch.destination_id, "retried").inc(retried)
         log.warning(
@@ -192,10 +194,15 @@ def process_delivery(
             batch.destination_id,
             retried,
             next(iter(settled.retry.values()))[0].last_error,
+            extra=ids,
         )
     if settled.dead:
         log.warning(
-            "delivery to %s: %d events dead-lettered (%s)", batch.destination_id, len(settled.dead), settled.dead[0][1]
+            "delivery to %s: %d events dead-lettered (%s)",
+            batch.destination_id,
+            len(settled.dead),
+            settled.dead[0][1],
+            extra=ids,
         )
     if settled.delivered:
         latency = INGEST_TO_DELIVERY_SECONDS.labels(batch.destination_id)
