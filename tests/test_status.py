@@ -51,11 +51,11 @@ def test_status_reports_backlog_lag_dlq_and_rates(tmp_path: Path, valkey_url: st
         store.write(IngestBatch([IngestRecord("shop-web", "29", 1, [b'{"event_name":"x%d"}' % n])]), [])
     valkey_client.lpush(LAYOUT.dlq("lake"), b"{}", b"{}")
     valkey_client.hset(LAYOUT.dlq_dropped, "lake", 4)
-    now = time.time()
-    minute = int(now // 60)
+    at = time.time() + 5  # "now" for collect: five seconds after the jobs were stored
+    minute = int(at // 60)
     valkey_client.hset(LAYOUT.destination_stats("lake", minute - 1), mapping={"delivered": 7, "retried": 2})
 
-    status = collect(config, valkey_client, now=now + 5)
+    status = collect(config, valkey_client, now=at)
 
     by_name = {q.name: q for q in status.queues}
     assert list(by_name) == ["ingest", "deliver:lake", "retry:lake"]
