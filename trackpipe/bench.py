@@ -163,21 +163,15 @@ def bench_dedup(ids: int = 1_000_000, chunk: int = 2_000) -> Measurement:
 BENCHES: dict[str, Callable[..., Measurement]] = {"worker": bench_worker, "dedup": bench_dedup}
 
 
-E2E_CONFIG = """
-redis_url = "{redis_url}"
-[[sources]]
-id = "bench-web"
-site_id = "1"
-keys = ["bench-key-0123456789"]
-[[destinations]]
+# The worker benchmark's config plus a webhook destination.
+E2E_CONFIG = (
+    BENCH_CONFIG
+    + """[[destinations]]
 id = "bench-hook"
 type = "webhook"
 url = "{hook_url}"
-[[destinations]]
-id = "bench-file"
-type = "file"
-path = "{out_dir}"
 """
+)
 
 
 class _Receiver:

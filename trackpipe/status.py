@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC
+from datetime import UTC, datetime
 
 import msgspec
 from redis import Redis
+from rq import Worker
 
 from trackpipe.config import Config
 from trackpipe.jobs import make_queue
@@ -38,16 +39,12 @@ class Status(msgspec.Struct):
 
 
 def _queue_status(connection: Redis, name: str, now: float) -> QueueStatus:
-    from rq import Worker
-
     queue = make_queue(name, connection)
     lag = None
     oldest = connection.lindex(queue.key, 0)
     if oldest is not None:
         enqueued = connection.hget(f"{queue.job_class.redis_job_namespace_prefix}{oldest.decode()}", "enqueued_at")
         if enqueued:
-            from datetime import datetime
-
             stamp = datetime.fromisoformat(enqueued.decode().replace("Z", "+00:00"))
             if stamp.tzinfo is None:
                 stamp = stamp.replace(tzinfo=UTC)
