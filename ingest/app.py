@@ -16,7 +16,6 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import msgspec
-from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -29,9 +28,10 @@ from ingest.body import ClientDisconnected, content_coding, parse_content_length
 from ingest.commit import GroupCommitter, StorageUnavailable
 from ingest.openapi import spec
 from ingest.problems import Problem, RequestRejected, unsupported
-from ingest.store import IngestStore
+from ingest.store import AsyncIngestStore, RedisPyCommands
 from ingest.unauthorized import AuthFailure, UnauthorizedSample
 from ingest.validate import MAX_BATCH_BYTES, MAX_EVENT_BYTES, check_batch, check_event
+from ingest.wire import WireConnection
 from trackpipe.auth import KeyRing
 from trackpipe.config import Config, SourceConfig
 from trackpipe.keys import KeyLayout, bind_rq_prefix
@@ -46,6 +46,7 @@ UNKNOWN_SITE_BUCKET = "_unknown_site"
 BACKLOG_POLL_SECONDS = 1.0
 WWW_AUTHENTICATE = [(b"www-authenticate", b'Bearer realm="trackpipe"')]
 REDIS_TIMEOUTS = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
+WIRE_TIMEOUTS = {"connect_timeout": 2.0, "timeout": 5.0}
 
 _json = msgspec.json.Encoder()
 
@@ -122,8 +123,8 @@ class Edge:
         self,
         config: Config,
         *,
-        sync_redis: Callable[[], Redis] | None = None,
         async_redis: Callable[[], AsyncRedis] | None = None,
+        redis_py_writes: bool = False,
     ) -> None:
         self.config = config
         self.layout = KeyLayout(config.key_prefix)
@@ -131,10 +132,11 @@ class Edge:
         self.known_sites = {s.site_id for s in config.sources}
         self.strict = config.edge.status_mode == "strict"
         self.retry_after = [(b"retry-after", str(config.edge.retry_after_seconds).encode())]
-        self._sync_redis = sync_redis or (lambda: Redis.from_url(config.redis_url, **REDIS_TIMEOUTS))
         self._async_redis = async_redis or (lambda: AsyncRedis.from_url(config.redis_url, **REDIS_TIMEOUTS))
+        self._redis_py_writes = redis_py_writes  # for in-process tests on fakeredis
+        self._commands: WireConnection | RedisPyCommands | None = None
         self.redis: AsyncRedis | None = None
-        self.store: IngestStore | None = None
+        self.store: AsyncIngestStore | None = None
         self.committer: GroupCommitter | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._stopping = False
@@ -143,8 +145,17 @@ class Edge:
 
     async def start(self) -> None:
         self.redis = self._async_redis()
-        self.store = IngestStore(
-            self._sync_redis(), self.layout, self.config.edge.unauthorized_ring_size, self.config.worker
+        self._commands = (
+            RedisPyCommands(self.redis)
+            if self._redis_py_writes
+            else WireConnection(self.config.redis_url, **WIRE_TIMEOUTS)
+        )
+        self.store = AsyncIngestStore(
+            self._commands,
+            self.layout,
+            self.config.edge.unauthorized_ring_size,
+            self.config.worker,
+            max_events=self.config.edge.commit_max_events,
         )
         self.committer = GroupCommitter(
             self.store.write,
@@ -165,9 +176,8 @@ class Edge:
                 await asyncio.wait({self._monitor}, timeout=0.1)
         if self.committer is not None:
             await self.committer.drain()
-            self.committer.close()
-        if self.store is not None:
-            self.store.close()
+        if self._commands is not None:
+            self._commands.close()
         if self.redis is not None:
             await self.redis.aclose()
 

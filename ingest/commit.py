@@ -1,8 +1,8 @@
 """Group commit: requests that arrive while a write is in flight share the next write.
 
 Each request hands its events to `GroupCommitter.submit` and waits for the write that holds
-them. Writes run one at a time on a single dedicated thread (one hop per write, never one per
-request), so the event loop never blocks on Redis.
+them. Writes run one at a time, as one asyncio pipeline each, so the event loop never blocks on
+Redis and no request crosses a thread.
 
 Writes are paced: a write that holds fewer than `min_events` starts no sooner than `interval` after
 the previous one began. Each write is one RQ job, and an ingest job costs a worker several
@@ -16,11 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 import time
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
 
 from ingest.unauthorized import UnauthorizedSample
 from trackpipe.messages import IngestBatch, IngestRecord
@@ -28,9 +26,7 @@ from trackpipe.messages import IngestBatch, IngestRecord
 log = logging.getLogger("trackpipe.edge")
 
 # Write(batch or None, samples) -> ingest queue length after the write.
-WriteFn = Callable[[IngestBatch | None, list[UnauthorizedSample]], int]
-
-SWITCH_INTERVAL = 0.0005
+WriteFn = Callable[[IngestBatch | None, list[UnauthorizedSample]], Awaitable[int]]
 
 
 class StorageUnavailable(Exception):
@@ -45,15 +41,24 @@ class CommitStats:
 
 
 class _Pending:
-    __slots__ = ("done", "events", "records", "samples")
+    __slots__ = ("events", "loop", "records", "samples", "waiters")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.records: list[IngestRecord] = []
         self.samples: list[UnauthorizedSample] = []
         self.events = 0
-        self.done: asyncio.Future[None] = loop.create_future()
-        # Nobody awaits a samples-only write: mark its failure as seen.
-        self.done.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.loop = loop
+        # One future per request, not one shared: a request cancelled while it waits (client gone)
+        # cancels only its own. Cheaper than asyncio.shield around a shared one.
+        self.waiters: list[asyncio.Future[None]] = []
+
+    def settle(self, error: Exception | None) -> None:
+        for waiter in self.waiters:
+            if not waiter.done():
+                if error is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(error)
 
 
 class GroupCommitter:
@@ -72,11 +77,6 @@ class GroupCommitter:
         self._min_events = min_events
         self._last_write_started = float("-inf")
         self._on_write = on_write
-        # The storage thread needs the GIL back quickly while the event loop is busy; the
-        # default 5 ms switch interval would add up to 5 ms to every write.
-        if sys.getswitchinterval() > SWITCH_INTERVAL:
-            sys.setswitchinterval(SWITCH_INTERVAL)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trackpipe-store")
         self._queue: deque[_Pending] = deque()
         self._flusher: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()  # the open write has min_events, or another is queued behind it
@@ -97,7 +97,9 @@ class GroupCommitter:
         if pending.events >= self._min_events or len(self._queue) > 1:
             self._ready.set()  # enough to be worth a job: no need to wait out the interval
         self._ensure_flusher()
-        await asyncio.shield(pending.done)
+        waiter = pending.loop.create_future()
+        pending.waiters.append(waiter)
+        await waiter
 
     def add_sample(self, sample: UnauthorizedSample) -> None:
         """Best effort: rides along with the next write; nobody waits for it."""
@@ -123,17 +125,15 @@ class GroupCommitter:
             batch = IngestBatch(pending.records) if pending.records else None
             started = time.perf_counter()
             try:
-                self.backlog = await loop.run_in_executor(self._executor, self._write, batch, pending.samples)
+                self.backlog = await self._write(batch, pending.samples)
             except Exception as exc:
                 self.stats.failures += 1
                 log.warning("ingest write failed: %s: %s", type(exc).__name__, exc)
-                if not pending.done.done():
-                    pending.done.set_exception(StorageUnavailable(str(exc)))
+                pending.settle(StorageUnavailable(str(exc)))
                 continue
             self.stats.writes += 1
             self.stats.events += pending.events
-            if not pending.done.done():
-                pending.done.set_result(None)
+            pending.settle(None)
             if self._on_write is not None:
                 try:
                     self._on_write(pending.events, time.perf_counter() - started)
@@ -144,6 +144,3 @@ class GroupCommitter:
         """Finish every write already handed over (graceful shutdown)."""
         while self._flusher is not None and not self._flusher.done():
             await asyncio.shield(self._flusher)
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from trackpipe.keys import KeyLayout
+
 ROOT = Path(__file__).resolve().parent.parent
 
 TEST_KEY = "test-key-0123456789"
@@ -87,21 +89,21 @@ def running_edge(config_path: Path, *extra: str, env: dict[str, str] | None = No
 
 def stored_job_ids(conn, prefix: str = "trackpipe") -> list[str]:
     """Ids of the RQ jobs waiting on the ingest queue, oldest first."""
-    from trackpipe.keys import KeyLayout
 
     return [raw.decode() for raw in conn.lrange(KeyLayout(prefix).queue("ingest"), 0, -1)]
 
 
 def stored_records(conn, prefix: str = "trackpipe") -> list:
     """Every IngestRecord held by the jobs on the ingest queue (each job must be a real ingest job)."""
+    from ingest.store import held_batches
     from trackpipe.jobs import INGEST_FUNCTION, MsgpackSerializer, SafeJob
-    from trackpipe.messages import decode_batch
 
     records = []
     for job_id in stored_job_ids(conn, prefix):
         job = SafeJob.fetch(job_id, connection=conn, serializer=MsgpackSerializer)
         assert job.func_name == INGEST_FUNCTION, job.func_name
-        records.extend(decode_batch(job.args[0]).records)
+        for batch in held_batches(conn, KeyLayout(prefix), job):
+            records.extend(batch.records)
     return records
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,7 +15,7 @@ from ingest.commit import GroupCommitter, StorageUnavailable
 from ingest.unauthorized import AuthFailure, UnauthorizedSample
 from trackpipe.messages import IngestBatch, IngestRecord
 
-WAIT = 10.0  # safety net for thread hand-offs; never reached when the code works
+WAIT = 10.0  # safety net for hand-offs; never reached when the code works
 
 
 class FakeStore:
@@ -25,21 +24,26 @@ class FakeStore:
     def __init__(self, *, fail_calls: set[int] | None = None, backlog: int = 0) -> None:
         self.calls: list[tuple[IngestBatch | None, list[UnauthorizedSample]]] = []
         self.finished: list[IngestRecord] = []  # records of writes that returned successfully
-        self.gate = threading.Event()
+        self.gate = asyncio.Event()
         self.gate.set()
-        self.entered = threading.Semaphore(0)  # released once per write started
+        self.entered = asyncio.Semaphore(0)  # released once per write started
         self.fail_calls = fail_calls or set()
         self.backlog = backlog
-        self.threads: set[str] = set()
+        self.in_flight = 0
+        self.most_in_flight = 0
 
-    def write(self, batch: IngestBatch | None, samples: list[UnauthorizedSample]) -> int:
+    async def write(self, batch: IngestBatch | None, samples: list[UnauthorizedSample]) -> int:
         n = len(self.calls)
         self.calls.append((batch, list(samples)))
-        self.threads.add(threading.current_thread().name)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
         self.entered.release()
-        assert self.gate.wait(WAIT), "test never released the gate"
-        if n in self.fail_calls:
-            raise ConnectionError(f"redis down (write {n})")
+        try:
+            await asyncio.wait_for(self.gate.wait(), WAIT)  # TimeoutError: the test never released it
+            if n in self.fail_calls:
+                raise ConnectionError(f"redis down (write {n})")
+        finally:
+            self.in_flight -= 1
         if batch is not None:
             self.finished.extend(batch.records)
         self.backlog += 1
@@ -47,7 +51,7 @@ class FakeStore:
 
     async def started(self) -> None:
         """Wait until one more write has started."""
-        assert await asyncio.to_thread(self.entered.acquire, True, WAIT)
+        await asyncio.wait_for(self.entered.acquire(), WAIT)
 
     def hold(self) -> None:
         self.gate.clear()
@@ -91,7 +95,6 @@ def run(test: Callable[[FakeStore, GroupCommitter], Awaitable[None]], store: Fak
         finally:
             store.release()
             await committer.drain()
-            committer.close()
 
     asyncio.run(main())
 
@@ -110,14 +113,20 @@ def test_single_submit_is_written_once() -> None:
     run(test, store)
 
 
-def test_writes_run_off_the_event_loop_thread() -> None:
+def test_writes_never_overlap() -> None:
     store = FakeStore()
 
     async def test(store: FakeStore, committer: GroupCommitter) -> None:
-        await committer.submit(record(1))
-        await committer.submit(record(2))
-        assert threading.current_thread().name not in store.threads
-        assert len(store.threads) == 1
+        store.hold()
+        submits = [asyncio.ensure_future(committer.submit(record(0)))]
+        await store.started()
+        submits += [asyncio.ensure_future(committer.submit(record(n))) for n in range(1, 50)]
+        await settle()
+        assert store.in_flight == 1
+        store.release()
+        await asyncio.gather(*submits)
+        assert store.most_in_flight == 1
+        assert len(store.calls) >= 2
 
     run(test, store)
 

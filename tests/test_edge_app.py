@@ -139,8 +139,8 @@ def make_app(server: fakeredis.FakeServer, mode: str = "compat", **config: Any) 
 
     app = create_app(
         parse(config_text("redis://127.0.0.1:1/0", mode=mode, **config)),
-        sync_redis=lambda: fakeredis.FakeRedis(server=server),
         async_redis=async_redis,
+        redis_py_writes=True,
     )
     return app, async_clients
 

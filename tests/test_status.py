@@ -46,7 +46,7 @@ def run_status(config_file: Path, *extra: str) -> subprocess.CompletedProcess[st
 
 def test_status_reports_backlog_lag_dlq_and_rates(tmp_path: Path, valkey_url: str, valkey_client: redis.Redis) -> None:
     config = parse(config_text(valkey_url, tmp_path / "lake"))
-    store = IngestStore(valkey_client, LAYOUT, 0, config.worker)
+    store = IngestStore(valkey_client, LAYOUT, 0, config.worker, max_events=1)  # one job per write
     for n in range(3):
         store.write(IngestBatch([IngestRecord("shop-web", "29", 1, [b'{"event_name":"x%d"}' % n])]), [])
     valkey_client.lpush(LAYOUT.dlq("lake"), b"{}", b"{}")

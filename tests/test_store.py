@@ -6,14 +6,16 @@ import os
 import pickle
 import zlib
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import fakeredis
 import msgspec
 import pytest
 import redis
 from rq.exceptions import DeserializationError
+from rq.utils import utcparse
 
-from ingest.store import IngestStore
+from ingest.store import EVENTS_FIELD, INGEST_DESCRIPTION, IngestStore, held_batches
 from ingest.unauthorized import SAMPLE_BODY_BYTES, AuthFailure, UnauthorizedSample
 from trackpipe.config import WorkerConfig
 from trackpipe.jobs import (
@@ -22,11 +24,12 @@ from trackpipe.jobs import (
     ForbiddenJobFunction,
     MsgpackSerializer,
     SafeJob,
+    ingest_job_options,
     ingest_queue,
     make_queue,
 )
 from trackpipe.keys import INGEST_QUEUE, KeyLayout
-from trackpipe.messages import IngestBatch, IngestRecord, decode_batch
+from trackpipe.messages import IngestBatch, IngestRecord, decode_batch, encode_batch
 
 LAYOUT = KeyLayout()
 
@@ -72,6 +75,12 @@ def test_rq_keys_live_under_the_trackpipe_prefix(conn: fakeredis.FakeRedis) -> N
     assert ingest_queue(conn).key == LAYOUT.queue(INGEST_QUEUE) == "trackpipe:rq:queue:ingest"
 
 
+def held(conn: fakeredis.FakeRedis, job_id: str) -> list[IngestBatch]:
+    job = ingest_queue(conn).fetch_job(job_id)
+    assert isinstance(job, SafeJob)
+    return held_batches(conn, LAYOUT, job)
+
+
 def test_write_enqueues_one_job_holding_the_batch(store: IngestStore, conn: fakeredis.FakeRedis) -> None:
     batch = IngestBatch([record(1, events=3), record(2), record(3, events=2, site="30")])
     assert store.write(batch, []) == 1
@@ -80,30 +89,111 @@ def test_write_enqueues_one_job_holding_the_batch(store: IngestStore, conn: fake
     assert isinstance(job, SafeJob)
     assert job.func_name == INGEST_FUNCTION
     assert job.origin == INGEST_QUEUE
-    assert job.kwargs == {}
-    [payload] = job.args
-    assert decode_batch(payload) == batch
+    assert (list(job.args), job.kwargs) == ([b""], {})  # the events are in the job's parts
+    assert held(conn, job_id) == [batch]
+    assert conn.hget(job.key, EVENTS_FIELD) == b"6"
+    assert conn.get(LAYOUT.ingest_open) == job_id.encode()
     assert all(key.startswith(b"trackpipe:") for key in conn.scan_iter())
 
 
-def test_each_write_is_one_job(store: IngestStore, conn: fakeredis.FakeRedis) -> None:
-    batches = [IngestBatch([record(i), record(i + 100)]) for i in range(4)]
+def test_job_written_from_the_template_matches_rqs_own_enqueue(store: IngestStore, conn: fakeredis.FakeRedis) -> None:
+    """The edge writes a recorded RQ enqueue with its own id and timestamps; the hash must hold
+    exactly what RQ's enqueue writes for the same job (plus trackpipe's event count)."""
+    before = datetime.now(UTC).replace(microsecond=0)
+    store.write(IngestBatch([record(1, events=2)]), [])
+    after = datetime.now(UTC)
+    [job_id] = job_ids(conn)
+    ours = conn.hgetall(f"trackpipe:rq:job:{job_id}")
+    assert ours.pop(EVENTS_FIELD.encode()) == b"2"
+
+    other = fakeredis.FakeRedis()
+    queue = ingest_queue(other)
+    queue.enqueue_call(
+        INGEST_FUNCTION,
+        args=(b"",),
+        description=INGEST_DESCRIPTION,
+        job_id=job_id,
+        **ingest_job_options(WorkerConfig()),
+    )
+    theirs = other.hgetall(f"trackpipe:rq:job:{job_id}")
+    assert ours.keys() == theirs.keys()
+    for field in ours:
+        if field in (b"created_at", b"enqueued_at"):
+            assert before <= utcparse(ours[field].decode()) <= after
+        else:
+            assert ours[field] == theirs[field], field
+    assert conn.smembers("trackpipe:rq:queues") == other.smembers("trackpipe:rq:queues")
+    job = queue.fetch_job(job_id)
+    assert job is not None and job.get_status() == "queued" and job.retries_left == 10
+
+
+def test_writes_join_the_open_job_until_it_is_full(conn: fakeredis.FakeRedis) -> None:
+    store = IngestStore(conn, LAYOUT, ring_size=0, max_events=5)
+    batches = [IngestBatch([record(i, events=2)]) for i in range(5)]
     lengths = [store.write(b, []) for b in batches]
-    assert lengths == [1, 2, 3, 4]
-    assert store.backlog() == 4
-    queue = ingest_queue(conn)
-    decoded = [decode_batch(queue.fetch_job(j).args[0]) for j in job_ids(conn)]
-    assert decoded == batches
+    assert lengths == [1, 1, 2, 2, 3]  # 2+2 events, then 2+2 (2+2+2 would pass 5), then 2
+    first, second, third = job_ids(conn)
+    assert held(conn, first) == batches[0:2]
+    assert held(conn, second) == batches[2:4]
+    assert held(conn, third) == batches[4:5]
+    assert conn.get(LAYOUT.ingest_open) == third.encode()
+
+
+def test_a_batch_larger_than_max_events_is_one_job(conn: fakeredis.FakeRedis) -> None:
+    store = IngestStore(conn, LAYOUT, ring_size=0, max_events=3)
+    store.write(IngestBatch([record(1, events=1)]), [])
+    store.write(IngestBatch([record(2, events=7)]), [])
+    store.write(IngestBatch([record(3, events=1)]), [])
+    assert [sum(b.event_count for b in held(conn, j)) for j in job_ids(conn)] == [1, 7, 1]
+
+
+def test_a_job_a_worker_took_is_never_added_to(store: IngestStore, conn: fakeredis.FakeRedis) -> None:
+    """Once a worker has popped the job off the queue, the next write makes a new one, even
+    while the open marker still names the popped job."""
+    store.write(IngestBatch([record(1)]), [])
+    [taken] = job_ids(conn)
+    assert conn.lpop(LAYOUT.queue(INGEST_QUEUE)) == taken.encode()  # what RQ's dequeue does
+    assert conn.get(LAYOUT.ingest_open) == taken.encode()
+    store.write(IngestBatch([record(2)]), [])
+    [new] = job_ids(conn)
+    assert new != taken
+    assert held(conn, taken) == [IngestBatch([record(1)])]
+    assert held(conn, new) == [IngestBatch([record(2)])]
+
+
+def test_a_sealed_job_put_back_on_the_queue_is_never_added_to(store: IngestStore, conn: fakeredis.FakeRedis) -> None:
+    """RQ re-enqueues an abandoned job at the tail; if its worker had sealed it, it stays sealed."""
+    from workers.ingest import seal_and_read_parts
+
+    store.write(IngestBatch([record(1)]), [])
+    [job_id] = job_ids(conn)
+    conn.lpop(LAYOUT.queue(INGEST_QUEUE))
+    assert seal_and_read_parts(conn, LAYOUT, job_id) == [encode_batch(IngestBatch([record(1)]))]
+    assert conn.get(LAYOUT.ingest_open) is None
+    conn.rpush(LAYOUT.queue(INGEST_QUEUE), job_id)  # the re-enqueue
+    store.write(IngestBatch([record(2)]), [])
+    assert len(job_ids(conn)) == 2
+    assert held(conn, job_id) == [IngestBatch([record(1)])]
+
+
+def test_a_cancelled_or_deleted_open_job_is_not_added_to(store: IngestStore, conn: fakeredis.FakeRedis) -> None:
+    store.write(IngestBatch([record(1)]), [])
+    [job_id] = job_ids(conn)
+    conn.hset(f"trackpipe:rq:job:{job_id}", "status", "canceled")
+    store.write(IngestBatch([record(2)]), [])
+    assert len(job_ids(conn)) == 2
+    conn.delete(f"trackpipe:rq:job:{job_ids(conn)[1]}")
+    store.write(IngestBatch([record(3)]), [])
+    assert len(job_ids(conn)) == 3
 
 
 def test_job_data_is_msgpack_not_pickle(store: IngestStore, conn: fakeredis.FakeRedis) -> None:
-    batch = IngestBatch([record(1)])
-    store.write(batch, [])
+    store.write(IngestBatch([record(1)]), [])
     [job_id] = job_ids(conn)
     raw = conn.hget(f"trackpipe:rq:job:{job_id}", "data")
-    func_name, instance, args, kwargs = msgspec.msgpack.decode(zlib.decompress(raw))
-    assert (func_name, instance, kwargs) == (INGEST_FUNCTION, None, {})
-    assert decode_batch(args[0]) == batch
+    assert msgspec.msgpack.decode(zlib.decompress(raw)) == [INGEST_FUNCTION, None, [b""], {}]
+    [part] = conn.lrange(LAYOUT.ingest_parts(job_id), 0, -1)
+    assert decode_batch(part) == IngestBatch([record(1)])
 
 
 def test_no_job_without_a_batch(store: IngestStore, conn: fakeredis.FakeRedis) -> None:

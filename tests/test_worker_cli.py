@@ -75,7 +75,7 @@ def store_job(conn: redis.Redis, config_file: Path, event_id: str) -> str:
     config = parse(config_file.read_text(), env={})
     event = json.dumps({"event_name": "custom", "context": {"event_id": event_id, "event_timestamp": 1}}).encode()
     batch = IngestBatch([IngestRecord("shop-web", "29", int(time.time() * 1000), [event])])
-    IngestStore(conn, LAYOUT, 10, config.worker).write(batch, [])
+    IngestStore(conn, LAYOUT, 10, config.worker, max_events=1).write(batch, [])  # its own job
     return conn.lrange(LAYOUT.queue("ingest"), -1, -1)[0].decode()
 
 

@@ -19,12 +19,12 @@ import fakeredis
 import pytest
 import redis
 
-from ingest.store import IngestStore
+from ingest.store import IngestStore, held_batches
 from tests.support import poll_until, start_worker, stop_worker
 from trackpipe.config import Config, parse
 from trackpipe.jobs import delivery_queue, ingest_queue
 from trackpipe.keys import KeyLayout
-from trackpipe.messages import IngestBatch, IngestRecord, decode_delivery
+from trackpipe.messages import IngestBatch, IngestRecord, decode_delivery, encode_batch
 from workers.context import WorkerContext
 from workers.ingest import delivery_job_id, process_ingest
 
@@ -247,7 +247,10 @@ def setup(valkey_url: str, valkey_client: redis.Redis, tmp_path: Path):
     [job_id] = [raw.decode() for raw in valkey_client.lrange(LAYOUT.queue("ingest"), 0, -1)]
     job = ingest_queue(valkey_client).fetch_job(job_id)
     assert job is not None
-    return config, config_file, job_id, job.args[0]
+    # The clean run gets the same events as the job's argument instead of its stored parts.
+    [held] = held_batches(valkey_client, LAYOUT, job)
+    assert held == payload_batch
+    return config, config_file, job_id, encode_batch(payload_batch)
 
 
 @pytest.mark.parametrize("point", FAULT_POINTS)

@@ -24,3 +24,22 @@ async def app(scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         more = message.get("more_body", False)
     await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
     await send({"type": "http.response.body", "body": _OK})
+
+
+def main() -> None:
+    """`python -m trackpipe.bare --port P`: served with exactly the edge's uvicorn settings."""
+    import argparse
+
+    import uvicorn
+
+    from trackpipe.serve import UVICORN_SETTINGS
+
+    parser = argparse.ArgumentParser(description="the bare ASGI baseline for `trackpipe bench`")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", **UVICORN_SETTINGS)
+
+
+if __name__ == "__main__":
+    main()

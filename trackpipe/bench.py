@@ -23,6 +23,8 @@ from trackpipe.embedded import start_server
 from trackpipe.examples import V2_EXAMPLE
 from trackpipe.keys import KeyLayout
 
+BENCH_SITE = "1"
+BENCH_KEY = "bench-key-0123456789"
 BENCH_CONFIG = """
 redis_url = "{redis_url}"
 [[sources]]
@@ -229,7 +231,7 @@ def _spawn(*args: str, env: dict[str, str]) -> Any:
     return subprocess.Popen([sys.executable, "-m", "trackpipe.cli", *args], env=env, stderr=subprocess.DEVNULL)
 
 
-def _wait_http(url: str, timeout: float = 20.0) -> None:
+def wait_http(url: str, timeout: float = 20.0) -> None:
     import urllib.request
 
     end = time.monotonic() + timeout
@@ -265,11 +267,11 @@ def bench_e2e(rate: float = 1_000, duration: float = 20.0) -> Measurement:
             for queues in ("ingest", "deliver:bench-hook,retry:bench-hook", "deliver:bench-file,retry:bench-file"):
                 procs.append(_spawn("worker", "--config", str(config_file), "--queues", queues, env=env))
             base = f"http://127.0.0.1:{port}"
-            _wait_http(f"{base}/healthz")
+            wait_http(f"{base}/healthz")
             template = msgspec.json.encode(V2_EXAMPLE).replace(b'"c0ffee-1"', b'"e2e-%d"')
             result = asyncio.run(
                 run_load(
-                    f"{base}/events?tc_s=1&token=bench-key-0123456789",
+                    f"{base}/events?tc_s={BENCH_SITE}&token={BENCH_KEY}",
                     lambda i: template % i,
                     connections=32,
                     duration=duration,

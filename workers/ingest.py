@@ -1,6 +1,8 @@
-"""The ingest job: one stored batch → normalized, checked, deduplicated events → delivery jobs.
+"""The ingest job: stored batches → normalized, checked, deduplicated events → delivery jobs.
 
 Steps, and what makes a re-run of a killed job end exactly as one clean run would:
+0. seal the job (the edge stops adding writes to it, see ingest.store) and read its parts: a
+   re-run reads the same parts, in the same order;
 1. decode and normalize every event (pure; generated event ids derive from the job, so a re-run
    generates the same ones);
 2. one Lua call claims the events' ids and stores the verdicts in the job's own hash, atomically
@@ -98,10 +100,29 @@ def process_event(raw: bytes, source: SourceConfig, site_received_at: int, id_se
     )
 
 
-def decode_and_normalize(payload: bytes, job_id: str, sources: dict[str, SourceConfig]) -> list[ProcessedEvent]:
-    batch = decode_batch(payload)
+# KEYS: 1 open-job marker, 2 the job's parts; ARGV: 1 job id
+SEAL_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return redis.call('LRANGE', KEYS[2], 0, -1)
+"""
+
+
+def seal_and_read_parts(connection: Redis, layout: KeyLayout, job_id: str) -> list[bytes]:
+    """The edge writes this job holds; after this call the edge adds no more (one round trip)."""
+    return connection.eval(SEAL_SCRIPT, 2, layout.ingest_open, layout.ingest_parts(job_id), job_id)
+
+
+def decode_and_normalize(
+    payloads: bytes | list[bytes], job_id: str, sources: dict[str, SourceConfig]
+) -> list[ProcessedEvent]:
+    """Events of the job's payloads in order; ids generated for events without one depend only on
+    the job id and the event's position, so a re-run generates the same ones."""
+    records = []
+    for payload in [payloads] if isinstance(payloads, bytes) else payloads:
+        if payload:  # the edge's jobs carry an empty argument: their events are all in parts
+            records.extend(decode_batch(payload).records)
     processed = []
-    for r, record in enumerate(batch.records):
+    for r, record in enumerate(records):
         source = sources.get(record.source_id) or msgspec.structs.replace(DEFAULT_SOURCE, id=record.source_id)
         for e, raw in enumerate(record.events):
             processed.append(process_event(raw, source, record.received_at, f"{job_id}:{r}:{e}"))
@@ -221,6 +242,7 @@ def commit_fan_out(
         stats = layout.destination_stats(destination_id, minute)
         pipe.hincrby(stats, "queued", len(delivery_events))
         pipe.expire(stats, DEST_STATS_TTL_SECONDS)
+    pipe.delete(layout.ingest_parts(job_id))
     pipe.hset(job_key, DONE_FIELD, 1)
     pipe.execute()
     return fan_out
@@ -246,7 +268,8 @@ def process_ingest(ctx: WorkerContext, connection: Redis, job_id: str, job_key: 
 
 
 def _process_ingest(ctx: WorkerContext, connection: Redis, job_id: str, job_key: str, payload: bytes) -> IngestOutcome:
-    events = decode_and_normalize(payload, job_id, ctx.sources)
+    parts = seal_and_read_parts(connection, ctx.layout, job_id)
+    events = decode_and_normalize([payload, *parts], job_id, ctx.sources)
     faults.point("ingest:after_decode")
     candidates = [i for i, item in enumerate(events) if item.dedupable]
     dedup: Deduplicator = ctx.dedup
