@@ -316,3 +316,11 @@ class HookServer:
 def closed_url() -> str:
     """A URL on a free port nobody listens on: connecting is refused."""
     return f"http://127.0.0.1:{free_port()}/hook"
+
+
+def delivery_batches_of(conn, job, prefix: str = "trackpipe") -> list:
+    """Every DeliveryBatch a delivery job holds: its argument (retry, replay) and its parts (fan-outs)."""
+    from trackpipe.messages import decode_delivery
+    from trackpipe.openjob import held_payloads
+
+    return [decode_delivery(p) for p in held_payloads(conn, KeyLayout(prefix), job)]

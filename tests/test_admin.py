@@ -16,11 +16,11 @@ import pytest
 import redis
 
 from ingest.app import create_app
-from tests.support import TEST_KEY
+from tests.support import TEST_KEY, delivery_batches_of
 from trackpipe.config import parse
 from trackpipe.jobs import delivery_queue
 from trackpipe.keys import KeyLayout
-from trackpipe.messages import IngestBatch, IngestRecord, decode_delivery, encode_batch
+from trackpipe.messages import IngestBatch, IngestRecord, encode_batch
 from workers.context import WorkerContext
 from workers.deadletter import DeadLetter, encode_dead_letter
 from workers.ingest import process_ingest
@@ -163,7 +163,7 @@ def test_dlq_list_and_replay(filled: str, valkey_client: redis.Redis) -> None:
         done = await client.post("/admin/dlq/crm/replay", json={"to": "lake", "reason": "500"}, headers=AUTH)
         assert done.json() == {"status": "ok", "replayed": 1, "to": "lake"}
         jobs = delivery_queue("lake", valkey_client).jobs
-        replayed = [decode_delivery(j.args[0]) for j in jobs if decode_delivery(j.args[0]).origin == "replay"]
+        replayed = [b for j in jobs for b in delivery_batches_of(valkey_client, j) if b.origin == "replay"]
         assert [e.event_id for b in replayed for e in b.events] == ["d-0"]
         assert valkey_client.llen(LAYOUT.dlq("crm")) == 1
         bad: list[tuple[Any, int]] = [

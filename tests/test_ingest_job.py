@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 import redis
 
+from tests.support import delivery_batches_of
 from trackpipe.config import Config, parse
 from trackpipe.jobs import DELIVER_FUNCTION, delivery_queue
 from trackpipe.keys import KeyLayout
-from trackpipe.messages import IngestBatch, IngestRecord, decode_delivery, encode_batch
+from trackpipe.messages import IngestBatch, IngestRecord, encode_batch
 from workers.context import WorkerContext
 from workers.ingest import IngestOutcome, delivery_job_id, process_ingest
 
@@ -170,14 +171,17 @@ def delivery_jobs(conn: redis.Redis, destination: str) -> list:
 
 
 def delivered(conn: redis.Redis, destination: str) -> dict[str, list]:
-    """ingest job id -> the events of its delivery job for `destination`."""
+    """ingest job id -> the events it queued for `destination` (fan-outs of several ingest jobs
+    may share one waiting delivery job, named after the first)."""
     out = {}
     for job in delivery_jobs(conn, destination):
         assert job.func_name == DELIVER_FUNCTION
-        batch = decode_delivery(job.args[0])
-        assert batch.destination_id == destination
-        assert job.id == delivery_job_id(batch.origin, destination)
-        out[batch.origin] = batch.events
+        batches = delivery_batches_of(conn, job)
+        assert job.id == delivery_job_id(batches[0].origin, destination)
+        for batch in batches:
+            assert batch.destination_id == destination
+            assert batch.origin not in out, "one fan-out per ingest job and destination"
+            out[batch.origin] = batch.events
     return out
 
 

@@ -15,7 +15,7 @@ import redis
 from rq.exceptions import DeserializationError
 from rq.utils import utcparse
 
-from ingest.store import EVENTS_FIELD, INGEST_DESCRIPTION, IngestStore, held_batches
+from ingest.store import INGEST_DESCRIPTION, IngestStore, held_batches
 from ingest.unauthorized import SAMPLE_BODY_BYTES, AuthFailure, UnauthorizedSample
 from trackpipe.config import WorkerConfig
 from trackpipe.jobs import (
@@ -30,6 +30,7 @@ from trackpipe.jobs import (
 )
 from trackpipe.keys import INGEST_QUEUE, KeyLayout
 from trackpipe.messages import IngestBatch, IngestRecord, decode_batch, encode_batch
+from trackpipe.openjob import EVENTS_FIELD
 
 LAYOUT = KeyLayout()
 
@@ -92,7 +93,7 @@ def test_write_enqueues_one_job_holding_the_batch(store: IngestStore, conn: fake
     assert (list(job.args), job.kwargs) == ([b""], {})  # the events are in the job's parts
     assert held(conn, job_id) == [batch]
     assert conn.hget(job.key, EVENTS_FIELD) == b"6"
-    assert conn.get(LAYOUT.ingest_open) == job_id.encode()
+    assert conn.get(LAYOUT.open_job(INGEST_QUEUE)) == job_id.encode()
     assert all(key.startswith(b"trackpipe:") for key in conn.scan_iter())
 
 
@@ -136,7 +137,7 @@ def test_writes_join_the_open_job_until_it_is_full(conn: fakeredis.FakeRedis) ->
     assert held(conn, first) == batches[0:2]
     assert held(conn, second) == batches[2:4]
     assert held(conn, third) == batches[4:5]
-    assert conn.get(LAYOUT.ingest_open) == third.encode()
+    assert conn.get(LAYOUT.open_job(INGEST_QUEUE)) == third.encode()
 
 
 def test_a_batch_larger_than_max_events_is_one_job(conn: fakeredis.FakeRedis) -> None:
@@ -153,7 +154,7 @@ def test_a_job_a_worker_took_is_never_added_to(store: IngestStore, conn: fakered
     store.write(IngestBatch([record(1)]), [])
     [taken] = job_ids(conn)
     assert conn.lpop(LAYOUT.queue(INGEST_QUEUE)) == taken.encode()  # what RQ's dequeue does
-    assert conn.get(LAYOUT.ingest_open) == taken.encode()
+    assert conn.get(LAYOUT.open_job(INGEST_QUEUE)) == taken.encode()
     store.write(IngestBatch([record(2)]), [])
     [new] = job_ids(conn)
     assert new != taken
@@ -163,13 +164,13 @@ def test_a_job_a_worker_took_is_never_added_to(store: IngestStore, conn: fakered
 
 def test_a_sealed_job_put_back_on_the_queue_is_never_added_to(store: IngestStore, conn: fakeredis.FakeRedis) -> None:
     """RQ re-enqueues an abandoned job at the tail; if its worker had sealed it, it stays sealed."""
-    from workers.ingest import seal_and_read_parts
+    from trackpipe.openjob import seal_and_read_parts
 
     store.write(IngestBatch([record(1)]), [])
     [job_id] = job_ids(conn)
     conn.lpop(LAYOUT.queue(INGEST_QUEUE))
-    assert seal_and_read_parts(conn, LAYOUT, job_id) == [encode_batch(IngestBatch([record(1)]))]
-    assert conn.get(LAYOUT.ingest_open) is None
+    assert seal_and_read_parts(conn, LAYOUT, INGEST_QUEUE, job_id) == [encode_batch(IngestBatch([record(1)]))]
+    assert conn.get(LAYOUT.open_job(INGEST_QUEUE)) is None
     conn.rpush(LAYOUT.queue(INGEST_QUEUE), job_id)  # the re-enqueue
     store.write(IngestBatch([record(2)]), [])
     assert len(job_ids(conn)) == 2
@@ -192,7 +193,7 @@ def test_job_data_is_msgpack_not_pickle(store: IngestStore, conn: fakeredis.Fake
     [job_id] = job_ids(conn)
     raw = conn.hget(f"trackpipe:rq:job:{job_id}", "data")
     assert msgspec.msgpack.decode(zlib.decompress(raw)) == [INGEST_FUNCTION, None, [b""], {}]
-    [part] = conn.lrange(LAYOUT.ingest_parts(job_id), 0, -1)
+    [part] = conn.lrange(LAYOUT.job_parts(job_id), 0, -1)
     assert decode_batch(part) == IngestBatch([record(1)])
 
 

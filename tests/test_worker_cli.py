@@ -16,9 +16,9 @@ import pytest
 import redis
 
 from ingest.store import IngestStore
-from tests.support import ROOT, free_port, poll_until, start_worker, stop_worker
+from tests.support import ROOT, delivery_batches_of, free_port, poll_until, start_worker, stop_worker
 from trackpipe.config import parse
-from trackpipe.jobs import MsgpackSerializer
+from trackpipe.jobs import MsgpackSerializer, delivery_queue
 from trackpipe.keys import KeyLayout
 from trackpipe.messages import IngestBatch, IngestRecord
 
@@ -150,9 +150,12 @@ def test_burst_processes_the_waiting_ingest_jobs_and_exits_0(
     for job_id in job_ids:
         assert not valkey_client.exists(job_key(job_id)), "a finished ingest job keeps no hash"
     # Each job fanned out to the lake (crm-hook takes every event too); deliveries wait on their own
-    # queues: this worker only took `ingest`.
-    assert valkey_client.llen(LAYOUT.queue("deliver:lake")) == 3
-    assert valkey_client.llen(LAYOUT.queue("deliver:crm-hook")) == 3
+    # queues (this worker only took `ingest`), the three fan-outs gathered in one waiting job each.
+    for destination in ("lake", "crm-hook"):
+        [job] = delivery_queue(destination, valkey_client).jobs
+        batches = delivery_batches_of(valkey_client, job)
+        assert sorted(b.origin for b in batches) == sorted(job_ids)
+        assert sorted(e.event_id for b in batches for e in b.events) == ["burst-0", "burst-1", "burst-2"]
     records = [json.loads(r) for r in valkey_client.lrange(LAYOUT.inspector("shop-web"), 0, -1)]
     assert sorted(r["event_id"] for r in records) == ["burst-0", "burst-1", "burst-2"]
     assert {r["status"] for r in records} == {"VALID"}

@@ -20,11 +20,11 @@ import pytest
 import redis
 
 from ingest.store import IngestStore, held_batches
-from tests.support import poll_until, start_worker, stop_worker
+from tests.support import delivery_batches_of, poll_until, start_worker, stop_worker
 from trackpipe.config import Config, parse
 from trackpipe.jobs import delivery_queue, ingest_queue
 from trackpipe.keys import KeyLayout
-from trackpipe.messages import IngestBatch, IngestRecord, decode_delivery, encode_batch
+from trackpipe.messages import IngestBatch, IngestRecord, encode_batch
 from workers.context import WorkerContext
 from workers.ingest import delivery_job_id, process_ingest
 
@@ -151,7 +151,7 @@ def delivery_batches(conn, destination: str) -> list[tuple[str, Any]]:
     (a job id pushed twice shows up twice)."""
     queue = delivery_queue(destination, conn)
     job_ids = [raw.decode() for raw in conn.lrange(LAYOUT.queue(f"deliver:{destination}"), 0, -1)]
-    return [(job_id, decode_delivery(queue.fetch_job(job_id).args[0])) for job_id in job_ids]
+    return [(job_id, b) for job_id in job_ids for b in delivery_batches_of(conn, queue.fetch_job(job_id))]
 
 
 def dedup_fields(conn) -> list[bytes]:

@@ -176,49 +176,6 @@ url = "{hook_url}"
 )
 
 
-class _Receiver:
-    """A webhook receiver that notes when each event id arrived."""
-
-    def __init__(self) -> None:
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        self.arrivals: dict[str, float] = {}
-        self.duplicates = 0
-        lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                now = time.time()
-                ids = [e["context"]["event_id"] for e in msgspec.json.decode(body)["batch"]]
-                with lock:
-                    for event_id in ids:
-                        if event_id in receiver.arrivals:
-                            receiver.duplicates += 1
-                        else:
-                            receiver.arrivals[event_id] = now
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -229,6 +186,14 @@ def _spawn(*args: str, env: dict[str, str]) -> Any:
     import sys
 
     return subprocess.Popen([sys.executable, "-m", "trackpipe.cli", *args], env=env, stderr=subprocess.DEVNULL)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def wait_http(url: str, timeout: float = 20.0) -> None:
@@ -244,75 +209,114 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def bench_e2e(rate: float = 1_000, duration: float = 20.0) -> Measurement:
-    """Post single events at a steady rate through a real edge and workers to a webhook and a file
-    destination; latency from writing the request to the webhook's receipt."""
+def _file_ids(out_dir: Path) -> tuple[set[str], int]:
+    """Distinct event ids in the file destination's output, and how many lines repeated one."""
+    ids: set[str] = set()
+    lines = 0
+    for path in sorted(out_dir.glob("*.jsonl")) if out_dir.exists() else []:
+        for line in path.read_bytes().splitlines():
+            if line.strip():
+                lines += 1
+                ids.add(msgspec.json.decode(line)["context"]["event_id"])
+    return ids, lines - len(ids)
+
+
+def bench_e2e(rate: float = 5_000, duration: float = 20.0, events_per_request: int = 1) -> Measurement:
+    """Post events at a steady rate through a real edge and workers to a webhook and a file
+    destination; latency from writing the request to the webhook's receipt. The webhook receiver
+    runs in its own process; every accepted event must reach both destinations."""
     import asyncio
     import signal
-    import socket
+    import subprocess
+    import sys
 
+    from trackpipe.benchsink import read_arrivals
     from trackpipe.loadgen import run_load
 
-    receiver = _Receiver()
-    procs = []
-    try:
-        with bench_server() as (_, url, tmp):
+    procs: list[Any] = []
+    with bench_server() as (_, url, tmp):
+        sink_port, port = free_port(), free_port()
+        arrivals_file = tmp / "arrivals.txt"
+        sink = subprocess.Popen(
+            [sys.executable, "-m", "trackpipe.benchsink", "--port", str(sink_port), "--out", str(arrivals_file)],
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(sink)
+        try:
             config_file = tmp / "e2e.toml"
-            config_file.write_text(E2E_CONFIG.format(redis_url=url, hook_url=receiver.url, out_dir=tmp / "out"))
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
+            hook_url = f"http://127.0.0.1:{sink_port}/hook"
+            config_file.write_text(E2E_CONFIG.format(redis_url=url, hook_url=hook_url, out_dir=tmp / "out"))
             env = {**os.environ}
             procs.append(_spawn("edge", "--config", str(config_file), "--port", str(port), env=env))
             for queues in ("ingest", "deliver:bench-hook,retry:bench-hook", "deliver:bench-file,retry:bench-file"):
                 procs.append(_spawn("worker", "--config", str(config_file), "--queues", queues, env=env))
             base = f"http://127.0.0.1:{port}"
             wait_http(f"{base}/healthz")
-            template = msgspec.json.encode(V2_EXAMPLE).replace(b'"c0ffee-1"', b'"e2e-%d"')
+            wait_http(f"http://127.0.0.1:{sink_port}/healthz")
+            event = msgspec.json.encode(V2_EXAMPLE).replace(b'"c0ffee-1"', b'"e2e-%d"')
+            if events_per_request == 1:
+                route, body_for = "/events", (lambda i: event % i)
+            else:
+                route = "/events/batch"
+
+                def body_for(i: int) -> bytes:
+                    first = i * events_per_request
+                    return (
+                        b'{"batch":[' + b",".join(event % n for n in range(first, first + events_per_request)) + b"]}"
+                    )
+
             result = asyncio.run(
                 run_load(
-                    f"{base}/events?tc_s={BENCH_SITE}&token={BENCH_KEY}",
-                    lambda i: template % i,
+                    f"{base}{route}?tc_s={BENCH_SITE}&token={BENCH_KEY}",
+                    body_for,
                     connections=32,
                     duration=duration,
-                    rate=rate,
+                    rate=rate / events_per_request,
                 )
             )
+            accepted = {
+                f"e2e-{n}"
+                for i in result.ok_numbers
+                for n in range(i * events_per_request, (i + 1) * events_per_request)
+            }
+            # Wait until the file holds every accepted event (or a minute passes), then stop all.
             end = time.monotonic() + 60
-            while len(receiver.arrivals) < result.ok and time.monotonic() < end:
-                time.sleep(0.1)
-            latencies = [
-                receiver.arrivals[f"e2e-{i}"] - sent
-                for i, sent in result.send_times.items()
-                if f"e2e-{i}" in receiver.arrivals
-            ]
-            in_file = (
-                sum(len(path.read_bytes().splitlines()) for path in (tmp / "out").glob("*.jsonl"))
-                if (tmp / "out").exists()
-                else 0
-            )
+            while time.monotonic() < end and len(_file_ids(tmp / "out")[0] & accepted) < len(accepted):
+                time.sleep(0.2)
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)
             for proc in procs:
                 proc.wait(timeout=30)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-        receiver.close()
+            arrivals, hook_duplicates = read_arrivals(arrivals_file)
+            file_ids, file_duplicates = _file_ids(tmp / "out")
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+    latencies = []
+    by_second: dict[int, list[float]] = {}
+    start = min(result.send_times.values(), default=0.0)
+    for i, sent in result.send_times.items():
+        for n in range(i * events_per_request, (i + 1) * events_per_request):
+            if f"e2e-{n}" in arrivals:
+                latencies.append(arrivals[f"e2e-{n}"] - sent)
+                by_second.setdefault(int(sent - start), []).append(latencies[-1])
     p50, p99 = _percentile(latencies, 0.50), _percentile(latencies, 0.99)
     detail = {
-        "offered_rate": rate,
-        "achieved_rate": round(result.ok / result.seconds, 1),
-        "accepted": result.ok,
+        "offered_events_per_second": rate,
+        "events_per_request": events_per_request,
+        "achieved_events_per_second": round(len(accepted) / result.seconds, 1),
+        "accepted": len(accepted),
         "statuses": result.statuses,
-        "webhook_received": len(receiver.arrivals),
-        "file_lines": in_file,
-        "lost_webhook": result.ok - len(receiver.arrivals),
-        "duplicates": receiver.duplicates,
+        "webhook_received": len(accepted & arrivals.keys()),
+        "file_received": len(accepted & file_ids),
+        "lost": len(accepted - arrivals.keys()) + len(accepted - file_ids),
+        "duplicates": hook_duplicates + file_duplicates,
         "p50_ms": round(p50 * 1000, 1),
         "p99_ms": round(p99 * 1000, 1),
         "max_ms": round(max(latencies) * 1000, 1) if latencies else None,
+        # p99 of the events sent in each second of the run: shows warm-up and stalls.
+        "p99_ms_by_second": [round(_percentile(by_second[k], 0.99) * 1000) for k in sorted(by_second)],
     }
     return Measurement(round(p99 * 1000, 1), 500.0, round(p99 * 1000 / 500.0, 3), "p99 ms (target 500)", detail)
 

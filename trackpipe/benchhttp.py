@@ -11,7 +11,6 @@ import asyncio
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from trackpipe.bench import BENCH_KEY, BENCH_SITE, Measurement, bench_server, wait_http
+from trackpipe.bench import BENCH_KEY, BENCH_SITE, Measurement, bench_server, free_port, wait_http
 from trackpipe.examples import V2_EXAMPLE
 
 CONNECTIONS = 64
@@ -110,12 +109,6 @@ def drive(url: str, body: bytes, duration: float, tmp: Path, generator: str) -> 
     return _wrk(url, body, duration, tmp) if generator == "wrk" else _builtin(url, body, duration)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _start(args: list[str], port: int) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -166,7 +159,7 @@ def bench_http(kind: str, duration: float = 10.0, rounds: int = 2) -> Measuremen
         config_file = tmp / "edge.toml"
         config_file.write_text(EDGE_CONFIG.format(redis_url=url, site=BENCH_SITE, key=BENCH_KEY))
         parse(config_file.read_text())  # a broken bench config should fail here, not as a dead edge
-        edge_port, bare_port = _free_port(), _free_port()
+        edge_port, bare_port = free_port(), free_port()
         edge = _start(["trackpipe.cli", "edge", "--config", str(config_file), "--port", str(edge_port)], edge_port)
         try:
             bare = _start(["trackpipe.bare", "--port", str(bare_port)], bare_port)

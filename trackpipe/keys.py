@@ -14,11 +14,11 @@ Layout (``P`` is ``key_prefix`` from the config, default ``trackpipe``):
     P:errors:dest:<dest>:last        hash error kind -> last seen (ms)
     P:dd:<slot>:<bucket>             dedup: hash of 8-byte id digests seen in window slot <slot>
     P:ddslot:<slot>                  dedup: marker that slot <slot> holds any id
-    P:ingest:open                    id of the ingest job still waiting on the queue that the edge
-                                     adds writes to (until a worker takes it or it is full)
-    P:ingest:parts:<job_id>          the edge writes (encoded IngestBatch) an ingest job holds
+    P:open:<queue>                   id of the job on <queue> that new payloads join while it
+                                     waits (see trackpipe.openjob)
+    P:parts:<job_id>                 the payloads (edge writes, fan-outs) a job holds, in order
     P:rq:job:<job_id>                RQ's job hash; trackpipe adds fields: events held, dedup
-                                     verdicts and the fan-out done mark (see workers.ingest)
+                                     verdicts and the done mark (see workers.ingest)
     P:inspect:<source>               recent processed events of a source (capped list)
     P:stats:source:<source>          hash status -> events
     P:stats:dest:<dest>:<minute>     hash outcome -> events, per minute (expires)
@@ -84,17 +84,16 @@ class KeyLayout(msgspec.Struct, frozen=True):
     def dedup_pattern(self) -> str:
         return f"{self.prefix}:dd:*"
 
-    @property
-    def ingest_open(self) -> str:
-        return f"{self.prefix}:ingest:open"
+    def open_job(self, queue_name: str) -> str:
+        return f"{self.prefix}:open:{queue_name}"
 
     @property
-    def ingest_parts_prefix(self) -> str:
-        """The edge's write script builds `<this><job_id>` itself (see ingest.store)."""
-        return f"{self.prefix}:ingest:parts:"
+    def job_parts_prefix(self) -> str:
+        """The open-job script builds `<this><job_id>` itself (see trackpipe.openjob)."""
+        return f"{self.prefix}:parts:"
 
-    def ingest_parts(self, job_id: str) -> str:
-        return f"{self.ingest_parts_prefix}{job_id}"
+    def job_parts(self, job_id: str) -> str:
+        return f"{self.job_parts_prefix}{job_id}"
 
     def inspector(self, source_id: str) -> str:
         return f"{self.prefix}:inspect:{source_id}"

@@ -20,6 +20,7 @@ class LoadResult(msgspec.Struct):
     statuses: dict[int, int]
     seconds: float
     send_times: dict[int, float]  # request number -> time.time() when written
+    ok_numbers: list[int]  # request numbers answered 200
 
     @property
     def rps(self) -> float:
@@ -62,6 +63,7 @@ async def run_load(
     headers = {"Content-Type": "application/json", **(headers or {})}
     statuses: dict[int, int] = {}
     send_times: dict[int, float] = {}
+    ok_numbers: list[int] = []
     counter = 0
     started = time.perf_counter()
     deadline = started + duration
@@ -92,10 +94,12 @@ async def run_load(
                 writer.write(_request(host, path, body_for(number), headers))
                 status = await _read_response(reader)
                 statuses[status] = statuses.get(status, 0) + 1
+                if status == 200:
+                    ok_numbers.append(number)
         finally:
             writer.close()
 
     await asyncio.gather(*(connection_loop(i) for i in range(connections)))
     seconds = time.perf_counter() - started
     ok = statuses.get(200, 0)
-    return LoadResult(sum(statuses.values()), ok, statuses, seconds, send_times)
+    return LoadResult(sum(statuses.values()), ok, statuses, seconds, send_times, ok_numbers)

@@ -10,7 +10,9 @@ from redis import Redis
 from destinations import open_sender
 from destinations.base import DestinationBase, Sender
 from trackpipe.config import Config, SourceConfig
+from trackpipe.jobs import DELIVER_FUNCTION, delivery_job_options, delivery_queue
 from trackpipe.keys import KeyLayout
+from trackpipe.openjob import OpenJobWriter, recording_connection
 from workers.dedup import Deduplicator
 
 if TYPE_CHECKING:
@@ -20,6 +22,10 @@ EVENTS_PROCESSED = Counter(
     "trackpipe_events_processed_total", "Events processed by ingest jobs, by source and status", ["source", "status"]
 )
 EVENTS_QUEUED = Counter("trackpipe_events_queued_total", "Events queued for delivery, by destination", ["destination"])
+# Events one delivery job may gather from several fan-outs (the webhook still sends them in
+# requests of its batch_size).
+DELIVERY_JOB_MAX_EVENTS = 2_000
+
 DEDUP_HITS = Counter("trackpipe_dedup_hits_total", "Events found to be duplicates", ["source"])
 
 
@@ -31,6 +37,21 @@ class WorkerContext:
         self.dedup = Deduplicator(connection, self.layout, config.dedup.window_seconds, config.dedup.buckets)
         self.destinations: dict[str, DestinationBase] = {d.id: d for d in config.destinations}
         self._senders: dict[str, Sender] = {}
+        self._delivery_writers: dict[str, OpenJobWriter] = {}
+
+    def delivery_writer(self, destination_id: str) -> OpenJobWriter:
+        """Adds fan-outs to the destination's open delivery job (see trackpipe.openjob)."""
+        writer = self._delivery_writers.get(destination_id)
+        if writer is None:
+            writer = self._delivery_writers[destination_id] = OpenJobWriter(
+                delivery_queue(destination_id, recording_connection()),
+                self.layout,
+                DELIVER_FUNCTION,
+                f"deliver to {destination_id}",
+                delivery_job_options(self.config.worker),
+                DELIVERY_JOB_MAX_EVENTS,
+            )
+        return writer
 
     def sender(self, destination_id: str) -> Sender:
         """One sender per destination per process (the webhook's keeps its connection pool)."""

@@ -23,6 +23,7 @@ from rq import get_current_job
 from destinations.base import Delivered, Outcome, Rejected, Retry, RetryConfig
 from trackpipe.jobs import DELIVER_FUNCTION, delivery_job_options, delivery_retry_queue
 from trackpipe.messages import DeliveryBatch, DeliveryEvent, decode_delivery, encode_delivery
+from trackpipe.openjob import seal_and_read_parts
 from workers.context import WorkerContext, current_context
 from workers.deadletter import DeadLetter, encode_dead_letter, error_kind
 from workers.dedup import DONE_FIELD
@@ -142,6 +143,7 @@ def commit_settlement(
     for kind, n in failures.items():
         pipe.hincrby(layout.destination_errors(dest), kind, n)
         pipe.hset(layout.destination_errors_last(dest), kind, now_ms)
+    pipe.delete(layout.job_parts(job_key.rsplit(":", 1)[-1]))
     pipe.hset(job_key, DONE_FIELD, 1)
     replies = pipe.execute()
     dropped = 0
@@ -161,13 +163,34 @@ def commit_settlement(
     return dropped
 
 
+def merged_batch(payload: bytes, parts: list[bytes]) -> DeliveryBatch:
+    """One batch of the job's argument (retry and replay jobs) and its parts (fan-outs), in order."""
+    batches = [decode_delivery(p) for p in (payload, *parts) if p]
+    if not batches:
+        raise ValueError("delivery job holds no batch")
+    first = batches[0]
+    if len(batches) == 1:
+        return first
+    events = [event for batch in batches for event in batch.events]
+    return DeliveryBatch(first.destination_id, events, first.created_at, first.origin)
+
+
 def process_delivery(
-    ctx: WorkerContext, connection: Redis, job_key: str, payload: bytes, now: float | None = None
+    ctx: WorkerContext,
+    connection: Redis,
+    job_key: str,
+    payload: bytes,
+    now: float | None = None,
+    queue_name: str | None = None,
 ) -> Settled | None:
-    """Deliver one batch; None if this job already settled (a re-run after a crash)."""
+    """Deliver one job's batch; None if this job already settled (a re-run after a crash).
+    `queue_name` is the job's queue (read from the job's hash when not given)."""
     if connection.hexists(job_key, DONE_FIELD):
         return None
-    batch = decode_delivery(payload)
+    if queue_name is None:
+        queue_name = (connection.hget(job_key, "origin") or b"").decode()
+    parts = seal_and_read_parts(connection, ctx.layout, queue_name, job_key.rsplit(":", 1)[-1])
+    batch = merged_batch(payload, parts)
     destination = ctx.destinations.get(batch.destination_id)
     started = time.time()
     if destination is None:
@@ -217,4 +240,4 @@ def run_delivery_job(payload: bytes) -> None:
     job = get_current_job()
     if job is None:
         raise RuntimeError("run_delivery_job runs inside an RQ worker")
-    process_delivery(current_context(), job.connection, job.key, payload)
+    process_delivery(current_context(), job.connection, job.key, payload, queue_name=job.origin)

@@ -27,9 +27,9 @@ from redis import Redis
 from rq import get_current_job
 
 from trackpipe.config import Config, SourceConfig
-from trackpipe.jobs import DELIVER_FUNCTION, delivery_job_options, delivery_queue
-from trackpipe.keys import KeyLayout
+from trackpipe.keys import INGEST_QUEUE, KeyLayout
 from trackpipe.messages import DeliveryBatch, DeliveryEvent, decode_batch, encode_delivery
+from trackpipe.openjob import seal_and_read_parts
 from workers import faults
 from workers.context import WorkerContext, current_context
 from workers.dedup import DONE_FIELD, Deduplicator
@@ -98,18 +98,6 @@ def process_event(raw: bytes, source: SourceConfig, site_received_at: int, id_se
         event_id,
         dedupable=status is not EventStatus.INVALID_REJECTED and not result.generated_id,
     )
-
-
-# KEYS: 1 open-job marker, 2 the job's parts; ARGV: 1 job id
-SEAL_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return redis.call('LRANGE', KEYS[2], 0, -1)
-"""
-
-
-def seal_and_read_parts(connection: Redis, layout: KeyLayout, job_id: str) -> list[bytes]:
-    """The edge writes this job holds; after this call the edge adds no more (one round trip)."""
-    return connection.eval(SEAL_SCRIPT, 2, layout.ingest_open, layout.ingest_parts(job_id), job_id)
 
 
 def decode_and_normalize(
@@ -216,14 +204,9 @@ def commit_fan_out(
     fan_out = plan_fan_out(events, ctx.config)
     pipe = connection.pipeline(transaction=True)
     for destination_id, delivery_events in fan_out.deliveries.items():
-        delivery_queue(destination_id, connection).enqueue_call(
-            DELIVER_FUNCTION,
-            args=(encode_delivery(DeliveryBatch(destination_id, delivery_events, now_ms, job_id)),),
-            job_id=delivery_job_id(job_id, destination_id),
-            description=f"deliver to {destination_id}",
-            pipeline=pipe,
-            **delivery_job_options(ctx.config.worker),
-        )
+        payload = encode_delivery(DeliveryBatch(destination_id, delivery_events, now_ms, job_id))
+        new_job_id = delivery_job_id(job_id, destination_id)
+        pipe.execute_command(*ctx.delivery_writer(destination_id).command(payload, len(delivery_events), new_job_id))
     faults.point("ingest:mid_fanout")
     inspector_size = ctx.config.inspector.events_per_source
     if inspector_size:
@@ -242,7 +225,7 @@ def commit_fan_out(
         stats = layout.destination_stats(destination_id, minute)
         pipe.hincrby(stats, "queued", len(delivery_events))
         pipe.expire(stats, DEST_STATS_TTL_SECONDS)
-    pipe.delete(layout.ingest_parts(job_id))
+    pipe.delete(layout.job_parts(job_id))
     pipe.hset(job_key, DONE_FIELD, 1)
     pipe.execute()
     return fan_out
@@ -268,7 +251,7 @@ def process_ingest(ctx: WorkerContext, connection: Redis, job_id: str, job_key: 
 
 
 def _process_ingest(ctx: WorkerContext, connection: Redis, job_id: str, job_key: str, payload: bytes) -> IngestOutcome:
-    parts = seal_and_read_parts(connection, ctx.layout, job_id)
+    parts = seal_and_read_parts(connection, ctx.layout, INGEST_QUEUE, job_id)
     events = decode_and_normalize([payload, *parts], job_id, ctx.sources)
     faults.point("ingest:after_decode")
     candidates = [i for i, item in enumerate(events) if item.dedupable]
