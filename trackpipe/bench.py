@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import tempfile
 import time
 import uuid
@@ -55,7 +56,21 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version()}
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "redis_server": server_version(),
+        "wrk": shutil.which("wrk") is not None,
+    }
+
+
+def server_version() -> str:
+    """Version of the embedded Redis-compatible server the benchmarks run on."""
+    with bench_server() as (connection, _, _):
+        info = connection.info("server")
+    name = "valkey" if "valkey_version" in info else "redis"
+    return f"{name} {info.get('valkey_version') or info['redis_version']}"
 
 
 @contextmanager
@@ -84,7 +99,8 @@ def _enqueue_jobs(connection: Redis, config: Config, events: list[bytes], per_jo
     from ingest.store import IngestStore
     from trackpipe.messages import IngestBatch, IngestRecord
 
-    store = IngestStore(connection, KeyLayout(config.key_prefix), 0, config.worker)
+    # max_events=per_job: each write is its own job, of exactly the size measured.
+    store = IngestStore(connection, KeyLayout(config.key_prefix), 0, config.worker, max_events=per_job)
     now = time.time_ns() // 1_000_000
     jobs = 0
     for start in range(0, len(events), per_job):
@@ -318,7 +334,7 @@ def bench_e2e(rate: float = 5_000, duration: float = 20.0, events_per_request: i
         # p99 of the events sent in each second of the run: shows warm-up and stalls.
         "p99_ms_by_second": [round(_percentile(by_second[k], 0.99) * 1000) for k in sorted(by_second)],
     }
-    return Measurement(round(p99 * 1000, 1), 500.0, round(p99 * 1000 / 500.0, 3), "p99 ms (target 500)", detail)
+    return Measurement(round(p99 * 1000, 1), 500.0, round(p99 * 1000 / 500.0, 3), "ms (p99)", detail)
 
 
 BENCHES["e2e"] = bench_e2e

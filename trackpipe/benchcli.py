@@ -1,36 +1,98 @@
-"""Printing `trackpipe bench` results as a table or as JSON."""
+"""`trackpipe bench`: run the measurements, print a table or one JSON object."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
 from trackpipe.keys import bind_rq_prefix
 
+MEASUREMENTS = ["edge", "batch", "worker", "e2e", "dedup"]
+
+
+class Report(msgspec.Struct):
+    """How one measurement is named in the JSON and checked against its target."""
+
+    value_key: str
+    baseline_key: str | None
+    target: str
+    met: Callable[[Any], bool]
+
+
+REPORTS = {
+    "edge": Report("rps", "baseline_rps", "ratio >= 0.5", lambda m: m.ratio >= 0.5),
+    "batch": Report(
+        "events_per_second", "baseline_events_per_second", ">= 150,000 events/s", lambda m: m.value >= 150_000
+    ),
+    "worker": Report("events_per_second", "baseline_events_per_second", "ratio >= 50", lambda m: m.ratio >= 50),
+    "e2e": Report(
+        "p99_ms",
+        None,
+        "p99 < 500 ms, nothing lost",
+        lambda m: m.value < 500 and m.detail.get("lost") == 0 and m.detail.get("accepted", 0) > 0,
+    ),
+    "dedup": Report("bytes_per_id", "baseline_bytes_per_id", "<= 16 bytes/id", lambda m: m.value <= 16),
+}
+
+
+def measure(name: str, args: argparse.Namespace) -> Any:
+    from trackpipe.bench import bench_dedup, bench_e2e, bench_worker
+    from trackpipe.benchhttp import bench_http
+
+    if name in ("edge", "batch"):
+        return bench_http(name, args.duration, generator=args.generator)
+    if name == "worker":
+        return bench_worker(args.events, args.job_events, args.baseline_events)
+    if name == "e2e":
+        return bench_e2e(args.rate, args.duration, args.e2e_batch)
+    return bench_dedup(args.ids)
+
+
+def as_json(name: str, m: Any) -> dict[str, Any]:
+    report = REPORTS[name]
+    out: dict[str, Any] = {report.value_key: m.value}
+    if report.baseline_key:
+        out[report.baseline_key] = m.baseline
+        out["ratio"] = m.ratio
+    out.update(target=report.target, met=report.met(m), detail=m.detail)
+    return out
+
 
 def run_bench(args: argparse.Namespace) -> int:
     bind_rq_prefix("trackpipe")
-    from trackpipe.bench import bench_dedup, bench_e2e, bench_worker, machine
+    import shutil
 
-    names = ["worker", "dedup", "e2e"] if args.what == "all" else [args.what]
-    results = {}
+    from trackpipe.bench import machine
+
+    if args.generator == "wrk" and not shutil.which("wrk"):
+        print("trackpipe bench: --generator wrk: wrk is not on the PATH", file=sys.stderr)
+        return 2
+
+    names = MEASUREMENTS if args.what == "all" else [args.what]
+    results: dict[str, Any] = {}
     for name in names:
         if not args.json:
             print(f"running {name} ...", file=sys.stderr)
-        if name == "worker":
-            results[name] = bench_worker(args.events, args.job_events, args.baseline_events)
-        elif name == "dedup":
-            results[name] = bench_dedup(args.ids)
-        else:
-            results[name] = bench_e2e(args.rate, args.duration)
-    if args.json:
-        print(msgspec.json.encode({"machine": machine(), **results}).decode())
-        return 0
+        results[name] = measure(name, args)
     info = machine()
-    print(f"machine: {info['cores']} cores, {info['cpu']}, Python {info['python']}")
-    print(f"{'measurement':<12} {'value':>12} {'baseline':>12} {'ratio':>8}  unit")
+    if args.json:
+        print(msgspec.json.encode({"machine": info, **{n: as_json(n, m) for n, m in results.items()}}).decode())
+        return 0
+    print(
+        f"machine: {info['cores']} cores, {info['cpu']}, Python {info['python']}, {info['redis_server']}, "
+        f"wrk on PATH: {info['wrk']}"
+    )
+    print(f"{'measurement':<12} {'value':>12} {'baseline':>12} {'ratio':>8}  {'unit':<10} {'target':<28} met")
     for name, m in results.items():
-        print(f"{name:<12} {m.value:>12,.1f} {m.baseline:>12,.1f} {m.ratio:>8}  {m.unit}  {m.detail}")
+        report = REPORTS[name]
+        baseline = f"{m.baseline:>12,.1f}" if report.baseline_key else f"{'-':>12}"
+        ratio = f"{m.ratio:>8}" if report.baseline_key else f"{'-':>8}"
+        met = "yes" if report.met(m) else "NO"
+        print(f"{name:<12} {m.value:>12,.1f} {baseline} {ratio}  {m.unit:<10} {report.target:<28} {met}")
+    for name, m in results.items():
+        print(f"  {name}: {msgspec.json.encode(m.detail).decode()}")
     return 0

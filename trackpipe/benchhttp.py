@@ -142,7 +142,7 @@ def _stored_events(connection: Any) -> int:
     )
 
 
-def bench_http(kind: str, duration: float = 10.0, rounds: int = 2) -> Measurement:
+def bench_http(kind: str, duration: float = 10.0, rounds: int = 2, generator: str = "auto") -> Measurement:
     """kind "edge": single v2 events to /events; kind "batch": 100-event batches to /events/batch."""
     from trackpipe.config import parse
     from trackpipe.keys import bind_rq_prefix
@@ -151,7 +151,7 @@ def bench_http(kind: str, duration: float = 10.0, rounds: int = 2) -> Measuremen
     body = single_body() if kind == "edge" else batch_body()
     per_request = 1 if kind == "edge" else BATCH_EVENTS
     route = "/events" if kind == "edge" else "/events/batch"
-    generator = load_generator()
+    generator = load_generator() if generator == "auto" else generator
     round_seconds = max(duration / rounds, 0.5)
     edge_rounds: list[LoadFigures] = []
     bare_rounds: list[LoadFigures] = []

@@ -72,8 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_dlq_parser(commands, _positive)
 
     bench = commands.add_parser("bench", help="measure the hot paths against their baselines")
-    bench.add_argument("what", nargs="?", default="all", choices=["worker", "dedup", "e2e", "all"])
+    bench.add_argument("what", nargs="?", default="all", choices=["edge", "batch", "worker", "e2e", "dedup", "all"])
     bench.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    bench.add_argument(
+        "--generator",
+        choices=["auto", "wrk", "builtin"],
+        default="auto",
+        help="edge, batch: load generator (default: wrk if on the PATH, else the built-in one)",
+    )
+    bench.add_argument(
+        "--duration", type=_positive, default=10, help="edge, batch, e2e: seconds of load (default: %(default)s)"
+    )
     bench.add_argument("--events", type=_positive, default=100_000, help="worker: events (default: %(default)s)")
     bench.add_argument(
         "--job-events",
@@ -81,10 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=2_000,
         help="worker: events per ingest job (default: %(default)s, the edge's commit_max_events)",
     )
-    bench.add_argument("--baseline-events", type=_positive, default=2_000, help="worker: one-job-per-event events")
-    bench.add_argument("--ids", type=_positive, default=1_000_000, help="dedup: ids remembered")
-    bench.add_argument("--rate", type=_positive, default=1_000, help="e2e: events per second offered")
-    bench.add_argument("--duration", type=_positive, default=20, help="e2e: seconds of load")
+    bench.add_argument(
+        "--baseline-events",
+        type=_positive,
+        default=2_000,
+        help="worker: one-job-per-event events (default: %(default)s)",
+    )
+    bench.add_argument("--ids", type=_positive, default=1_000_000, help="dedup: ids remembered (default: %(default)s)")
+    bench.add_argument(
+        "--rate", type=_positive, default=5_000, help="e2e: events per second offered (default: %(default)s)"
+    )
+    bench.add_argument(
+        "--e2e-batch", type=_positive, default=1, help="e2e: events per request (default: %(default)s, single events)"
+    )
 
     keys = commands.add_parser("keys", help="source keys")
     keys_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
