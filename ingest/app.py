@@ -143,6 +143,19 @@ class Edge:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def reload(self, config: Config) -> None:
+        """Apply a re-read config's sources and keys (SIGHUP): key rotation without a restart.
+        Other settings need a restart; a changed one is named in the log."""
+        keyring = KeyRing(config.sources)  # built first: a failure here changes nothing
+        self.keyring = keyring
+        self.known_sites = {s.site_id for s in config.sources}
+        for name in ("redis_url", "key_prefix", "edge", "worker", "admin_token"):
+            if getattr(config, name) != getattr(self.config, name):
+                log.warning("config reload: %s changed; it takes effect only after a restart", name)
+        self.config = msgspec.structs.replace(self.config, sources=config.sources)
+        keys = sum(len(s.keys) for s in config.sources)
+        log.info("config reloaded: %d sources, %d keys", len(config.sources), keys)
+
     async def start(self) -> None:
         self.redis = self._async_redis()
         self._commands = (
@@ -178,6 +191,7 @@ class Edge:
             await self.committer.drain()
         if self._commands is not None:
             self._commands.close()
+        metrics.flush()
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -187,6 +201,7 @@ class Edge:
         queue_key = self.layout.queue("ingest")
         while not self._stopping:
             try:
+                metrics.flush()
                 self.committer.backlog = int(await self.redis.llen(queue_key))
                 metrics.BACKLOG.set(self.committer.backlog)
             except Exception as exc:  # Redis down: writes will say so; keep watching

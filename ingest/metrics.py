@@ -1,4 +1,9 @@
-"""Prometheus metrics of the edge. Label children are cached: the hot path pays one increment."""
+"""Prometheus metrics of the edge.
+
+The hot path only adds to plain dicts; `flush` moves the sums into the Prometheus counters after
+every write, every backlog poll and before each scrape (a labelled increment with its lock cost
+~5% of a request's CPU when done per request).
+"""
 
 from __future__ import annotations
 
@@ -39,32 +44,40 @@ BACKLOG = Gauge(
     "trackpipe_ingest_backlog_jobs", "Ingest jobs waiting, as last seen by this edge", multiprocess_mode="max"
 )
 
-_request_children: dict[tuple[str, int], Counter] = {}
-_event_children: dict[tuple[str, str], Counter] = {}
+_pending_requests: dict[tuple[str, int], int] = {}
+_pending_events: dict[tuple[str, str], int] = {}
 
 
 def count_request(route: str, code: int) -> None:
-    child = _request_children.get((route, code))
-    if child is None:
-        child = _request_children[(route, code)] = REQUESTS.labels(route, str(code))
-    child.inc()
+    key = (route, code)
+    _pending_requests[key] = _pending_requests.get(key, 0) + 1
 
 
 def count_events(source: str, outcome: str, n: int) -> None:
     if n:
-        child = _event_children.get((source, outcome))
-        if child is None:
-            child = _event_children[(source, outcome)] = EVENTS.labels(source, outcome)
-        child.inc(n)
+        key = (source, outcome)
+        _pending_events[key] = _pending_events.get(key, 0) + n
+
+
+def flush() -> None:
+    """Apply the counts gathered since the last flush (runs on the event loop, like the counting)."""
+    while _pending_requests:
+        (route, code), n = _pending_requests.popitem()
+        REQUESTS.labels(route, str(code)).inc(n)
+    while _pending_events:
+        (source, outcome), n = _pending_events.popitem()
+        EVENTS.labels(source, outcome).inc(n)
 
 
 def observe_commit(events: int, seconds: float) -> None:
+    flush()
     COMMIT_EVENTS.observe(events)
     COMMIT_SECONDS.observe(seconds)
 
 
 def render() -> tuple[bytes, str]:
     """The metrics page; with several edge processes, the sum over all of them."""
+    flush()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

@@ -27,6 +27,7 @@ from tests.support import (
     TEST_KEY,
     config_text,
     job_keys,
+    poll_until,
     running_edge,
     stored_events,
     stored_job_ids,
@@ -303,8 +304,14 @@ def test_two_edge_workers_accept_events(tmp_path: Path, valkey_url: str, valkey_
         for body in bodies:  # one connection each: both processes may take some
             response = httpx.post(f"{base}/events", params=AUTH, headers=JSON, content=body, timeout=10)
             assert response.status_code == 200, response.text
-        metrics = httpx.get(f"{base}/metrics", timeout=10)
-        assert metrics.status_code == 200
-        # The page sums every process's counters.
-        assert 'trackpipe_http_requests_total{code="200",route="/events"} 20.0' in metrics.text.splitlines()
+        # The page sums every process's counters; each process applies its counts within a second
+        # (after its next write or backlog poll), so the total may take that long to show.
+        wanted = 'trackpipe_http_requests_total{code="200",route="/events"} 20.0'
+
+        def page_has_total() -> bool:
+            metrics = httpx.get(f"{base}/metrics", timeout=10)
+            assert metrics.status_code == 200
+            return wanted in metrics.text.splitlines()
+
+        poll_until(page_has_total, 5, f"the metrics page never showed {wanted}")
     assert sorted(e for _, _, e in stored_events(valkey_client)) == sorted(bodies)

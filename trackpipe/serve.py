@@ -8,11 +8,12 @@ import os
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
 
-from trackpipe.config import CONFIG_ENV, Config, config_path, load_from
+from trackpipe.config import CONFIG_ENV, Config, ConfigError, config_path, load_from
 from trackpipe.keys import bind_rq_prefix
 from trackpipe.logs import setup_logging
 
@@ -36,8 +37,9 @@ class _Stopped(Exception):
     pass
 
 
-def serve(config: uvicorn.Config) -> None:
-    """Run uvicorn until SIGINT, SIGTERM or SIGHUP, then return normally so callers can clean up.
+def serve(config: uvicorn.Config, on_hangup: Callable[[], None] | None = None) -> None:
+    """Run uvicorn until SIGINT or SIGTERM (or SIGHUP without `on_hangup`), then return normally so
+    callers can clean up. With `on_hangup`, SIGHUP calls it instead (config reload).
 
     uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal against the handlers
     that were in place before it started: ours turn that into a normal return instead of a
@@ -49,7 +51,10 @@ def serve(config: uvicorn.Config) -> None:
         raise _Stopped()
 
     def hangup(signum: int, frame: object) -> None:
-        server.should_exit = True
+        if on_hangup is None:
+            server.should_exit = True
+        else:
+            on_hangup()
 
     handled = {signal.SIGINT: stopped, signal.SIGTERM: stopped, signal.SIGHUP: hangup}
     previous = {sig: signal.signal(sig, handler) for sig, handler in handled.items()}
@@ -132,7 +137,21 @@ def run_edge(config_arg: str | None, *, host: str, port: int, workers: int) -> i
     config = load_from(config_arg)
     setup_logging()
     if workers == 1:
-        serve(edge_server_config(config, host, port))
+        server_config = edge_server_config(config, host, port)
+        path = config_path(config_arg)
+        edge = server_config.app.edge
+
+        def reload() -> None:
+            # SIGHUP: re-read the sources (keys) without a restart; a bad file changes nothing.
+            if path is None:
+                log.warning("SIGHUP: no config file to reload (config came from the environment)")
+                return
+            try:
+                edge.reload(load_from(str(path)))
+            except ConfigError as exc:
+                log.error("SIGHUP: config not reloaded, keeping the running one: %s", exc)
+
+        serve(server_config, on_hangup=reload)
         return 0
     # Several processes: each loads the config itself; metrics are summed across them.
     bind_rq_prefix(config.key_prefix)
