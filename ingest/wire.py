@@ -30,6 +30,36 @@ def pack(command: tuple[Any, ...]) -> bytes:
     return hiredis.pack_command(command)
 
 
+def first_error(replies: list[Any]) -> hiredis.ReplyError | None:
+    """The first error reply, also inside nested replies (EXEC answers a list of replies)."""
+    for reply in replies:
+        if isinstance(reply, hiredis.ReplyError):
+            return reply
+        if isinstance(reply, list):
+            nested = first_error(reply)
+            if nested is not None:
+                return nested
+    return None
+
+
+_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+
+
+def tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    """TLS as redis-py would do it for the same rediss:// URL (its ssl_* query options)."""
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"), capath=options.get("ssl_ca_path"))
+    reqs = options.get("ssl_cert_reqs", "required")
+    reqs = _CERT_REQS.get(reqs, reqs) if isinstance(reqs, str) else reqs
+    if reqs == ssl.CERT_NONE:
+        context.check_hostname = False
+    context.verify_mode = reqs
+    if options.get("ssl_check_hostname") is False:
+        context.check_hostname = False
+    if options.get("ssl_certfile"):
+        context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"), options.get("ssl_password"))
+    return context
+
+
 class WireConnection:
     def __init__(self, url: str, *, connect_timeout: float = 2.0, timeout: float = 5.0) -> None:
         self._options = parse_url(url)
@@ -45,7 +75,7 @@ class WireConnection:
             if kind is UnixDomainSocketConnection:
                 reader, writer = await asyncio.open_unix_connection(options["path"])
             else:
-                context = ssl.create_default_context() if kind is SSLConnection else None
+                context = tls_context(options) if kind is SSLConnection else None
                 reader, writer = await asyncio.open_connection(
                     options.get("host", "localhost"), options.get("port", 6379), ssl=context
                 )
@@ -78,9 +108,9 @@ class WireConnection:
                     parser.feed(data)
                     continue
                 replies.append(reply)
-        for reply in replies:
-            if isinstance(reply, hiredis.ReplyError):
-                raise WireError(str(reply))
+        error = first_error(replies)
+        if error is not None:
+            raise WireError(str(error))
         return replies
 
     async def execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
@@ -89,7 +119,7 @@ class WireConnection:
             return await self._exchange(commands)
         except BaseException as exc:
             self.close()  # replies may still be in flight: this connection's state is unknown
-            if isinstance(exc, WireError | OSError | TimeoutError | EOFError):
+            if isinstance(exc, WireError | OSError | TimeoutError | EOFError | hiredis.ProtocolError):
                 raise WireError(f"{type(exc).__name__}: {exc}") from exc
             raise
 
