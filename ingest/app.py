@@ -245,12 +245,20 @@ class Edge:
                 raise unsupported(f"Content-Type must be application/json, got {headers.content_type!r}")
             if source is not None and self.committer and self.committer.backlog > self.config.edge.max_backlog:
                 return 503, error_body("ingest backlog is full, retry later"), self.retry_after
-            body = await read_body(
-                receive,
-                limit=MAX_BATCH_BYTES if batch else MAX_EVENT_BYTES,
-                content_length=parse_content_length(headers.content_length),
-                gzip=content_coding(headers.content_encoding),
-            )
+            try:
+                # The handler only awaits here, so a slow body holds a coroutine, never the loop.
+                async with asyncio.timeout(self.config.edge.body_timeout_seconds):
+                    body = await read_body(
+                        receive,
+                        limit=MAX_BATCH_BYTES if batch else MAX_EVENT_BYTES,
+                        content_length=parse_content_length(headers.content_length),
+                        gzip=content_coding(headers.content_encoding),
+                    )
+            except TimeoutError:
+                raise RequestRejected(
+                    Problem.BODY_TIMEOUT,
+                    f"body not received within {self.config.edge.body_timeout_seconds:g} s",
+                ) from None
             if batch:
                 checked = check_batch(body)
                 events, rejected = checked.accepted, checked.rejected

@@ -69,6 +69,7 @@ def _ingest_operation(summary: str, body_schema: dict[str, Any], ok: dict[str, A
                 "405": _json(_ERROR, "method not allowed"),
                 "413": _json(_ERROR, "strict mode: body too large"),
                 "415": _json(_ERROR, "strict mode: content type is not JSON, or unsupported encoding"),
+                "408": _json(_ERROR, "the body did not arrive within edge.body_timeout_seconds"),
                 "503": _json(_ERROR, "Redis unreachable or backlog too deep: nothing stored", _RETRY_AFTER),
             },
         }

@@ -15,6 +15,7 @@ class Problem(Enum):
     TOO_LARGE = (413, 400)
     UNSUPPORTED_MEDIA_TYPE = (415, 400)
     INVALID_BODY = (400, 400)
+    BODY_TIMEOUT = (408, 408)  # not in the seed API: a client too slow to send its body
 
     def status(self, mode: StatusMode) -> int:
         strict, compat = self.value

@@ -46,6 +46,10 @@ class EdgeConfig(Strict):
     retry_after_seconds: PositiveInt = 1
     # How many events from missing/unknown keys are kept for the inspector, per site.
     unauthorized_ring_size: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 500
+    # A request whose body has not fully arrived this long after its headers gets 408 (slow clients).
+    body_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0
+    # Open connections (and requests) per edge process above which new ones get 503 at once.
+    max_connections: Annotated[int, msgspec.Meta(ge=16, le=1_000_000)] = 4_096
 
 
 class DedupConfig(Strict):

@@ -73,7 +73,13 @@ def edge_server_config(config: Config, host: str, port: int, log_level: str = "i
 
     # log_config=None: uvicorn logs through the JSON handler set up by trackpipe.logs.
     return uvicorn.Config(
-        create_app(config), host=host, port=port, log_level=log_level, log_config=None, **UVICORN_SETTINGS
+        create_app(config),
+        host=host,
+        port=port,
+        log_level=log_level,
+        log_config=None,
+        limit_concurrency=config.edge.max_connections,
+        **UVICORN_SETTINGS,
     )
 
 
@@ -168,6 +174,7 @@ def run_edge(config_arg: str | None, *, host: str, port: int, workers: int) -> i
         workers=workers,
         log_level="info",
         log_config=None,
+        limit_concurrency=config.edge.max_connections,
         **UVICORN_SETTINGS,
     )
     return 0
