@@ -104,10 +104,43 @@ def build_parser() -> argparse.ArgumentParser:
         "--e2e-batch", type=_positive, default=1, help="e2e: events per request (default: %(default)s, single events)"
     )
 
+    soak = commands.add_parser(
+        "soak", help="load the real pipeline while injecting faults; prove nothing accepted is lost"
+    )
+    soak.add_argument("--duration", type=_positive, default=60, help="seconds of load (default: %(default)s)")
+    soak.add_argument("--rate", type=_positive, default=100, help="requests per second (default: %(default)s)")
+    soak.add_argument(
+        "--webhook-outage", type=_positive, default=30, help="seconds the webhook answers 500 (default: %(default)s)"
+    )
+    soak.add_argument(
+        "--redis-outage", type=_positive, default=3, help="seconds the Redis server is down (default: %(default)s)"
+    )
+    soak.add_argument("--json", action="store_true", help="the report as one JSON object")
+
     keys = commands.add_parser("keys", help="source keys")
     keys_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     keys_commands.add_parser("new", help="print a new source key and its hashed form for the config")
     return parser
+
+
+def run_soak_command(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from trackpipe.soak import run_soak
+
+    # Faults start at 5, 20, 40, 60 and 80 % of the run; each outage must end before the next fault.
+    for option, seconds in (("--webhook-outage", args.webhook_outage), ("--redis-outage", args.redis_outage)):
+        if seconds > args.duration * 0.2:
+            print(
+                f"trackpipe soak: {option} {seconds} needs --duration of at least {seconds * 5}",
+                file=sys.stderr,
+            )
+            return 2
+    progress = (lambda line: None) if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    report = run_soak(args.duration, args.rate, args.webhook_outage, args.redis_outage, log=progress)
+    text = msgspec.json.encode(report).decode()
+    print(text if args.json else msgspec.json.format(text, indent=2))
+    return 0 if report.ok else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from trackpipe.serve import run_status
 
             return run_status(args)
+        if args.command == "soak":
+            return run_soak_command(args)
         if args.command == "bench":
             from trackpipe.benchcli import run_bench
 

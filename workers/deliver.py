@@ -24,6 +24,7 @@ from destinations.base import Delivered, Outcome, Rejected, Retry, RetryConfig
 from trackpipe.jobs import DELIVER_FUNCTION, delivery_job_options, delivery_retry_queue
 from trackpipe.messages import DeliveryBatch, DeliveryEvent, decode_delivery, encode_delivery
 from trackpipe.openjob import seal_and_read_parts
+from workers import faults
 from workers.context import WorkerContext, current_context
 from workers.deadletter import DeadLetter, encode_dead_letter, error_kind
 from workers.dedup import DONE_FIELD
@@ -199,7 +200,9 @@ def process_delivery(
         )
         retry_config = RetryConfig()
     else:
+        faults.point("deliver:before_send")
         outcomes = ctx.sender(batch.destination_id).send([e.body for e in batch.events])
+        faults.point("deliver:after_send")
         retry_config = destination.retry
         DELIVERY_SECONDS.labels(batch.destination_id).observe(time.time() - started)
     now = time.time() if now is None else now

@@ -1,7 +1,9 @@
 """Fault injection for crash-safety tests: TRACKPIPE_FAULT=<point> kills the worker at that point.
 
 Off unless the variable is set (it is read once, when the worker starts). Points:
-ingest:after_decode, ingest:after_dedup, ingest:mid_fanout, ingest:after_fanout.
+ingest:after_decode, ingest:after_dedup, ingest:mid_fanout, ingest:after_fanout,
+deliver:before_send, deliver:after_send (the destination has the batch, the worker dies before
+settling it: the re-run sends it again).
 """
 
 from __future__ import annotations
