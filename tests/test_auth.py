@@ -106,3 +106,23 @@ def test_new_plain_key_is_a_valid_config_key() -> None:
     key, _ = new_key()
     config = parse(f'[[sources]]\nid = "shop"\nsite_id = "29"\nkeys = ["{key}"]\n', env={})
     assert KeyRing(config.sources).resolve("29", key) is config.sources[0]
+
+
+@pytest.mark.parametrize(
+    "key", [PLAIN, SECRET, "app-key-0123456789", "no-such-key-0123456789", "p", "x" * 4096], ids=str.__len__
+)
+def test_resolve_does_the_same_work_whatever_the_key(ring: KeyRing, key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Constant time: the presented key is hashed to a fixed-size digest and compared with
+    hmac.compare_digest against every key of the site, with no early exit on a match."""
+    import trackpipe.auth
+
+    compared: list[tuple[int, int]] = []
+    real = trackpipe.auth.hmac.compare_digest
+
+    def counting(a: bytes, b: bytes) -> bool:
+        compared.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(trackpipe.auth.hmac, "compare_digest", counting)
+    ring.resolve("29", key)
+    assert compared == [(32, 32)] * 3  # site 29 holds three keys: all three compared, digests only
