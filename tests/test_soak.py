@@ -25,15 +25,18 @@ def test_nothing_accepted_is_lost_under_faults() -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=500,
     )  # fmt: skip
     assert done.stdout, done.stderr
     report = json.loads(done.stdout)
     assert report["events_accepted"] > 1000
-    assert report["lost"] == {"soak-hook": 0, "soak-file": 0}, report
+    assert report["lost"] == {"soak-hook": 0, "soak-file": 0}, json.dumps(report, indent=1)
     assert report["delivered"] == {"soak-hook": report["events_accepted"], "soak-file": report["events_accepted"]}
-    # Repeats only where a killed delivery worker had already handed its batch over.
-    assert report["duplicates"] == report["duplicates_explained"], report
+    # Repeats only where the destination took a batch whose settlement was lost: a delivery worker
+    # killed after its send, Redis stopping mid-delivery, or a send that timed out after arriving.
+    for destination, unexplained in report["duplicates_unexplained"].items():
+        kinds = report["delivery_errors"][destination]
+        assert unexplained == 0 or any(k.startswith(("timeout", "connection error")) for k in kinds), report
     assert report["ok_during_redis_outage"] == 0
     assert report["statuses"].get("503", 0) > 0, "the Redis outage must have been answered with 503"
     faults = [f["fault"] + " " + f["detail"] for f in report["faults"]]

@@ -85,9 +85,16 @@ class SoakReport(msgspec.Struct):
     delivered: dict[str, int]  # destination -> distinct accepted ids delivered
     lost: dict[str, int]  # destination -> accepted ids never delivered
     duplicates: dict[str, int]  # destination -> extra deliveries
-    duplicates_explained: dict[str, int]  # of those, ids of batches a killed delivery worker had sent
+    # Of those, ids that reached the destination while a fault hit their delivery job: a delivery
+    # worker killed after its send, or Redis stopping before the job could settle.
+    duplicates_explained: dict[str, int]
+    duplicates_unexplained: dict[str, int]
+    # Failed sends per destination by kind: a timeout or dropped connection may also have reached
+    # the destination (its answer was lost), which explains any further repeats.
+    delivery_errors: dict[str, dict[str, int]]
     unexpected_ids: dict[str, int]  # destination -> delivered ids nobody was answered 200 for
     ok_during_redis_outage: int  # 200s answered while the server was down (must be 0)
+    drain_seconds: float  # from the end of the load until everything accepted was delivered
     faults: list[FaultRecord]
     ok: bool
 
@@ -327,6 +334,7 @@ def run_soak(
     webhook_outage: float = 5.0,
     redis_outage: float = 3.0,
     log: Callable[[str], None] = lambda _: None,
+    drain_timeout: float = 300.0,
 ) -> SoakReport:
     """Load for `duration` seconds with the faults spread over it, then wait for delivery."""
     with tempfile.TemporaryDirectory(prefix="trackpipe-soak-") as tmp_name:
@@ -390,6 +398,10 @@ def run_soak(
             sink.failing = False
             note("webhook recovered")
             at(0.6)
+            # A delivery in flight when Redis stops reaches its destination but cannot be settled:
+            # its re-run sends it again. Note what arrives from 2 s before the stop until 2 s after.
+            before = {"soak-hook": sink.ids(), "soak-file": file_ids(tmp / "out")}
+            time.sleep(2)
             server.stop()
             down = time.monotonic()
             note("redis stopped")
@@ -398,6 +410,10 @@ def run_soak(
             server = start_server(tmp / "valkey", port=redis_port, appendfsync="always")
             outage.append((down, up))
             note("redis started again (AOF)")
+            time.sleep(2)
+            after = {"soak-hook": sink.ids(), "soak-file": file_ids(tmp / "out")}
+            for destination, counts in after.items():
+                resent_ids[destination].update(i for i in counts if counts[i] > before[destination].get(i, 0))
             at(0.8)
             pipeline.stop_edge()
             note("edge stopped (SIGTERM)")
@@ -409,13 +425,19 @@ def run_soak(
             note("load stopped")
             seconds = time.monotonic() - started
             accepted = producer.accepted
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                if accepted <= set(sink.ids()) and accepted <= set(file_ids(tmp / "out")):
-                    break
-                time.sleep(0.5)
-            note("drained")
+            # Re-runs of killed jobs and retries wait on RQ's scheduler; when the worker holding the
+            # scheduler lock was killed, another takes over only once the lock expires (61 s).
+            load_end = time.monotonic()
+            deadline = load_end + drain_timeout
+            drained = False
+            while time.monotonic() < deadline and not drained:
+                drained = accepted <= set(sink.ids()) and accepted <= set(file_ids(tmp / "out"))
+                if not drained:
+                    time.sleep(0.5)
+            drain_seconds = time.monotonic() - load_end
+            note("drained" if drained else "gave up waiting for delivery", f"after {drain_seconds:.1f} s")
             received = {"soak-hook": sink.ids(), "soak-file": file_ids(tmp / "out")}
+            errors = _delivery_errors(redis_port, received)
         finally:
             pipeline.stop()
             sink.close()
@@ -427,6 +449,7 @@ def run_soak(
     duplicates = {d: sum(n - 1 for n in got.values() if n > 1) for d, got in received.items()}
     explained = {d: sum(n - 1 for i, n in got.items() if n > 1 and i in resent_ids[d]) for d, got in received.items()}
     unexpected = {d: len(set(got) - accepted) for d, got in received.items()}
+    unexplained = {d: duplicates[d] - explained[d] for d in received}
     report = SoakReport(
         seconds=round(seconds, 1),
         requests=sum(producer.statuses.values()),
@@ -437,13 +460,29 @@ def run_soak(
         lost=lost,
         duplicates=duplicates,
         duplicates_explained=explained,
+        duplicates_unexplained=unexplained,
+        delivery_errors=errors,
         unexpected_ids=unexpected,
         ok_during_redis_outage=ok_in_outage,
+        drain_seconds=round(drain_seconds, 1),
         faults=faults,
         ok=False,
     )
     report.ok = not any(lost.values()) and ok_in_outage == 0 and len(accepted) > 0 and duplicates == explained
     return report
+
+
+def _delivery_errors(redis_port: int, destinations: dict[str, Any]) -> dict[str, dict[str, int]]:
+    from redis import Redis
+
+    from trackpipe.keys import KeyLayout
+
+    layout = KeyLayout()
+    with Redis(port=redis_port, socket_timeout=5) as connection:
+        return {
+            d: {k.decode(): int(v) for k, v in connection.hgetall(layout.destination_errors(d)).items()}
+            for d in destinations
+        }
 
 
 def _wait_for(check: Callable[[], Any], timeout: float) -> Any:
