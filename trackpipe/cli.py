@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument(
         "--redis-outage", type=_positive, default=3, help="seconds the Redis server is down (default: %(default)s)"
     )
+    soak.add_argument(
+        "--drain-timeout", type=_positive, default=300, help="seconds to wait for delivery after the load"
+    )
     soak.add_argument("--json", action="store_true", help="the report as one JSON object")
 
     keys = commands.add_parser("keys", help="source keys")
@@ -137,7 +140,9 @@ def run_soak_command(args: argparse.Namespace) -> int:
             )
             return 2
     progress = (lambda line: None) if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
-    report = run_soak(args.duration, args.rate, args.webhook_outage, args.redis_outage, log=progress)
+    report = run_soak(
+        args.duration, args.rate, args.webhook_outage, args.redis_outage, log=progress, drain_timeout=args.drain_timeout
+    )
     text = msgspec.json.encode(report).decode()
     print(text if args.json else msgspec.json.format(text, indent=2))
     return 0 if report.ok else 1

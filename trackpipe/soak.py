@@ -92,6 +92,8 @@ class SoakReport(msgspec.Struct):
     # Failed sends per destination by kind: a timeout or dropped connection may also have reached
     # the destination (its answer was lost), which explains any further repeats.
     delivery_errors: dict[str, dict[str, int]]
+    # Where undelivered ids sit in Redis (only when some are missing), to diagnose a loss.
+    missing: dict[str, dict[str, list[str]]]
     unexpected_ids: dict[str, int]  # destination -> delivered ids nobody was answered 200 for
     ok_during_redis_outage: int  # 200s answered while the server was down (must be 0)
     drain_seconds: float  # from the end of the load until everything accepted was delivered
@@ -438,6 +440,7 @@ def run_soak(
             note("drained" if drained else "gave up waiting for delivery", f"after {drain_seconds:.1f} s")
             received = {"soak-hook": sink.ids(), "soak-file": file_ids(tmp / "out")}
             errors = _delivery_errors(redis_port, received)
+            missing = {d: locate(redis_port, accepted - set(got)) for d, got in received.items() if accepted - set(got)}
         finally:
             pipeline.stop()
             sink.close()
@@ -462,6 +465,7 @@ def run_soak(
         duplicates_explained=explained,
         duplicates_unexplained=unexplained,
         delivery_errors=errors,
+        missing=missing,
         unexpected_ids=unexpected,
         ok_during_redis_outage=ok_in_outage,
         drain_seconds=round(drain_seconds, 1),
@@ -493,3 +497,75 @@ def _wait_for(check: Callable[[], Any], timeout: float) -> Any:
             return value
         time.sleep(0.1)
     return None
+
+
+def locate(redis_port: int, ids: set[str], limit: int = 20) -> dict[str, list[str]]:
+    """Where undelivered ids sit in Redis (job parts, job arguments, DLQs), with each holding job's
+    status and RQ registries: the diagnosis when the soak finds events not delivered."""
+    import zlib
+
+    from redis import Redis
+
+    from trackpipe.jobs import MsgpackSerializer
+    from trackpipe.keys import KeyLayout
+    from trackpipe.messages import decode_batch, decode_delivery
+
+    layout = KeyLayout()
+    wanted = set(sorted(ids)[:limit])
+    found: dict[str, list[str]] = {i: [] for i in wanted}
+
+    def payload_ids(payload: bytes) -> list[str]:
+        try:
+            return [e.event_id for e in decode_delivery(payload).events]
+        except msgspec.DecodeError:
+            batch = decode_batch(payload)
+            return [
+                msgspec.json.decode(raw).get("context", {}).get("event_id") or ""
+                for r in batch.records
+                for raw in r.events
+            ]
+
+    with Redis(port=redis_port, socket_timeout=10) as connection:
+        registries = {
+            key.decode(): {m.decode() for m in connection.zrange(key, 0, -1)}
+            for key in connection.scan_iter(f"{layout.rq_prefix}:*")
+            if connection.type(key) == b"zset"
+        }
+        queues = {
+            key.decode(): {m.decode() for m in connection.lrange(key, 0, -1)}
+            for key in connection.scan_iter(f"{layout.rq_prefix}:queue:*")
+        }
+
+        def where_job(job_id: str) -> str:
+            status = connection.hget(f"{layout.rq_prefix}:job:{job_id}", "status")
+            places = [k.split(":", 2)[-1] for k, members in {**registries, **queues}.items() if job_id in members]
+            return f"job {job_id} status={status!r} in {places}"
+
+        for key in connection.scan_iter(f"{layout.job_parts_prefix}*"):
+            job_id = key.decode().removeprefix(layout.job_parts_prefix)
+            for part in connection.lrange(key, 0, -1):
+                for event_id in set(payload_ids(part)) & wanted:
+                    found[event_id].append(f"part of {where_job(job_id)}")
+        for key in connection.scan_iter(f"{layout.rq_prefix}:job:*"):
+            data = connection.hget(key, "data")
+            if not data:
+                continue
+            try:
+                _, _, args, _ = MsgpackSerializer.loads(zlib.decompress(data))
+            except Exception:
+                continue
+            if args and args[0]:
+                job_id = key.decode().rsplit(":", 1)[-1]
+                for event_id in set(payload_ids(args[0])) & wanted:
+                    found[event_id].append(f"argument of {where_job(job_id)}")
+        for key in connection.scan_iter(f"{layout.prefix}:dlq:*"):
+            if connection.type(key) == b"list":
+                for record in connection.lrange(key, 0, -1):
+                    event_id = msgspec.json.decode(record).get("event_id")
+                    if event_id in wanted:
+                        found[event_id].append(f"dead letter in {key.decode()}")
+        scheduler_locks = {
+            k.decode(): connection.get(k) for k in connection.scan_iter(f"{layout.rq_prefix}:scheduler-lock:*")
+        }
+    found["_scheduler_locks"] = [f"{k} = {v!r}" for k, v in scheduler_locks.items()]
+    return found

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 
 from redis import Redis
-from rq import Queue, SimpleWorker
+from rq import Queue, SimpleWorker, worker_registration
 from rq.executions import Execution
 from rq.job import Job
+from rq.registry import clean_registries
+from rq.utils import now as rq_now
 
 from trackpipe.config import Config
 from trackpipe.jobs import MsgpackSerializer, SafeJob, make_queue
@@ -56,10 +58,51 @@ class TrackpipeWorker(SimpleWorker):
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return int(job.timeout if job.timeout and job.timeout > 0 else 60) + self.abandoned_grace_seconds
 
+    def clean_registries(self) -> None:
+        """RQ's maintenance, except for jobs stuck in a queue's intermediate list (see below)."""
+        for queue in self.queues:
+            if queue.acquire_maintenance_lock():
+                clean_registries(queue, self._exc_handlers)
+                worker_registration.clean_worker_registry(queue)
+                requeue_stuck_jobs(queue)
+                queue.release_maintenance_lock()
+        self.last_cleaned_at = rq_now()
+
     def execute_job(self, job: Job, queue: Queue) -> None:
         if job.started_at is not None:  # a re-run: an earlier execution may have died with its worker
             prune_dead_executions(job, self.connection)
         super().execute_job(job, queue)
+
+
+def requeue_stuck_jobs(queue: Queue) -> int:
+    """Put back on its queue a job a worker took (RQ moves it to `<queue>:intermediate`) but never
+    started, because the worker died or was stopped in between; returns how many.
+
+    RQ 3.0 hands such a job, after a minute, to its failure handling, which logs and swallows an
+    error when the failure cannot be recorded, then removes the job from the intermediate list
+    anyway: the job was left `queued` on no queue, and its events undelivered (found by
+    `trackpipe soak`). The job never ran, so it only needs to go back to the front of its queue.
+    """
+    intermediate = queue.intermediate_queue
+    connection = queue.connection
+    requeued = 0
+    for job_id in intermediate.get_job_ids():
+        if job_id in queue.started_job_registry:
+            continue
+        if not connection.exists(SafeJob.key_for(job_id)):
+            intermediate.remove(job_id)
+            continue
+        if intermediate.set_first_seen(job_id) or not intermediate.should_be_cleaned_up(job_id):
+            continue
+        pipe = connection.pipeline(transaction=True)
+        pipe.lrem(intermediate.key, 1, job_id)
+        pipe.lpush(queue.key, job_id)
+        pipe.delete(intermediate.get_first_seen_key(job_id))
+        removed, _, _ = pipe.execute()
+        if removed:
+            requeued += 1
+            log.warning("job %s was taken from %s but never started: put back on the queue", job_id, queue.name)
+    return requeued
 
 
 def prune_dead_executions(job: Job, connection: Redis) -> None:
