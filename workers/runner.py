@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from redis import Redis
 from rq import Queue, SimpleWorker, worker_registration
+from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
 from rq.job import Job
 from rq.registry import clean_registries
 from rq.utils import now as rq_now
+from rq.worker import WorkerStatus
 
 from trackpipe.config import Config
 from trackpipe.jobs import MsgpackSerializer, SafeJob, make_queue
@@ -57,6 +60,36 @@ class TrackpipeWorker(SimpleWorker):
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return int(job.timeout if job.timeout and job.timeout > 0 else 60) + self.abandoned_grace_seconds
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        worker = self
+
+        class StoppableDequeue(self.queue_class):  # type: ignore[name-defined, misc]
+            @classmethod
+            def dequeue_any(cls, *args: Any, **kwargs: Any) -> Any:
+                try:
+                    return super().dequeue_any(*args, **kwargs)
+                except DequeueTimeout:
+                    if worker._stop_requested:
+                        return None  # the work loop then ends: no job was taken
+                    raise
+
+        self.queue_class = StoppableDequeue
+
+    def _shutdown(self) -> None:
+        """SIGTERM/SIGINT. RQ raises StopRequested at once when the worker is idle, even from inside
+        a blocking pop the server may already have served: the popped job was then on no queue and
+        in no registry, its events never delivered (found by `trackpipe soak`; a worker on several
+        queues pops with BLPOP, without RQ's intermediate list). Instead an idle worker finishes its
+        wait (at most `worker.maintenance_interval_seconds`), runs a job it got, then stops."""
+        if self.get_state() == WorkerStatus.BUSY:
+            super()._shutdown()
+            return
+        self._stop_requested = True
+        self.set_shutdown_requested_date()
+        if self.scheduler:
+            self.stop_scheduler()
 
     def clean_registries(self) -> None:
         """RQ's maintenance, except for jobs stuck in a queue's intermediate list (see below)."""
