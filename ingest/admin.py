@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -53,7 +54,9 @@ def raw_json(data: bytes) -> Response:
 
 def _limit(request: Request) -> int | Response:
     text = request.query_params.get("limit", "100")
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+    # isascii: str.isdigit also accepts digits such as "²" that int() refuses; the length check
+    # keeps int() away from its 4,300-digit limit.
+    if not (text.isascii() and text.isdigit() and len(text) <= 9) or not 1 <= int(text) <= MAX_LIMIT:
         return error(400, f"limit: {text!r} is not a whole number from 1 to {MAX_LIMIT}")
     return int(text)
 
@@ -89,7 +92,7 @@ class Admin:
                 return refused
             try:
                 return await endpoint(request)
-            except OSError as exc:  # redis-py connection errors are OSErrors
+            except (OSError, RedisError) as exc:  # Redis unreachable, timed out, or refusing writes
                 return error(503, f"storage unavailable: {type(exc).__name__}")
 
         return guarded

@@ -73,7 +73,10 @@ def parse_content_length(header: str | None) -> int | None:
     value = header.strip()
     if not value.isdigit() or not value.isascii():
         raise invalid(f"invalid Content-Length {header!r}")
-    return int(value)
+    digits = value.lstrip("0") or "0"
+    if len(digits) > 18:  # far past any limit; and int() refuses over 4,300 digits
+        raise too_large(f"body of {len(digits)}-digit length is over the limit")
+    return int(digits)
 
 
 async def read_body(receive: Receive, *, limit: int, content_length: int | None, gzip: bool) -> bytes:

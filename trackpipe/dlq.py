@@ -50,7 +50,9 @@ class Selection(msgspec.Struct, frozen=True):
 def parse_time(text: str, option: str) -> int:
     """Milliseconds from epoch milliseconds, epoch seconds or ISO-8601 (naive = UTC)."""
     value = text.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
+        if len(value) > 16:
+            raise DlqError(f"{option}: {text!r} is not a time (too many digits)")
         number = int(value)
         return number if number >= 100_000_000_000 else number * 1000
     try:
