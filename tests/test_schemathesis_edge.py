@@ -363,7 +363,9 @@ def test_admin_routes_hold(
     answered = {(method, path.split("/")[2], code) for method, path, code in seen if path.startswith("/admin/")}
     for method, route in (("GET", "sources"), ("GET", "destinations"), ("GET", "dlq"), ("POST", "dlq")):
         assert (method, route, 200) in answered, f"{method} /admin/{route}... never answered 200"
-    assert valkey_client.keys("trackpipe:dlq:*") == []  # replays of empty DLQs made none
+    # Replays of empty DLQs: no dead letter appeared, no delivery job was queued.
+    assert valkey_client.keys("trackpipe:dlq:*") == []
+    assert valkey_client.keys("trackpipe:rq:queue:deliver*") == []
 
 
 # -- bugs found while fuzzing, pinned against the real edge ---------------------------------------

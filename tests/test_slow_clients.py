@@ -75,12 +75,16 @@ def connect(port: int, timeout: float = 10.0) -> socket.socket:
 
 def pending(sock: socket.socket) -> bytes | None:
     """What the server has sent that is waiting to be read (b"" once it closed), None if nothing."""
+    timeout = sock.gettimeout()
+    sock.setblocking(False)  # a socket with a timeout would wait for data before peeking
     try:
-        return sock.recv(65_536, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        return sock.recv(65_536, socket.MSG_PEEK)
     except BlockingIOError:
         return None
     except ConnectionResetError:
         return b""
+    finally:
+        sock.settimeout(timeout)
 
 
 class Answer:
@@ -265,11 +269,6 @@ def test_a_dripping_body_gets_408_while_other_clients_are_served(
     assert sorted(markers) == sorted([*(f"fast-{i}" for i in range(6)), "after"])  # the dripped one is not stored
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the 408 has no `connection: close`, so uvicorn keeps the connection (and its slot "
-    "towards edge.max_connections) for as long as the client drips, and disarms its keep-alive timer",
-)
 def test_a_408_frees_the_connection_of_a_client_that_keeps_dripping(tmp_path: Path, valkey_url: str) -> None:
     config = write_config(tmp_path, valkey_url, body_timeout=1.0)
     with running_edge(config) as base:
@@ -428,7 +427,7 @@ def test_memory_and_connection_slots_stay_bounded_over_1000_connections(
         time.sleep(0.5)
         after = rss_bytes(pid)
         grown = after - before
-        assert grown < 50 * 1024 * 1024, f"RSS grew by {grown / 2**20:.1f} MB ({before} -> {after} bytes)"
+        assert grown < 10 * 1024 * 1024, f"RSS grew by {grown / 2**20:.1f} MB ({before} -> {after} bytes)"
         # No connection slot leaked: with limit - 2 requests held, one more is still served.
         with sockets() as held:
             for _ in range(62):
