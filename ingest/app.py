@@ -266,10 +266,9 @@ class Edge:
                 events, rejected = [check_event(body)], []
         except RequestRejected as refused:
             status = refused.problem.status("strict" if self.strict else "compat")
-            extra = WWW_AUTHENTICATE if status == 401 else ()
-            if refused.problem is Problem.BODY_TIMEOUT:
-                # The rest of the body may still be on its way: close, so the slot is freed.
-                extra = [(b"connection", b"close")]
+            # A refused request's body may still be on its way (refused before or while reading it):
+            # close the connection, or uvicorn keeps it (and its slot) while the client sends.
+            extra = [*(WWW_AUTHENTICATE if status == 401 else ()), (b"connection", b"close")]
             return status, error_body(refused.reason), extra
         except ClientDisconnected:
             return 0, b"", ()

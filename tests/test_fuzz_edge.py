@@ -240,8 +240,12 @@ def encodings() -> st.SearchStrategy[Encoding]:
 @dataclass(frozen=True)
 class Length:
     kind: str  # none | correct | padded | zeros | smaller | larger | huge | invalid
-    delta: int = 1
-    text: bytes = b""
+    delta: int = 1  # smaller / larger: by this many bytes
+    text: bytes = b""  # invalid: the header's value
+    digits: int = 1  # zeros: how many leading zeros; huge: how many digits (int() refuses over 4,300)
+
+
+DIGITS = [1, 3, 19, 400, 4_299, 4_300, 4_301, 6_000]
 
 
 INVALID_LENGTHS = [b"abc", b"1e3", b"+5", b"0x10", b"5 5", b"", b"\xd9\xa3", b"-1", b"-0", b"1.0", b"\xc2\xb2", b" "]
@@ -251,7 +255,12 @@ def lengths(bits: int) -> st.SearchStrategy[Length]:
     """Missing or right, except with probability 2**-bits."""
     usual = st.sampled_from(["none", "correct"]).map(Length)
     odd = st.one_of(
-        st.builds(Length, st.sampled_from(["padded", "zeros", "smaller", "larger", "huge"]), st.integers(1, 2_000)),
+        st.builds(
+            Length,
+            st.sampled_from(["padded", "zeros", "smaller", "larger", "huge"]),
+            st.integers(1, 2_000),
+            digits=st.sampled_from(DIGITS),
+        ),
         st.sampled_from(INVALID_LENGTHS).map(lambda t: Length("invalid", text=t)),
     )
     return mostly(usual, odd, bits)
@@ -701,10 +710,10 @@ def content_length(case: Case, wire: bytes) -> bytes | None:
         "none": None,
         "correct": str(size).encode(),
         "padded": b" " + str(size).encode() + b"  ",
-        "zeros": b"0" * (length.delta * 3) + str(size).encode(),  # up to 6,000 digits: past int()'s 4,300
+        "zeros": b"0" * length.digits + str(size).encode(),
         "smaller": str(max(0, size - length.delta)).encode() if size else b"-1",
         "larger": str(size + length.delta).encode(),
-        "huge": b"9" * (length.delta * 3),
+        "huge": b"9" * length.digits,
         "invalid": length.text,
     }[length.kind]
 
