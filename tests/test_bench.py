@@ -15,7 +15,7 @@ import pytest
 
 from tests.support import ROOT
 
-SMALL = ["--duration", "1", "--events", "2000", "--job-events", "500", "--baseline-events", "40", "--ids", "20000"]
+SMALL = ["--duration", "1", "--events", "2000", "--job-events", "500", "--baseline-events", "40", "--ids", "200000"]
 
 
 def bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -65,7 +65,7 @@ def test_bench_all_in_smoke_mode_reports_every_measurement() -> None:
     assert 0 < e2e["p50_ms"] <= e2e["p99_ms"]
 
     dedup = report["dedup"]
-    assert dedup["detail"]["ids"] == 20000 and 0 < dedup["bytes_per_id"] < dedup["baseline_bytes_per_id"]
+    assert dedup["detail"]["ids"] == 200_000 and 0 < dedup["bytes_per_id"] < dedup["baseline_bytes_per_id"]
     for name in ("edge", "batch", "worker", "e2e", "dedup"):
         assert isinstance(report[name]["met"], bool) and report[name]["target"]
     assert leftover_servers() == []
