@@ -372,6 +372,17 @@ def run_soak(
 
             resent_ids: dict[str, set[str]] = {"soak-hook": set(), "soak-file": set()}
 
+            def received_now() -> dict[str, Counter[str]]:
+                return {"soak-hook": sink.ids(), "soak-file": file_ids(tmp / "out")}
+
+            def note_arrivals_since(before: dict[str, Counter[str]], only: str | None = None) -> None:
+                """Ids that reached a destination since `before`: in flight when a fault hit."""
+                for destination, counts in received_now().items():
+                    if only is not None and destination != only:
+                        continue
+                    earlier = before[destination]
+                    resent_ids[destination].update(i for i in counts if counts[i] > earlier.get(i, 0))
+
             at(0.05)
             for n in range(3):
                 since = time.monotonic()
@@ -383,12 +394,11 @@ def run_soak(
                 (("hook", "soak-hook"), ("file", "soak-file"), ("hook", "soak-hook"))
             ):
                 since = time.monotonic()
-                before = sink.ids() if name == "hook" else file_ids(tmp / "out")
+                before = received_now()
                 pipeline.replace_with_faulty(name, "deliver:after_send")
                 dead = _wait_for(lambda s=since, w=name: pipeline.killed_by_fault(w, s), 30)
-                after = sink.ids() if name == "hook" else file_ids(tmp / "out")
                 # What the killed worker had sent: delivered then, and sent again by the re-run.
-                resent_ids[destination].update(i for i in after if after[i] > before.get(i, 0))
+                note_arrivals_since(before, only=destination)
                 note(
                     "SIGKILL delivery worker after its send",
                     f"{destination} #{n + 1}" + ("" if dead else " (never took a job)"),
@@ -402,7 +412,7 @@ def run_soak(
             at(0.6)
             # A delivery in flight when Redis stops reaches its destination but cannot be settled:
             # its re-run sends it again. Note what arrives from 2 s before the stop until 2 s after.
-            before = {"soak-hook": sink.ids(), "soak-file": file_ids(tmp / "out")}
+            before = received_now()
             time.sleep(2)
             server.stop()
             down = time.monotonic()
@@ -413,9 +423,7 @@ def run_soak(
             outage.append((down, up))
             note("redis started again (AOF)")
             time.sleep(2)
-            after = {"soak-hook": sink.ids(), "soak-file": file_ids(tmp / "out")}
-            for destination, counts in after.items():
-                resent_ids[destination].update(i for i in counts if counts[i] > before[destination].get(i, 0))
+            note_arrivals_since(before)
             at(0.8)
             pipeline.stop_edge()
             note("edge stopped (SIGTERM)")
@@ -438,7 +446,7 @@ def run_soak(
                     time.sleep(0.5)
             drain_seconds = time.monotonic() - load_end
             note("drained" if drained else "gave up waiting for delivery", f"after {drain_seconds:.1f} s")
-            received = {"soak-hook": sink.ids(), "soak-file": file_ids(tmp / "out")}
+            received = received_now()
             errors = _delivery_errors(redis_port, received)
             missing = {d: locate(redis_port, accepted - set(got)) for d, got in received.items() if accepted - set(got)}
         finally:
