@@ -28,6 +28,21 @@ def valkey(tmp_path: Path) -> Iterator[ValkeyServer]:
 
 
 @pytest.fixture
+def durable_valkey(tmp_path: Path) -> Iterator[ValkeyServer]:
+    """A real valkey-server with trackpipe's durability settings (AOF, fsync per write), whose data
+    survives a stop and start, as the embedded server of `trackpipe dev` and compose's."""
+    from trackpipe.embedded import DURABLE_SETTINGS
+
+    server = ValkeyServer(port=free_port(), data_dir=tmp_path / "durable", persist=True, config=DURABLE_SETTINGS)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.is_running():
+            server.stop()
+
+
+@pytest.fixture
 def valkey_url(valkey: ValkeyServer) -> str:
     return f"redis://127.0.0.1:{valkey.port}/0"
 

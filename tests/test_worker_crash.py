@@ -38,6 +38,7 @@ redis_url = "{redis_url}"
 [worker]
 ingest_timeout_seconds = 2
 abandoned_grace_seconds = 1
+lease_seconds = 2
 maintenance_interval_seconds = 1
 
 [[sources]]
@@ -204,14 +205,13 @@ def seed_earlier_job(ctx: WorkerContext, conn) -> None:
     assert ctx.dedup.claim(conn, f"{LAYOUT.rq_prefix}:job:earlier", [(key, int(time.time() * 1000))]) == [True]
 
 
-def wait_until_abandoned_job_expired(conn) -> None:
-    """The dead worker's job counts as abandoned once its started-registry score has passed."""
-
-    def expired() -> bool:
-        scores = [score for _, score in conn.zrange(f"{LAYOUT.rq_prefix}:wip:ingest", 0, -1, withscores=True)]
-        return bool(scores) and max(scores) < time.time() - 0.5
-
-    poll_until(expired, 20, "the killed worker's job never showed up as abandoned in the started registry")
+def wait_until_lease_lapsed(conn) -> None:
+    """The dead worker counts as dead once its lease has lapsed (workers.claims)."""
+    poll_until(
+        lambda: not list(conn.scan_iter(LAYOUT.lease_prefix + "*")),
+        20,
+        "the killed worker's lease never lapsed",
+    )
 
 
 def job_fields(conn, job_id: str) -> tuple[bytes | None, bytes | None]:
@@ -276,7 +276,7 @@ def test_a_job_killed_at_any_step_ends_as_one_clean_run(
         _, killed_started_at = job_fields(conn, job_id)
         assert killed_started_at is not None
 
-        wait_until_abandoned_job_expired(conn)
+        wait_until_lease_lapsed(conn)
         fresh = start_worker(config_file, "--queues", "ingest", log=log)
         poll_until(
             lambda: rerun_ended(conn, job_id, killed_started_at) or fresh.poll() is not None,

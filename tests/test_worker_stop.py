@@ -1,8 +1,9 @@
-"""SIGTERM to an idle worker never drops a job its blocking pop already took.
+"""SIGTERM to an idle worker never drops a job.
 
 RQ raises out of an idle worker's BLPOP on SIGTERM; when the server had already popped a job, that
-job was left `queued` on no queue (found by `trackpipe soak`). TrackpipeWorker lets the wait end
-instead and runs what it got, then stops.
+job was left `queued` on no queue (found by `trackpipe soak`). A TrackpipeWorker waits on doorbells,
+never on the queues themselves, and takes a job in one script call onto its claims list: a stop
+ends the wait, and the job stays on its queue for the next worker.
 """
 
 from __future__ import annotations
@@ -75,4 +76,6 @@ def test_sigterm_while_idle_runs_the_job_the_wait_received_then_exits(
     delivered = lake_ids(lake)
     # Either the wait took the job and ran it, or it is still waiting on the queue: never neither.
     assert "after-sigterm" in delivered or job_id in on_queue, (delivered, on_queue)
-    assert "after-sigterm" in delivered  # the wait was still open: it received and ran the job
+    assert "after-sigterm" not in delivered  # the stop came first: the worker took nothing more
+    assert job_id in on_queue
+    assert not list(valkey_client.scan_iter(LAYOUT.claims_prefix + "*"))

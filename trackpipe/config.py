@@ -48,6 +48,9 @@ class EdgeConfig(Strict):
     unauthorized_ring_size: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 500
     # A request whose body has not fully arrived this long after its headers gets 408 (slow clients).
     body_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0
+    # A connection whose request headers are not complete this long after it opened (or after data
+    # began arriving between requests) is closed: idle and slow-header clients hold no slot.
+    header_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=600)] = 5.0
     # Open connections (and requests) per edge process above which new ones get 503 at once.
     max_connections: Annotated[int, msgspec.Meta(ge=16, le=1_000_000)] = 4_096
 
@@ -63,8 +66,11 @@ class WorkerConfig(Strict):
     # An ingest job running longer than this is stopped (and retried).
     ingest_timeout_seconds: PositiveInt = 60
     delivery_timeout_seconds: PositiveInt = 120
-    # A job whose worker died is re-run once its timeout plus this grace has passed.
+    # A job still running after its timeout plus this grace counts as hung and is re-run.
     abandoned_grace_seconds: PositiveInt = 10
+    # A worker counts as dead once it has not renewed its lease for this long; its unfinished jobs
+    # then go back on their queues (see workers.claims).
+    lease_seconds: Annotated[int, msgspec.Meta(ge=2, le=300)] = 10
     # How often a worker looks for abandoned jobs and due retries.
     maintenance_interval_seconds: PositiveInt = 10
     # Times an ingest job is retried after an error or a dead worker.

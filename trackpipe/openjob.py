@@ -7,7 +7,8 @@ made, while it is still the queue's last entry and holds fewer than `max_events`
 new job is made. While workers keep up, each payload is soon its own job (low latency); when they
 fall behind, queued jobs grow instead of multiplying.
 
-Safety: a job leaves the queue list when a worker takes it (RQ's LMOVE), and a payload only joins
+Safety: a job leaves the queue list when a worker takes it (moved onto the worker's claims list,
+see workers.claims), and a payload only joins
 a job that is both the open one and still the queue's last entry. The worker first *seals* the
 job (clears the open marker if it names the job) and then reads the parts, in one script call:
 nothing joins after that, so a re-run after a crash reads the same parts in the same order, even
@@ -33,7 +34,8 @@ EVENTS_FIELD = "trackpipe_events"
 _TEMPLATE_ID = "00000000-0000-4000-8000-000000000000"
 _PER_JOB_FIELDS = ("created_at", "enqueued_at")
 
-# KEYS: 1 queue list, 2 open-job marker, 3 RQ's set of queues
+# KEYS: 1 queue list, 2 open-job marker, 3 RQ's set of queues, 4 the queue's doorbell (a new job
+# wakes an idle worker; see workers.claims)
 # ARGV: 1 payload, 2 events in it, 3 max events per job, 4 parts key prefix, 5 job key prefix,
 #       6 new job id, 7.. the new job's hash as field, value pairs
 # Returns {1 if a job was made else 0, the queue's length}.
@@ -56,6 +58,8 @@ redis.call('RPUSH', ARGV[4] .. id, ARGV[1])
 redis.call('SADD', KEYS[3], KEYS[1])
 redis.call('RPUSH', KEYS[1], id)
 redis.call('SET', KEYS[2], id)
+redis.call('LPUSH', KEYS[4], '1')
+redis.call('LTRIM', KEYS[4], 0, 0)
 return {1, redis.call('LLEN', KEYS[1])}
 """.replace("@EVENTS@", EVENTS_FIELD)
 
@@ -109,7 +113,7 @@ class OpenJobWriter:
         self._fields = [x for pair in fields.items() for x in pair]
         self._stamp_slots = [i + 1 for i in range(0, len(self._fields), 2) if self._fields[i] in _PER_JOB_FIELDS]
         self._job_key_prefix = job_key.removesuffix(_TEMPLATE_ID)
-        self._keys = (queue.key, layout.open_job(queue.name), f"{layout.rq_prefix}:queues")
+        self._keys = (queue.key, layout.open_job(queue.name), f"{layout.rq_prefix}:queues", layout.wake(queue.name))
         self._parts_prefix = layout.job_parts_prefix
         self.max_events = max_events
         self.queue_key = queue.key
@@ -123,7 +127,7 @@ class OpenJobWriter:
         return (
             "EVAL",
             APPEND_SCRIPT,
-            3,
+            len(self._keys),
             *self._keys,
             payload,
             events,

@@ -8,8 +8,10 @@ import os
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -17,14 +19,17 @@ from trackpipe.config import CONFIG_ENV, Config, ConfigError, config_path, load_
 from trackpipe.keys import bind_rq_prefix
 from trackpipe.logs import setup_logging
 
+if TYPE_CHECKING:
+    from redis import Redis
+
 log = logging.getLogger("trackpipe")
-# A worker blocks on BLPOP between jobs: no read timeout, but a bounded connect.
+# No read timeout (RQ's pub/sub thread shares the settings and waits long), but a bounded connect.
 REDIS_WORKER_TIMEOUTS = {"socket_connect_timeout": 5.0, "health_check_interval": 30}
 
 # uvicorn settings of the edge (see README, "Operating the edge").
 UVICORN_SETTINGS = {
     "loop": "uvloop",
-    "http": "httptools",
+    "http": "httptools",  # the edge itself uses ingest.protocol's subclass (edge_server_config, run_edge)
     "lifespan": "on",
     "timeout_keep_alive": 5,
     "backlog": 2048,
@@ -70,8 +75,10 @@ def serve(config: uvicorn.Config, on_hangup: Callable[[], None] | None = None) -
 def edge_server_config(config: Config, host: str, port: int, log_level: str = "info") -> uvicorn.Config:
     bind_rq_prefix(config.key_prefix)
     from ingest.app import create_app
+    from ingest.protocol import header_timeout_protocol
 
     # log_config=None: uvicorn logs through the JSON handler set up by trackpipe.logs.
+    # http: httptools with a deadline for request headers (uvicorn has none; see ingest/protocol.py).
     return uvicorn.Config(
         create_app(config),
         host=host,
@@ -79,7 +86,7 @@ def edge_server_config(config: Config, host: str, port: int, log_level: str = "i
         log_level=log_level,
         log_config=None,
         limit_concurrency=config.edge.max_connections,
-        **UVICORN_SETTINGS,
+        **{**UVICORN_SETTINGS, "http": header_timeout_protocol(config.edge.header_timeout_seconds)},
     )
 
 
@@ -89,11 +96,12 @@ def run_worker(args: argparse.Namespace) -> int:
     bind_rq_prefix(config.key_prefix)
     from redis import Redis
 
-    from workers.runner import QueueNameError, build_worker, parse_queues
+    from workers.runner import QueueNameError, WorkerNameError, build_worker, check_worker_name, parse_queues
 
     try:
         queues = parse_queues(args.queues, config)
-    except QueueNameError as exc:
+        check_worker_name(args.name)
+    except (QueueNameError, WorkerNameError) as exc:
         print(f"trackpipe worker: {exc}", file=sys.stderr)
         return 2
     setup_logging()
@@ -110,14 +118,52 @@ def run_worker(args: argparse.Namespace) -> int:
             print(f"trackpipe worker: --metrics-port {args.metrics_port}: {exc.strerror or exc}", file=sys.stderr)
             return 2
     connection = Redis.from_url(config.redis_url, **REDIS_WORKER_TIMEOUTS)
+    if not wait_for_redis(connection):
+        return 0  # stopped on request before Redis came: nothing was taken
     worker = build_worker(config, connection, queues, name=args.name)
     log.info("worker %s on queues %s", worker.name, ", ".join(queues))
-    worker.work(
-        burst=args.burst,
-        with_scheduler=not args.no_scheduler,
-        logging_level="INFO" if args.verbose else "WARNING",
-    )
+    try:
+        worker.work(
+            burst=args.burst,
+            with_scheduler=not args.no_scheduler,
+            logging_level="INFO" if args.verbose else "WARNING",
+        )
+    except WorkerNameError as exc:
+        print(f"trackpipe worker: {exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+def wait_for_redis(connection: Redis) -> bool:
+    """A worker started while Redis is down (a server restart, a host reboot in any order) waits for
+    it instead of exiting. False when stopped (SIGTERM/SIGINT) while waiting."""
+    from redis.exceptions import RedisError
+
+    from workers.claims import is_outage
+
+    stopped = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopped
+        stopped = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    wait = 0.5
+    try:
+        while not stopped:
+            try:
+                connection.ping()
+                return True
+            except RedisError as exc:
+                if not is_outage(exc):
+                    raise
+                log.warning("worker: waiting for Redis: %s", exc)
+                time.sleep(wait)
+                wait = min(wait * 2, 5.0)
+        return False
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -166,6 +212,8 @@ def run_edge(config_arg: str | None, *, host: str, port: int, workers: int) -> i
     os.environ[CONFIG_ENV] = str(Path(path).resolve())
     metrics_dir = tempfile.mkdtemp(prefix="trackpipe-metrics-")
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
+    from ingest.protocol import header_timeout_protocol
+
     uvicorn.run(
         "ingest.app:create_app_from_env",
         factory=True,
@@ -175,6 +223,7 @@ def run_edge(config_arg: str | None, *, host: str, port: int, workers: int) -> i
         log_level="info",
         log_config=None,
         limit_concurrency=config.edge.max_connections,
-        **UVICORN_SETTINGS,
+        # The protocol factory is pickled into each process, with this config's header timeout.
+        **{**UVICORN_SETTINGS, "http": header_timeout_protocol(config.edge.header_timeout_seconds)},
     )
     return 0

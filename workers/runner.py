@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
+import time
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker, worker_registration
 from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
@@ -16,14 +21,24 @@ from rq.worker import WorkerStatus
 
 from trackpipe.config import Config
 from trackpipe.jobs import MsgpackSerializer, SafeJob, make_queue
-from trackpipe.keys import INGEST_QUEUE, deliver_queue, retry_queue
+from trackpipe.keys import INGEST_QUEUE, KeyLayout, deliver_queue, retry_queue
+from workers.claims import WAKE_POLL_SECONDS, Claims, Keeper, is_outage
 from workers.context import WorkerContext, install
+from workers.scheduler import SchedulerMixin
 
 log = logging.getLogger("trackpipe.worker")
 
 
 class QueueNameError(ValueError):
     pass
+
+
+class WorkerNameError(ValueError):
+    pass
+
+
+# Worker names appear in key names (claims, leases): the same alphabet as ids.
+WORKER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def destination_queues(destination_id: str) -> list[str]:
@@ -50,46 +65,189 @@ def parse_queues(spec: str | None, config: Config) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-class TrackpipeWorker(SimpleWorker):
-    """A SimpleWorker (no fork per job: a fork costs ten times the work of a job here) whose dead
-    jobs are noticed within seconds: a job counts as abandoned once its timeout plus a short grace
-    has passed without the worker finishing it (RQ's default grace is 60 s, plus 10 min between
-    maintenance passes)."""
+class TrackpipeWorker(SchedulerMixin, SimpleWorker):
+    """A SimpleWorker (no fork per job: a fork costs ten times the work of a job here) that takes
+    jobs through claims (workers.claims: a taken job is always on a list naming its worker, and a
+    dead worker's jobs run again within seconds) and rides out Redis outages: it waits for the
+    server with backoff, puts the job it was running back on its queue, and carries on."""
 
     abandoned_grace_seconds = 10
+    lease_seconds = 10.0
+    layout = KeyLayout()
+    redis_url: str | None = None
+    # Longest pause between reconnection attempts (RQ's own default is 60 s).
+    max_connection_wait_time = 5
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
-        return int(job.timeout if job.timeout and job.timeout > 0 else 60) + self.abandoned_grace_seconds
+        """A hung job (not a dead worker: claims handle those) counts as abandoned once its timeout
+        plus a short grace has passed (RQ's default grace is 60 s). Never before a dead worker's
+        claims are swept (two leases): RQ's own re-run of an abandoned job waits its retry interval
+        (up to minutes) and spends one of the job's retries."""
+        timeout = int(job.timeout if job.timeout and job.timeout > 0 else 60)
+        return timeout + max(self.abandoned_grace_seconds, int(2 * self.lease_seconds) + 1)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.claims: Claims | None = None
+        self.keeper: Keeper | None = None
         worker = self
 
-        class StoppableDequeue(self.queue_class):  # type: ignore[name-defined, misc]
+        class ClaimingQueue(self.queue_class):  # type: ignore[name-defined, misc]
             @classmethod
-            def dequeue_any(cls, *args: Any, **kwargs: Any) -> Any:
-                try:
-                    return super().dequeue_any(*args, **kwargs)
-                except DequeueTimeout:
-                    if worker._stop_requested:
-                        return None  # the work loop then ends: no job was taken
-                    raise
+            def dequeue_any(cls, queues: Any, timeout: int | None, *args: Any, **kwargs: Any) -> Any:
+                return worker.take(cls, timeout, **kwargs)
 
-        self.queue_class = StoppableDequeue
+        self.queue_class = ClaimingQueue
+
+    # -- taking jobs ----------------------------------------------------------------------------
+
+    def take(self, queue_class: type[Queue], timeout: int | None, **kwargs: Any) -> tuple[Job, Queue] | None:
+        """The next job of this worker's queues, in their order, moved onto its claims list.
+        Waits up to `timeout` seconds (None: not at all) for one; returns None when there is none
+        or a stop was requested, raises DequeueTimeout when the wait ran out."""
+        assert self.claims is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                taken = self.claims.take()
+            except RedisError as exc:
+                if not is_outage(exc):
+                    raise
+                if self._stop_requested:
+                    return None  # stopping: nothing was taken that is not on a claims list
+                raise RedisConnectionError(str(exc)) from exc  # RQ's loop waits and calls again
+            if taken is not None:
+                queue_key, job_id = taken
+                result = queue_class._fetch_dequeued_job(
+                    self.connection,
+                    queue_key,
+                    job_id,
+                    job_class=kwargs.get("job_class"),
+                    serializer=kwargs.get("serializer"),
+                    death_penalty_class=kwargs.get("death_penalty_class"),
+                )
+                if result is None:  # the job's hash is gone: nothing to run (dropped at the next take)
+                    continue
+                return result
+            if self._stop_requested or deadline is None:
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DequeueTimeout(timeout, self.queue_keys())
+            self.claims.wait(min(left, WAKE_POLL_SECONDS))
+            if self._stop_requested:
+                return None
 
     def _shutdown(self) -> None:
-        """SIGTERM/SIGINT. RQ raises StopRequested at once when the worker is idle, even from inside
-        a blocking pop the server may already have served: the popped job was then on no queue and
-        in no registry, its events never delivered (found by `trackpipe soak`; a worker on several
-        queues pops with BLPOP, without RQ's intermediate list). Instead an idle worker finishes its
-        wait (at most `worker.maintenance_interval_seconds`), runs a job it got, then stops."""
+        """SIGTERM/SIGINT. RQ raises StopRequested at once when the worker is idle; here an idle
+        worker instead ends its current wait (at most WAKE_POLL_SECONDS) and stops, so a stop never
+        interrupts a take half-way (a take is one script call either way)."""
         if self.get_state() == WorkerStatus.BUSY:
-            super()._shutdown()
+            try:
+                super()._shutdown()
+            except RedisError:
+                self._stop_requested = True
             return
         self._stop_requested = True
-        self.set_shutdown_requested_date()
+        with contextlib.suppress(RedisError):  # the stop does not depend on recording it
+            self.set_shutdown_requested_date()
         if self.scheduler:
             self.stop_scheduler()
+
+    # -- running jobs ---------------------------------------------------------------------------
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        try:
+            if job.started_at is not None:  # a re-run: an earlier execution may have died with its worker
+                prune_dead_executions(job, self.connection)
+            super().execute_job(job, queue)
+        except RedisError as exc:
+            if not is_outage(exc):
+                raise
+            log.warning("job %s: Redis went away while it ran (%s); it will run again", job.id, exc)
+            self.ride_out_outage()
+
+    def _finalize_failure(self, job: Job, queue: Queue, execution: Any, exc_info: Any) -> None:
+        """A job that failed because Redis went away did nothing wrong: it is not recorded as
+        failed (that would spend one of its retries, or fail it for good); the outage handling puts
+        it back on its queue instead."""
+        exc = exc_info[1]
+        if exc is not None and is_outage(exc):
+            raise RedisConnectionError(f"job {job.id} interrupted: {exc}") from exc
+        super()._finalize_failure(job, queue, execution, exc_info)
+
+    def ride_out_outage(self) -> None:
+        """Wait until Redis answers (backoff up to `max_connection_wait_time`), then put back
+        whatever this worker had taken and not finished."""
+        assert self.claims is not None
+        wait = 0.5
+        while True:
+            try:
+                self.connection.ping()
+                self.claims.release_all("its run was interrupted by a Redis outage")
+                self.set_state(WorkerStatus.IDLE)
+                return
+            except RedisError as exc:
+                if not is_outage(exc):
+                    raise
+                if self._stop_requested:
+                    log.warning("worker %s: stopping while Redis is unreachable", self.name)
+                    return
+                log.warning("worker %s: Redis unreachable (%s); retrying in %.1f s", self.name, exc, wait)
+                time.sleep(wait)
+                wait = min(wait * 2, self.max_connection_wait_time)
+
+    # -- the work loop's own Redis calls must not end the worker --------------------------------
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline)
+            return
+        try:
+            super().heartbeat(timeout, pipeline)
+        except RedisError as exc:
+            if not is_outage(exc):
+                raise
+            self.ride_out_outage()
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        if pipeline is not None:
+            super().set_state(state, pipeline)
+            return
+        try:
+            super().set_state(state, pipeline)
+        except RedisError as exc:
+            if not is_outage(exc):
+                raise
+            self._state = state  # only informational in Redis; kept locally meanwhile
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        while True:
+            try:
+                return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            except RedisError as exc:
+                if not is_outage(exc):
+                    raise
+                self.ride_out_outage()
+                if self._stop_requested:
+                    return None
+
+    def check_for_suspension(self, burst: bool) -> None:
+        try:
+            super().check_for_suspension(burst)
+        except RedisError as exc:
+            if not is_outage(exc):
+                raise
+            self.ride_out_outage()
+
+    def run_maintenance_tasks(self) -> None:
+        try:
+            super().run_maintenance_tasks()
+        except RedisError as exc:
+            if not is_outage(exc):
+                raise
+            log.warning("worker %s: maintenance skipped, Redis unreachable (%s)", self.name, exc)
+            self.last_cleaned_at = rq_now()
 
     def clean_registries(self) -> None:
         """RQ's maintenance, except for jobs stuck in a queue's intermediate list (see below)."""
@@ -101,10 +259,34 @@ class TrackpipeWorker(SimpleWorker):
                 queue.release_maintenance_lock()
         self.last_cleaned_at = rq_now()
 
-    def execute_job(self, job: Job, queue: Queue) -> None:
-        if job.started_at is not None:  # a re-run: an earlier execution may have died with its worker
-            prune_dead_executions(job, self.connection)
-        super().execute_job(job, queue)
+    # -- birth and death ------------------------------------------------------------------------
+
+    def register_birth(self) -> None:
+        # RQ refuses a name whose worker record has no death date, for minutes after a SIGKILL.
+        # The lease tells a killed worker (take its name; its claims go back below) from a live one.
+        if self.connection.exists(self.key) and not self.connection.hexists(self.key, "death"):
+            if self.connection.exists(self.layout.lease(self.name)):
+                raise WorkerNameError(f"--name: a worker named {self.name!r} is already running")
+            self.connection.delete(self.key)
+        super().register_birth()
+        self.claims = Claims(self.connection, self.layout, self.name, self.queue_names())
+        self.claims.register(self.lease_seconds)
+        if self.redis_url is not None:
+            self.keeper = Keeper(self.redis_url, self.layout, self.name, self.lease_seconds)
+            self.keeper.start()
+
+    def teardown(self) -> None:
+        try:
+            if self.claims is not None:
+                self.claims.retire()
+            super().teardown()
+        except RedisError as exc:
+            # Whatever it still held stays on its claims list; its lease runs out and another
+            # worker puts it back.
+            log.warning("worker %s: stopped without reaching Redis (%s)", self.name, exc)
+        finally:
+            if self.keeper is not None:
+                self.keeper.stop()
 
 
 def requeue_stuck_jobs(queue: Queue) -> int:
@@ -158,7 +340,13 @@ def prune_dead_executions(job: Job, connection: Redis) -> None:
         connection.zrem(registry.key, *dead)
 
 
+def check_worker_name(name: str | None) -> None:
+    if name is not None and not WORKER_NAME.fullmatch(name):
+        raise WorkerNameError(f"--name: {name!r} may only use letters, digits, '_', '.' and '-' (1 to 64)")
+
+
 def build_worker(config: Config, connection: Redis, queues: list[str], name: str | None = None) -> TrackpipeWorker:
+    check_worker_name(name)
     install(WorkerContext(config, connection))
     worker = TrackpipeWorker(
         [make_queue(q, connection) for q in queues],
@@ -167,9 +355,12 @@ def build_worker(config: Config, connection: Redis, queues: list[str], name: str
         job_class=SafeJob,
         serializer=MsgpackSerializer,
         maintenance_interval=config.worker.maintenance_interval_seconds,
-        # An idle worker only looks for abandoned jobs between blocking waits for work, which last
-        # worker_ttl - 15 s (400 s by default): make them as long as the maintenance interval.
+        # An idle worker runs maintenance between waits for work, which last worker_ttl - 15 s
+        # (400 s by default): make them as long as the maintenance interval.
         worker_ttl=config.worker.maintenance_interval_seconds + 15,
     )
     worker.abandoned_grace_seconds = config.worker.abandoned_grace_seconds
+    worker.lease_seconds = float(config.worker.lease_seconds)
+    worker.redis_url = config.redis_url
+    worker.layout = KeyLayout(config.key_prefix)
     return worker
