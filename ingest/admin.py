@@ -182,7 +182,6 @@ class Admin:
 
     async def dlq_list(self, request: Request) -> Response:
         from trackpipe.dlq import DlqError, check_destination
-        from workers.deadletter import decode_dead_letter
 
         destination_id = request.path_params["destination_id"]
         limit = _limit(request)
@@ -194,19 +193,23 @@ class Admin:
             selection = self._selection(query.get("event"), query.get("reason"), query.get("since"), query.get("until"))
         except DlqError as exc:
             return error(404 if "no destination" in str(exc) else 400, str(exc))
-        assert self.edge.redis is not None
-        picked = []
-        for raw in await self.edge.redis.lrange(self.layout.dlq(destination_id), 0, -1):
-            try:
-                record = decode_dead_letter(raw)
-            except msgspec.DecodeError:
-                continue
-            if selection.matches(record):
-                picked.append(raw)
-                if len(picked) >= limit:
-                    break
+        # A DLQ holds up to dlq.max_events records: reading and decoding them on the event loop would
+        # stall ingestion for as long, so it happens on a thread (an analyst's request, not the hot path).
+        picked = await asyncio.to_thread(self._dlq_pick, destination_id, selection, limit)
         body = b'{"destination_id":' + _json.encode(destination_id) + b',"dead_letters":[' + b",".join(picked) + b"]}"
         return raw_json(body)
+
+    def _sync_redis(self) -> Any:
+        """A blocking client for work done on a thread (the edge's own client belongs to its loop)."""
+        from redis import Redis
+
+        return Redis.from_url(self.edge.config.redis_url, socket_connect_timeout=3, socket_timeout=30)
+
+    def _dlq_pick(self, destination_id: str, selection: Any, limit: int) -> list[bytes]:
+        from trackpipe import dlq
+
+        with self._sync_redis() as connection:
+            return [raw for raw, _ in dlq.select_iter(connection, self.layout, destination_id, selection, limit)]
 
     async def dlq_replay(self, request: Request) -> Response:
         from trackpipe.dlq import DlqError, check_destination
@@ -230,12 +233,10 @@ class Admin:
         return JSONResponse(result)
 
     def _replay(self, destination_id: str, target: str, selection: Any, ask: ReplayRequest) -> dict[str, Any]:
-        from redis import Redis
-
         from trackpipe import dlq
 
         config = self.edge.config
-        with Redis.from_url(config.redis_url, socket_connect_timeout=3, socket_timeout=30) as connection:
+        with self._sync_redis() as connection:
             chosen = dlq.select(connection, self.layout, destination_id, selection, ask.limit)
             if ask.dry_run:
                 return {"status": "ok", "dry_run": True, "would_replay": len(chosen), "to": target}

@@ -4,9 +4,11 @@ the admin token, and nothing leaks."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +16,15 @@ import httpx
 import msgspec
 import pytest
 import redis
+import uvicorn
 
 from ingest.app import create_app
-from tests.support import TEST_KEY, delivery_batches_of
+from tests.support import TEST_KEY, delivery_batches_of, free_port, poll_until
 from trackpipe.config import parse
 from trackpipe.jobs import delivery_queue
 from trackpipe.keys import KeyLayout
 from trackpipe.messages import IngestBatch, IngestRecord, encode_batch
+from trackpipe.serve import edge_server_config
 from workers.context import WorkerContext
 from workers.deadletter import DeadLetter, encode_dead_letter
 from workers.ingest import process_ingest
@@ -188,3 +192,103 @@ def test_admin_is_off_without_a_token(tmp_path: Path, valkey_url: str) -> None:
         assert response.status_code == 401 and "no admin_token" in response.json()["error"]
 
     run(text, test)
+
+
+# -- a large DLQ is read off the event loop ---------------------------------------------------
+
+BIG_DLQ = 50_000
+DECODE_SECONDS = 40e-6  # the slowed-down decoder's CPU time per record
+
+
+def fill_big_dlq(conn: redis.Redis, count: int = BIG_DLQ) -> None:
+    """`count` dead letters of about 1 KB each for crm, none of them a `nosuch` event."""
+    body = msgspec.json.encode({"event_name": "purchase", "context": {"event_id": "x"}, "pad": "p" * 900})
+    pipe = conn.pipeline(transaction=False)
+    for start in range(0, count, 1000):
+        letters = [
+            encode_dead_letter(DeadLetter(f"big-{n}", "purchase", "crm", "HTTP 500: down", 6, 1, 2, msgspec.Raw(body)))
+            for n in range(start, min(count, start + 1000))
+        ]
+        pipe.lpush(LAYOUT.dlq("crm"), *letters)
+        pipe.execute()
+
+
+@contextlib.contextmanager
+def edge_in_thread(config_text_: str) -> Iterator[str]:
+    """The edge under uvicorn, as `trackpipe edge` runs it, on a thread of this process (so a test
+    can slow parts of it down); yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(edge_server_config(parse(config_text_), "127.0.0.1", port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        poll_until(lambda: server.started or not thread.is_alive(), 30, "the edge did not start")
+        assert thread.is_alive(), "the edge stopped at start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+
+
+def test_listing_a_large_dlq_leaves_the_edge_responsive(
+    tmp_path: Path, valkey_url: str, valkey_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the admin API scans 50,000 dead letters of ~1 KB for a filter that matches none, the
+    same edge keeps answering /healthz and storing events, each in a fraction of the time the
+    listing takes. Decoding is made slow (40 µs of CPU a record, as on a slow machine or with a far
+    larger DLQ) so that the listing lasts at least 2 s: read and decoded on the event loop, it
+    held every request until it ended."""
+    import trackpipe.dlq
+    import workers.deadletter
+
+    fill_big_dlq(valkey_client)
+    real_decode = workers.deadletter.decode_dead_letter
+
+    def slow_decode(data: bytes) -> DeadLetter:
+        until = time.perf_counter() + DECODE_SECONDS
+        while time.perf_counter() < until:  # CPU, holding the GIL as a real decoder does
+            pass
+        return real_decode(data)
+
+    monkeypatch.setattr(workers.deadletter, "decode_dead_letter", slow_decode)
+    monkeypatch.setattr(trackpipe.dlq, "decode_dead_letter", slow_decode)
+    event = json.dumps({"event_name": "page_view", "context": {"event_id": "live-1"}}).encode()
+    with edge_in_thread(config_text(valkey_url, tmp_path)) as base:
+        listing: dict[str, Any] = {}
+        done = threading.Event()
+
+        def list_dlq() -> None:
+            started = time.monotonic()
+            try:
+                with httpx.Client(base_url=base, timeout=300) as client:
+                    listing["response"] = client.get("/admin/dlq/crm", params={"event": "nosuch"}, headers=AUTH)
+            finally:
+                listing["seconds"] = time.monotonic() - started
+                done.set()
+
+        latencies: list[float] = []
+        with httpx.Client(base_url=base, timeout=300) as client:
+            assert client.get("/healthz").status_code == 200  # connected before the listing starts
+            lister = threading.Thread(target=list_dlq)
+            lister.start()
+            while not done.is_set():
+                sent = time.monotonic()
+                if len(latencies) % 2:
+                    answer = client.post(
+                        "/events",
+                        params={"tc_s": "29", "token": TEST_KEY},
+                        content=event,
+                        headers={"Content-Type": "application/json"},
+                    )
+                else:
+                    answer = client.get("/healthz")
+                assert answer.status_code == 200, answer.text
+                latencies.append(time.monotonic() - sent)  # every one was sent while the listing ran
+            lister.join(timeout=300)
+    response = listing["response"]
+    assert response.status_code == 200, response.text
+    assert response.json() == {"destination_id": "crm", "dead_letters": []}
+    seconds = listing["seconds"]
+    assert seconds >= BIG_DLQ * DECODE_SECONDS  # the slow decoder really ran for every record
+    assert len(latencies) >= 5, f"only {len(latencies)} requests sent during a {seconds:.1f}s listing"
+    assert max(latencies) < seconds / 3, f"a request waited {max(latencies):.2f}s during a {seconds:.1f}s listing"

@@ -107,3 +107,29 @@ def test_status_names_an_unreachable_server(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "cannot read redis://127.0.0.1:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_destination_named_dropped_has_its_own_dlq_in_status_and_metrics(
+    tmp_path: Path, valkey_url: str, valkey_client: redis.Redis
+) -> None:
+    """`dropped` is a valid destination id: its DLQ (a list) and the dropped counts (a hash) have
+    different keys, and status and the scrape-time gauges read both without WRONGTYPE."""
+    from workers.queue_metrics import QueueCollector
+
+    text = (
+        config_text(valkey_url, tmp_path / "lake")
+        + f'\n[[destinations]]\nid = "dropped"\ntype = "file"\npath = "{tmp_path / "d"}"\n'
+    )
+    config = parse(text)
+    valkey_client.lpush(LAYOUT.dlq("dropped"), b"{}", b"{}", b"{}")
+    valkey_client.hset(LAYOUT.dlq_dropped, mapping={"dropped": 5, "lake": 1})
+
+    by_id = {d.id: (d.dlq, d.dlq_dropped) for d in collect(config, valkey_client).destinations}
+    assert by_id == {"lake": (0, 1), "dropped": (3, 5)}
+    gauges = {
+        (family.name, tuple(sample.labels.values())): sample.value
+        for family in QueueCollector(config, valkey_url).collect()
+        for sample in family.samples
+    }
+    assert gauges[("trackpipe_dlq_events", ("dropped",))] == 3
+    assert gauges[("trackpipe_queue_jobs", ("deliver:dropped",))] == 0

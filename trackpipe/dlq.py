@@ -21,6 +21,10 @@ from trackpipe.messages import DeliveryBatch, DeliveryEvent, encode_delivery
 from workers.deadletter import DeadLetter, decode_dead_letter
 
 REPLAY_BATCH = 100
+# Records per LRANGE when reading a DLQ: small first (a listing with a limit often needs only the
+# newest few), then larger, bounded so one reply stays well under a megabyte of typical records.
+FIRST_PAGE = 100
+MAX_PAGE = 1_000
 
 
 class DlqError(ValueError):
@@ -70,26 +74,79 @@ def check_destination(config: Config, destination_id: str, option: str = "--dest
         raise DlqError(f"{option}: no destination {destination_id!r} (known: {', '.join(known) or 'none'})")
 
 
-def records(connection: Redis, layout: KeyLayout, destination_id: str) -> Iterator[tuple[bytes, DeadLetter]]:
-    """Every record, newest first, with its raw bytes (the handle for removing it)."""
+def records(
+    connection: Redis,
+    layout: KeyLayout,
+    destination_id: str,
+    *,
+    first_page: int = FIRST_PAGE,
+    max_page: int = MAX_PAGE,
+) -> Iterator[tuple[bytes, DeadLetter]]:
+    """Every record, newest first, with its raw bytes (the handle for removing it).
+
+    Read a page at a time (pages grow from `first_page` to `max_page` records), so a caller that
+    stops early reads only what it needed, and Redis never sends the whole DLQ in one reply.
+    Dead letters pushed meanwhile land before the first page and are not listed, but they push
+    the records already read into the next page. So each page is read in one transaction with the
+    record just before it: when that is not the last record read, the list has moved, and the
+    page's leading records that were already read (by hash) are passed over. Two byte-identical
+    records met just then may be listed once; records removed meanwhile (a replay or purge) move
+    the others the other way, and as many may be missed by this reading. None is read twice.
+    """
     key = layout.dlq(destination_id)
-    for raw in connection.lrange(key, 0, -1):
-        try:
-            yield raw, decode_dead_letter(raw)
-        except msgspec.DecodeError:
-            continue  # not ours; never touched
+    seen: set[int] = set()
+    start = 0
+    size = max(1, min(first_page, max_page))
+    last: bytes | None = None
+    catching_up = False
+    while True:
+        if last is None:
+            page, moved = connection.lrange(key, 0, size - 1), False
+        else:
+            pipe = connection.pipeline(transaction=True)
+            pipe.lindex(key, start - 1)
+            pipe.lrange(key, start, start + size - 1)
+            before, page = pipe.execute()
+            moved = before != last
+        catching_up = catching_up or moved
+        skip = 0
+        if catching_up:  # records already read come first (maybe for more than a page): pass over them
+            while skip < len(page) and hash(page[skip]) in seen:
+                skip += 1
+            catching_up = skip == len(page)
+        for raw in page[skip:]:
+            seen.add(hash(raw))
+            try:
+                record = decode_dead_letter(raw)
+            except msgspec.DecodeError:
+                continue  # not ours; never touched
+            yield raw, record
+        if len(page) < size:
+            return
+        start += len(page)
+        last = page[-1]
+        size = min(size * 2, max_page)
+
+
+def select_iter(
+    connection: Redis, layout: KeyLayout, destination_id: str, selection: Selection, limit: int | None = None
+) -> Iterator[tuple[bytes, DeadLetter]]:
+    """The records that match, newest first; stops reading once `limit` were found."""
+    if limit is not None and limit <= 0:
+        return
+    found = 0
+    for raw, record in records(connection, layout, destination_id):
+        if selection.matches(record):
+            yield raw, record
+            found += 1
+            if limit is not None and found >= limit:
+                return
 
 
 def select(
     connection: Redis, layout: KeyLayout, destination_id: str, selection: Selection, limit: int | None = None
 ) -> list[tuple[bytes, DeadLetter]]:
-    chosen = []
-    for raw, record in records(connection, layout, destination_id):
-        if selection.matches(record):
-            chosen.append((raw, record))
-            if limit is not None and len(chosen) >= limit:
-                break
-    return chosen
+    return list(select_iter(connection, layout, destination_id, selection, limit))
 
 
 def purge(connection: Redis, layout: KeyLayout, destination_id: str, chosen: list[tuple[bytes, DeadLetter]]) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -78,37 +79,49 @@ def run_dlq(args: argparse.Namespace) -> int:
         return 2
     try:
         with Redis.from_url(config.redis_url, socket_connect_timeout=3, socket_timeout=30) as connection:
-            chosen = dlq.select(connection, layout, args.destination, selection, args.limit)
+            chosen: Iterable[Any]
+            if args.dlq_command in ("list", "show", "export"):
+                # Streamed: each page of the DLQ is written out as it is read, never all held at once.
+                chosen = dlq.select_iter(connection, layout, args.destination, selection, args.limit)
+            else:
+                chosen = dlq.select(connection, layout, args.destination, selection, args.limit)
             return _act(args, connection, config, chosen, target)
     except RedisError as exc:
         print(f"trackpipe dlq: cannot reach {config.redis_url}: {exc}", file=sys.stderr)
         return 1
 
 
-def _act(args: argparse.Namespace, connection: Any, config: Any, chosen: list, target: str) -> int:
+def _act(args: argparse.Namespace, connection: Any, config: Any, chosen: Iterable[Any], target: str) -> int:
+    """Carry out the command on the chosen records: an iterator for list, show and export (read
+    as they are written out), a list for purge and replay."""
     from trackpipe import dlq
 
     command = args.dlq_command
     if command in ("list", "show"):
         whole = command == "show"
+        count = 0
         for _, record in chosen:
+            count += 1
             if args.json or whole:
                 print(_record_json(record, whole))
             else:
                 print(f"{record.event_id}\t{record.event_name}\tattempts {record.attempts}\t{record.reason}")
         if not args.json and not whole:
-            print(f"{len(chosen)} dead letters", file=sys.stderr)
+            print(f"{count} dead letters", file=sys.stderr)
         return 0
     if command == "export":
+        count = 0
         out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
         try:
             for _, record in chosen:
                 out.write(_record_json(record, True) + "\n")
+                count += 1
         finally:
             if out is not sys.stdout:
                 out.close()
-        print(f"exported {len(chosen)} dead letters", file=sys.stderr)
+        print(f"exported {count} dead letters", file=sys.stderr)
         return 0
+    assert isinstance(chosen, list)
     if command == "purge":
         if not args.yes:
             print(f"would delete {len(chosen)} dead letters (add --yes to delete them)")

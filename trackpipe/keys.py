@@ -9,7 +9,8 @@ Layout (``P`` is ``key_prefix`` from the config, default ``trackpipe``):
     P:rq:queue:deliver:<dest>        one delivery queue per destination
     P:rq:queue:retry:<dest>          its retry queue (jobs wait in RQ's scheduled registry first)
     P:dlq:<dest>                     dead letters of a destination (capped list, newest first)
-    P:dlq:dropped                    hash dest -> dead letters dropped because the DLQ was full
+    P:dlqdropped                     hash dest -> dead letters dropped because the DLQ was full (not
+                                     under P:dlq:, where `dropped` is a valid destination id)
     P:errors:dest:<dest>             hash error kind -> count
     P:errors:dest:<dest>:last        hash error kind -> last seen (ms)
     P:dd:<slot>:<bucket>             dedup: hash of 8-byte id digests seen in window slot <slot>
@@ -22,6 +23,12 @@ Layout (``P`` is ``key_prefix`` from the config, default ``trackpipe``):
     P:inspect:<source>               recent processed events of a source (capped list)
     P:stats:source:<source>          hash status -> events
     P:stats:dest:<dest>:<minute>     hash outcome -> events, per minute (expires)
+    P:claims:<worker>                jobs a worker has taken and not yet finished (list; see
+                                     workers.claims)
+    P:claimants                      set of worker names that may hold claims
+    P:lease:<worker>                 a worker is alive while this exists (refreshed by a thread)
+    P:wake:<queue>                   doorbell: a token pushed when a job lands on <queue>
+    P:sweeper                        lock of the pass that recovers dead workers' claims
 """
 
 from __future__ import annotations
@@ -109,13 +116,45 @@ class KeyLayout(msgspec.Struct, frozen=True):
 
     @property
     def dlq_dropped(self) -> str:
-        return f"{self.prefix}:dlq:dropped"
+        # Once `P:dlq:dropped`, which is also the DLQ of a destination named `dropped`;
+        # workers.deadletter folds counts left there into this hash.
+        return f"{self.prefix}:dlqdropped"
 
     def destination_errors(self, destination_id: str) -> str:
         return f"{self.prefix}:errors:dest:{destination_id}"
 
     def destination_errors_last(self, destination_id: str) -> str:
         return f"{self.prefix}:errors:dest:{destination_id}:last"
+
+    # Worker claims (workers.claims): what a worker took, and whether it is alive.
+    @property
+    def claims_prefix(self) -> str:
+        return f"{self.prefix}:claims:"
+
+    def claims(self, worker_name: str) -> str:
+        return f"{self.claims_prefix}{worker_name}"
+
+    @property
+    def claimants(self) -> str:
+        return f"{self.prefix}:claimants"
+
+    @property
+    def lease_prefix(self) -> str:
+        return f"{self.prefix}:lease:"
+
+    def lease(self, worker_name: str) -> str:
+        return f"{self.lease_prefix}{worker_name}"
+
+    @property
+    def wake_prefix(self) -> str:
+        return f"{self.prefix}:wake:"
+
+    def wake(self, queue_name: str) -> str:
+        return f"{self.wake_prefix}{queue_name}"
+
+    @property
+    def sweeper_lock(self) -> str:
+        return f"{self.prefix}:sweeper"
 
 
 class PrefixMismatch(RuntimeError):

@@ -12,6 +12,7 @@ from rq import Worker
 from trackpipe.config import Config
 from trackpipe.jobs import make_queue
 from trackpipe.keys import INGEST_QUEUE, KeyLayout, deliver_queue, retry_queue
+from workers.deadletter import dropped_counts
 
 
 class QueueStatus(msgspec.Struct):
@@ -70,12 +71,12 @@ def collect(config: Config, connection: Redis, now: float | None = None) -> Stat
     names = [INGEST_QUEUE] + [q for d in config.destinations for q in (deliver_queue(d.id), retry_queue(d.id))]
     queues = [_queue_status(connection, name, now) for name in names]
     minute = int(now // 60)
-    dropped = connection.hgetall(layout.dlq_dropped)
+    dropped = dropped_counts(connection, layout)  # counts an older version kept elsewhere included
     destinations = [
         DestinationStatus(
             id=d.id,
             dlq=connection.llen(layout.dlq(d.id)),
-            dlq_dropped=int(dropped.get(d.id.encode(), 0)),
+            dlq_dropped=dropped.get(d.id, 0),
             last_minute=_counts(connection.hgetall(layout.destination_stats(d.id, minute - 1))),
             this_minute=_counts(connection.hgetall(layout.destination_stats(d.id, minute))),
         )

@@ -26,7 +26,14 @@ from trackpipe.messages import DeliveryBatch, DeliveryEvent, decode_delivery, en
 from trackpipe.openjob import seal_and_read_parts
 from workers import faults
 from workers.context import WorkerContext, current_context
-from workers.deadletter import DeadLetter, encode_dead_letter, error_kind
+from workers.deadletter import (
+    DeadLetter,
+    encode_dead_letter,
+    error_kind,
+    fold_legacy_dropped,
+    legacy_dropped_key,
+    record_dropped,
+)
 from workers.dedup import DONE_FIELD
 from workers.retry import next_attempt_at
 
@@ -123,6 +130,8 @@ def commit_settlement(
     dlq_length_at = None
     if settled.dead:
         key = layout.dlq(dest)
+        if key == legacy_dropped_key(layout):
+            fold_legacy_dropped(connection, layout)  # an old counter hash at this name would refuse LPUSH
         pipe.lpush(key, *(_dead_letter(e, dest, reason, now_ms) for e, reason in settled.dead))
         dlq_length_at = len(pipe.command_stack) - 1  # position of LPUSH's reply in EXEC's answer
         pipe.ltrim(key, 0, ctx.config.dlq.max_events - 1)
@@ -152,7 +161,7 @@ def commit_settlement(
         length = int(replies[dlq_length_at])  # LPUSH answers the list's new length
         dropped = max(0, length - ctx.config.dlq.max_events)
         if dropped:
-            connection.hincrby(layout.dlq_dropped, dest, dropped)
+            record_dropped(connection, layout, dest, dropped)
             DLQ_DROPPED.labels(dest).inc(dropped)
             log.error(
                 "DLQ of %s is full (dlq.max_events=%d): dropped the %d oldest dead letters",
