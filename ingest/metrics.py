@@ -40,6 +40,10 @@ COMMIT_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
 COMMIT_FAILURES = Counter("trackpipe_edge_commit_failures_total", "Group-commit writes that failed")
+HEADER_TIMEOUTS = Counter(
+    "trackpipe_edge_header_timeouts_total",
+    "Connections closed because a request's headers did not arrive within edge.header_timeout_seconds",
+)
 BACKLOG = Gauge(
     "trackpipe_ingest_backlog_jobs", "Ingest jobs waiting, as last seen by this edge", multiprocess_mode="max"
 )

@@ -1,9 +1,11 @@
 """Slow and idle clients against the real edge (`trackpipe edge` under uvicorn) and a real valkey.
 
 README, "Operating the edge": a body that has not fully arrived `edge.body_timeout_seconds` after the
-headers gets 408 and only ever holds a coroutine, never the event loop; above `edge.max_connections`
-open connections new ones get 503 at once (uvicorn's `limit_concurrency`); idle keep-alive
-connections close after 5 s (`timeout_keep_alive` in trackpipe/serve.py).
+headers gets 408 and only ever holds a coroutine, never the event loop; a connection whose request
+headers are not complete `edge.header_timeout_seconds` after it opened (or after a new request began
+on a kept-alive connection) is closed (ingest/protocol.py); above `edge.max_connections` open
+connections new ones get 503 at once (uvicorn's `limit_concurrency`); idle keep-alive connections
+close after 5 s (`timeout_keep_alive` in trackpipe/serve.py).
 
 Clients here are raw sockets, so that they can be as slow, as idle or as rude as they like.
 """
@@ -22,7 +24,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import pytest
 import redis
 
 from tests.support import TEST_KEY, config_text, poll_until, running_edge, stored_events
@@ -32,6 +33,7 @@ AUTH = {"tc_s": "29", "token": TEST_KEY}
 JSON = {"content-type": "application/json"}
 FAST = 0.5  # seconds: what "answered quickly" means here
 KEEP_ALIVE = 5.0  # UVICORN_SETTINGS["timeout_keep_alive"] in trackpipe/serve.py
+HEADER_TIMEOUT = 5.0  # the default of edge.header_timeout_seconds
 
 
 def event(marker: str) -> bytes:
@@ -39,11 +41,19 @@ def event(marker: str) -> bytes:
 
 
 def write_config(
-    tmp_path: Path, redis_url: str, *, body_timeout: float, max_connections: int | None = None, mode: str = "compat"
+    tmp_path: Path,
+    redis_url: str,
+    *,
+    body_timeout: float,
+    max_connections: int | None = None,
+    mode: str = "compat",
+    header_timeout: float | None = None,
 ) -> Path:
     settings = f"body_timeout_seconds = {body_timeout}\n"
     if max_connections is not None:
         settings += f"max_connections = {max_connections}\n"
+    if header_timeout is not None:
+        settings += f"header_timeout_seconds = {header_timeout}\n"
     text = config_text(redis_url, mode=mode).replace("[edge]\n", "[edge]\n" + settings)
     assert settings in text
     path = tmp_path / "trackpipe.toml"
@@ -360,12 +370,9 @@ def test_connections_over_max_connections_get_503_at_once(
     assert markers == {"served"}  # nothing refused with 503 was stored
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: uvicorn arms no timer before a request's headers are complete; connections that send "
-    "nothing (or half a request line) are kept forever and, at edge.max_connections, starve everyone",
-)
 def test_connections_that_never_send_a_request_are_let_go(tmp_path: Path, valkey_url: str) -> None:
+    # uvicorn alone arms no timer before a request's headers are complete: these connections were
+    # kept forever and, at edge.max_connections, starved everyone. Default header timeout (5 s).
     limit = 16
     config = write_config(tmp_path, valkey_url, body_timeout=1.0, max_connections=limit)
     with running_edge(config) as base, sockets() as idle:
@@ -376,8 +383,8 @@ def test_connections_that_never_send_a_request_are_let_go(tmp_path: Path, valkey
             if i % 2:
                 sock.sendall(b"POST /events?tc_s=29 HTTP/1.1\r\nHost: ed")  # a request that never ends
         assert timed_post(base, "starved")[0] == 503
-        # Give the server its keep-alive timeout and the body timeout, and a second more.
-        deadline = time.monotonic() + KEEP_ALIVE + 1.0 + 1.0
+        # Give the server its header timeout (5 s by default) and two seconds more.
+        deadline = time.monotonic() + HEADER_TIMEOUT + 2.0
         while timed_post(base, "served")[0] != 200 and time.monotonic() < deadline:
             time.sleep(0.25)
         assert timed_post(base, "served")[0] == 200, f"{limit} silent connections still starve the edge"
@@ -505,3 +512,181 @@ def test_idle_keep_alive_connections_are_closed_after_5_s_and_a_408_at_once(tmp_
         assert closed is not None, "an idle keep-alive connection was not closed"
         idle_for = time.monotonic() - served_at
         assert KEEP_ALIVE - 0.5 <= idle_for <= KEEP_ALIVE + 2.0, f"closed after {idle_for:.2f}s idle"
+
+
+# -- request headers that never complete ------------------------------------------------------------
+
+
+def whole_request(marker: str) -> bytes:
+    body = event(marker)
+    return head(len(body)) + body
+
+
+def drip_until_closed(sock: socket.socket, data: bytes, interval: float, limit: float) -> tuple[int, float | None]:
+    """Sends `data` one byte every `interval` seconds for at most `limit` seconds; (bytes sent, seconds
+    until the server closed the connection or None). Raises if the server answers instead."""
+    start = time.monotonic()
+    sent = 0
+    while time.monotonic() - start < limit:
+        seen = pending(sock)
+        if seen == b"":
+            return sent, time.monotonic() - start
+        assert seen is None, f"the server answered a request whose headers never completed: {seen!r}"
+        if sent < len(data):
+            try:
+                sock.sendall(data[sent : sent + 1])
+            except OSError:  # reset by the server
+                return sent, time.monotonic() - start
+            sent += 1
+        time.sleep(interval)
+    return sent, None
+
+
+def header_timeouts(base: str) -> float:
+    for line in httpx.get(f"{base}/metrics", timeout=5).text.splitlines():
+        if line.startswith("trackpipe_edge_header_timeouts_total "):
+            return float(line.split()[1])
+    raise AssertionError("trackpipe_edge_header_timeouts_total is not on /metrics")
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(tmp_path: Path, valkey_url: str) -> None:
+    config = write_config(tmp_path, valkey_url, body_timeout=5.0, header_timeout=1.5)
+    with running_edge(config) as base, sockets() as opened:
+        before = header_timeouts(base)
+        started = time.monotonic()
+        sock = connect(port_of(base))
+        opened.append(sock)
+        closed = closed_within(sock, 1.5 + 4.0)
+        assert closed is not None, "a connection that sent nothing is still open 5.5 s later"
+        took = time.monotonic() - started
+        assert took >= 1.4, f"closed after {took:.2f}s, before the 1.5 s header timeout"
+        assert header_timeouts(base) == before + 1
+        assert timed_post(base, "after")[0] == 200
+
+
+def test_half_sent_headers_are_closed_after_the_header_timeout(tmp_path: Path, valkey_url: str) -> None:
+    config = write_config(tmp_path, valkey_url, body_timeout=5.0, header_timeout=1.5)
+    with running_edge(config) as base, sockets() as opened:
+        request = whole_request("half")
+        started = time.monotonic()
+        sock = connect(port_of(base))
+        opened.append(sock)
+        sock.sendall(request[: request.index(b"Content-Type")])  # the request line and the Host header
+        closed = closed_within(sock, 1.5 + 4.0)
+        assert closed is not None, "a connection with half its headers is still open 5.5 s later"
+        assert time.monotonic() - started >= 1.4
+
+
+def test_headers_dripped_byte_by_byte_past_the_timeout_are_closed(tmp_path: Path, valkey_url: str) -> None:
+    config = write_config(tmp_path, valkey_url, body_timeout=5.0, header_timeout=1.5)
+    with running_edge(config) as base, sockets() as opened:
+        request = whole_request("dripped")
+        sock = connect(port_of(base))
+        opened.append(sock)
+        # One byte every 0.1 s: the headers alone would take ~15 s; each byte shows the server data.
+        sent, closed = drip_until_closed(sock, request, 0.1, 1.5 + 4.0)
+        assert closed is not None, f"still open after {sent} bytes dripped over 5.5 s"
+        assert closed >= 1.4, f"closed after {closed:.2f}s, before the 1.5 s header timeout"
+        assert sent < request.index(b"\r\n\r\n"), "the headers were complete: no timeout was needed"
+
+
+def test_a_kept_alive_connection_dripping_its_next_request_is_closed(tmp_path: Path, valkey_url: str) -> None:
+    # uvicorn's keep-alive timer stops at the first byte of the next request; the header timer takes over.
+    config = write_config(tmp_path, valkey_url, body_timeout=5.0, header_timeout=1.5)
+    with running_edge(config) as base, sockets() as opened:
+        sock = connect(port_of(base))
+        opened.append(sock)
+        sock.sendall(whole_request("first"))
+        answer = read_answer(sock, 5.0)
+        assert answer.status == 200 and "close" not in answer.headers.get("connection", "")
+        second = whole_request("second")
+        sent, closed = drip_until_closed(sock, second, 0.1, 1.5 + 4.0)
+        assert closed is not None, f"still open after {sent} bytes of a second request dripped over 5.5 s"
+        assert closed >= 1.4
+        assert sent < second.index(b"\r\n\r\n"), "the second request's headers were complete"
+
+
+def test_a_keep_alive_client_with_pauses_is_not_affected(
+    tmp_path: Path, valkey_url: str, valkey_client: redis.Redis
+) -> None:
+    # Pauses longer than the header timeout but shorter than the keep-alive timeout: the connection
+    # is idle between requests, which is keep-alive's business, not the header timer's.
+    config = write_config(tmp_path, valkey_url, body_timeout=5.0, header_timeout=1.5)
+    with running_edge(config) as base, sockets() as opened:
+        sock = connect(port_of(base))
+        opened.append(sock)
+        markers = [f"kept-{i}" for i in range(4)]
+        for i, marker in enumerate(markers):
+            if i:
+                time.sleep(2.5)  # > header timeout (1.5 s), < keep-alive timeout (5 s)
+                assert pending(sock) is None, f"the connection was closed in the pause before request {i}"
+            request = whole_request(marker)
+            if i == 2:  # headers in two parts, well within the header timeout
+                split = request.index(b"Content-Type")
+                sock.sendall(request[:split])
+                time.sleep(0.3)
+                sock.sendall(request[split:])
+            else:
+                sock.sendall(request)
+            answer = read_answer(sock, 5.0)
+            assert answer.status == 200, (i, answer.status, answer.body)
+            assert "close" not in answer.headers.get("connection", "")
+        # Two pipelined requests in one write: the second waits behind the first, whole.
+        time.sleep(2.5)
+        markers += ["piped-0", "piped-1"]
+        sock.sendall(whole_request("piped-0") + whole_request("piped-1"))
+        data, deadline = b"", time.monotonic() + 5.0
+        while data.count(b"HTTP/1.1 ") < 2 or not data.endswith(b"}"):  # both answers, whole (JSON bodies)
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = sock.recv(65_536)
+            assert chunk, f"closed before both pipelined answers: {data!r}"
+            data += chunk
+        assert data.count(b"HTTP/1.1 200 OK\r\n") == 2, data
+    stored = sorted(json.loads(raw)["context"]["event_id"] for _, _, raw in stored_events(valkey_client))
+    assert stored == sorted(markers)
+
+
+def test_the_header_timeout_does_not_cut_a_body_wait_or_a_response(tmp_path: Path, valkey_url: str) -> None:
+    # Complete headers stop the header timer: a missing body gets its 408 at the body timeout.
+    config = write_config(tmp_path, valkey_url, body_timeout=2.5, header_timeout=1.0)
+    with running_edge(config) as base, sockets() as opened:
+        sock = connect(port_of(base))
+        opened.append(sock)
+        sent_at = time.monotonic()
+        sock.sendall(head(100))
+        answer = read_answer(sock, 2.5 + 4.0)
+        assert answer.status == 408, (answer.status, answer.body)
+        assert answer.json() == {"status": "error", "error": "body not received within 2.5 s"}
+        assert time.monotonic() - sent_at >= 2.4
+
+
+def test_200_stalled_headers_do_not_stop_a_normal_client(tmp_path: Path, valkey_url: str) -> None:
+    config = write_config(tmp_path, valkey_url, body_timeout=5.0, header_timeout=2.0)
+    with running_edge(config) as base, sockets() as stalled:
+        port = port_of(base)
+        for i in range(200):
+            sock = connect(port)
+            stalled.append(sock)
+            if i % 2:
+                sock.sendall(b"POST /events?tc_s=29 HTTP/1.1\r\nHost: ed")
+        for i in range(5):
+            status, took = timed_post(base, f"beside-stalled-{i}")
+            assert status == 200
+            assert took < 2.0, f"a normal request took {took:.3f}s beside 200 stalled connections"
+        deadline = time.monotonic() + 2.0 + 6.0  # one deadline for all: each one closes by itself
+        closed = [closed_within(sock, deadline - time.monotonic()) for sock in stalled]
+        assert None not in closed, f"{closed.count(None)} of 200 stalled connections still open"
+        assert timed_post(base, "after-stalled")[0] == 200
+
+
+def test_the_header_timeout_holds_with_several_edge_processes(tmp_path: Path, valkey_url: str) -> None:
+    # `--workers N` goes through uvicorn's process supervisor and `ingest.app:create_app_from_env`.
+    config = write_config(tmp_path, valkey_url, body_timeout=5.0, header_timeout=1.5)
+    with running_edge(config, "--workers", "2") as base, sockets() as opened:
+        port = port_of(base)
+        for _ in range(4):  # the kernel spreads them over both processes
+            opened.append(connect(port))
+        started = time.monotonic()
+        for sock in opened:
+            assert closed_within(sock, started + 1.5 + 5.0 - time.monotonic()) is not None
+        assert timed_post(base, "workers")[0] == 200
