@@ -48,9 +48,18 @@ def test_bench_all_in_smoke_mode_reports_every_measurement() -> None:
     assert edge["detail"]["generator"] == "builtin"
     assert edge["detail"]["edge_not_200"] == 0
     assert edge["detail"]["events_stored"] >= edge["detail"]["events_answered_200"] > 0
+    # Both fsync policies in the same run; the target's figure is the default, always.
+    assert edge["detail"]["appendfsync"] == "always"
+    assert edge["fsync_always_rps"] > 0 and edge["fsync_everysec_rps"] > 0
+    assert edge["fsync_always_rps"] == edge["rps"]
+    assert edge["fsync_ratio"] == pytest.approx(edge["fsync_always_rps"] / edge["fsync_everysec_rps"], abs=0.002)
+    assert edge["durability_cost"] == pytest.approx(1 - edge["fsync_ratio"], abs=0.002)
+    assert len(edge["detail"]["everysec_rounds"]) == len(edge["detail"]["edge_rounds"]) == 2
+    assert all(rate > 0 for rate in edge["detail"]["everysec_rounds"] + edge["detail"]["edge_rounds"])
 
     batch = report["batch"]
     assert batch["events_per_second"] > 0 and batch["detail"]["events_per_request"] == 100
+    assert "fsync_everysec_rps" not in batch
     assert batch["detail"]["events_stored"] >= batch["detail"]["events_answered_200"] > 0
 
     worker = report["worker"]
@@ -77,6 +86,18 @@ def test_bench_prints_a_table_with_the_machine_line() -> None:
     lines = done.stdout.splitlines()
     assert lines[0].startswith("machine: ") and "valkey" in lines[0]
     assert any(line.startswith("worker ") for line in lines)
+
+
+def test_bench_edge_table_shows_both_fsync_policies() -> None:
+    done = bench("edge", "--duration", "1", "--generator", "builtin")
+    assert done.returncode == 0, done.stderr
+    [row] = [line.split() for line in done.stdout.splitlines() if line.startswith("  fsync ")]
+    always, everysec, ratio = (float(v.replace(",", "")) for v in row[1:4])
+    assert always > 0 and everysec > 0
+    assert ratio == pytest.approx(always / everysec, abs=0.01)
+    [edge] = [line.split() for line in done.stdout.splitlines() if line.startswith("edge ")]
+    assert float(edge[1].replace(",", "")) == always  # the edge's figure is the one at always
+    assert leftover_servers() == []
 
 
 @pytest.mark.parametrize(
@@ -120,3 +141,4 @@ def test_bench_edge_with_wrk() -> None:
     edge = json.loads(done.stdout)["edge"]
     assert edge["detail"]["generator"] == "wrk"
     assert edge["detail"]["events_stored"] >= edge["detail"]["events_answered_200"] > 0
+    assert edge["fsync_always_rps"] > 0 and edge["fsync_everysec_rps"] > 0 and edge["durability_cost"] < 1

@@ -47,4 +47,6 @@ def test_the_mounted_config_loads_and_names_real_queues() -> None:
 def test_valkey_keeps_what_it_acknowledged() -> None:
     command = compose()["services"]["valkey"]["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
+    # A 200 means the events are on disk, not only in the server's memory (README, "What 200 means").
+    assert command[command.index("--appendfsync") + 1] == "always"
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"

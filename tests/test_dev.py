@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import redis
 
-from tests.support import free_port, wait_for_http
+from tests.support import free_port, poll_until, wait_for_http
 from trackpipe.keys import KeyLayout
 
 TRACKPIPE = Path(sys.executable).parent / "trackpipe"
@@ -474,3 +474,115 @@ def test_dev_with_bad_config_exits_2_without_starting_a_server(
     assert "embedded server" not in done.stdout
     # Nothing started, nothing written: no data directory, no demo config.
     assert not (project / ".trackpipe").exists()
+
+
+# -- supervision: dev restarts what dies while it runs -----------------------------------------
+
+
+def printed_worker_pid(run: DevRun, queue: str) -> int:
+    """The pid dev last printed for the worker on `queue` (the first start, or its latest restart)."""
+    pids = re.findall(rf"^worker:\s+pid (\d+) on {re.escape(queue)}\b", run.stdout, re.MULTILINE)
+    assert pids, f"no worker printed for {queue}:\n{run.stdout}"
+    return int(pids[-1])
+
+
+def event_curl(run: DevRun, event_id: str) -> str:
+    """The printed curl, for an event of its own."""
+    assert "c0ffee-1" in run.curl
+    return run.curl.replace("c0ffee-1", event_id)
+
+
+def send_until_accepted(run: DevRun, event_id: str, timeout: float) -> None:
+    """Post the event as a producer would: resend while the edge answers 503 (its storage is back soon)."""
+    answers: list[int] = []
+
+    def accepted() -> bool:
+        status, _ = run_curl(event_curl(run, event_id))
+        answers.append(status)
+        return status == 200
+
+    poll_until(accepted, timeout, lambda: f"never answered 200 for {event_id}: {answers[-5:]}", interval=0.5)
+
+
+def wait_written(run: DevRun, project: Path, event_id: str, timeout: float) -> None:
+    """The demo `file` destination has the event: the whole pipeline works."""
+    out_dir = project / ".trackpipe" / "out"
+    poll_until(
+        lambda: (delivery_of(run.redis_url, out_dir, event_id) or "").startswith("written to"),
+        timeout,
+        lambda: (
+            f"{event_id} not delivered to demo-file ({delivery_of(run.redis_url, out_dir, event_id)})\n"
+            f"stdout:\n{run.stdout}\nstderr:\n{run.stderr()[-3000:]}"
+        ),
+        interval=0.2,
+    )
+
+
+def stop_and_check_nothing_left(run: DevRun, project: Path) -> None:
+    """Ctrl-C; then no worker dev ever started (first or restarted), no scheduler they forked, and no
+    valkey-server of this run is left, and dev exited 0 without a traceback. (Only what was logged
+    from the Ctrl-C on counts: during a server outage RQ's scheduler processes log tracebacks of
+    their own, and the worker starts a new one.)"""
+    before = len(run.stderr())
+    returncode = run.interrupt(whole_group=True)
+    assert_workers_stopped(run, project)
+    assert_server_stopped(run)
+    assert returncode == 0, f"exit status {returncode}\nstderr:\n{run.stderr()[before:]}"
+    assert "Traceback" not in run.stderr()[before:], run.stderr()[before:]
+    assert "supervising the dev processes failed" not in run.stderr(), run.stderr()
+
+
+def test_dev_restarts_a_worker_killed_with_sigkill(project: Path) -> None:
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    with dev_run(project) as run:
+        run.wait_ready()
+        run.remember_valkey_pid()
+        wait_workers_up(run)
+        old = printed_worker_pid(run, "ingest")
+        os.kill(old, signal.SIGKILL)
+
+        run.wait_for_line(f"worker died:     pid {old} killed by SIGKILL on ingest", timeout=30)
+        run.wait_for_line(f"on ingest (restarted; pid {old} killed by SIGKILL)", timeout=30)
+        new = printed_worker_pid(run, "ingest")
+        assert new != old
+        assert pid_alive(new), f"the restarted worker {new} is not running\nstderr:\n{run.stderr()}"
+        assert not pid_alive(old)
+        wait_until(lambda: new in running_worker_pids(run.redis_url), 30, f"restarted worker {new} not registered")
+
+        # The restarted worker takes the next event through to the destination.
+        status, body = run_curl(event_curl(run, "after-worker-kill"))
+        assert status == 200, body
+        wait_written(run, project, "after-worker-kill", timeout=60)
+        stop_and_check_nothing_left(run, project)
+
+
+def test_dev_restarts_its_embedded_server_killed_with_sigkill(project: Path) -> None:
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    with dev_run(project) as run:
+        run.wait_ready()
+        old = run.remember_valkey_pid()
+        wait_workers_up(run)
+        status, body = run_curl(event_curl(run, "before-server-kill"))
+        assert status == 200, body
+        wait_written(run, project, "before-server-kill", timeout=60)
+
+        os.kill(old, signal.SIGKILL)
+        run.wait_for_line(f"EMBEDDED SERVER DIED: pid {old} killed by SIGKILL", timeout=30)
+        run.wait_for_line("restarted, pid", timeout=60)
+        assert re.search(
+            rf"^embedded server: {re.escape(run.redis_url)} restarted, pid \d+ \(pid {old} killed by SIGKILL\)$",
+            run.stdout,
+            re.MULTILINE,
+        ), run.stdout
+        new = run.remember_valkey_pid()  # the same port answers, from a new process
+        assert new != old and not pid_alive(old)
+
+        # Same data dir: what was stored before the crash is still there (AOF, fsynced).
+        assert [r["event_id"] for r in inspector_records(run.redis_url)] == ["before-server-kill"]
+        # The edge answers 503 until it reconnects; then an event goes all the way through again
+        # (the workers reconnect, or dev restarts them).
+        send_until_accepted(run, "after-server-kill", timeout=90)
+        wait_written(run, project, "after-server-kill", timeout=120)
+        stop_and_check_nothing_left(run, project)

@@ -45,6 +45,8 @@ class Measurement(msgspec.Struct, omit_defaults=True):
     ratio: float
     unit: str
     detail: dict[str, Any] = {}
+    # Side figures reported next to value/baseline (the edge's throughput per fsync policy).
+    figures: dict[str, float] = {}
 
 
 def machine() -> dict[str, Any]:

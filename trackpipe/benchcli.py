@@ -58,6 +58,7 @@ def as_json(name: str, m: Any) -> dict[str, Any]:
     if report.baseline_key:
         out[report.baseline_key] = m.baseline
         out["ratio"] = m.ratio
+    out.update(m.figures)
     out.update(target=report.target, met=report.met(m), detail=m.detail)
     return out
 
@@ -93,6 +94,14 @@ def run_bench(args: argparse.Namespace) -> int:
         ratio = f"{m.ratio:>8}" if report.baseline_key else f"{'-':>8}"
         met = "yes" if report.met(m) else "NO"
         print(f"{name:<12} {m.value:>12,.1f} {baseline} {ratio}  {m.unit:<10} {report.target:<28} {met}")
+        if "fsync_everysec_rps" in m.figures:
+            # The price of a 200 meaning "on disk": the same edge with the server at each fsync policy.
+            always, everysec = m.figures["fsync_always_rps"], m.figures["fsync_everysec_rps"]
+            target = "always vs everysec (info)"
+            print(
+                f"{'  fsync':<12} {always:>12,.1f} {everysec:>12,.1f} {m.figures['fsync_ratio']:>8}  "
+                f"{m.unit:<10} {target:<28} -"
+            )
     for name, m in results.items():
         print(f"  {name}: {msgspec.json.encode(m.detail).decode()}")
     return 0

@@ -3,6 +3,9 @@
 Both run under the same uvicorn settings and are driven by the same load generator (wrk when it is
 on the PATH, else the built-in asyncio one), in alternating rounds so a noisy neighbour hits both.
 Every event the edge answered 200 for is counted back out of Redis afterwards.
+
+`bench edge` also runs the edge with the server at `appendfsync everysec` in the same rounds, to show
+what the default `always` (a 200 means on disk) costs; the target is measured at `always`.
 """
 
 from __future__ import annotations
@@ -143,8 +146,16 @@ def _stored_events(connection: Any) -> int:
     )
 
 
+FSYNC_POLICIES = ("always", "everysec")
+
+
+def _rate(rounds: list[LoadFigures], per_request: int) -> float:
+    return sum(r.ok_per_second for r in rounds) / len(rounds) * per_request if rounds else 0.0
+
+
 def bench_http(kind: str, duration: float = 10.0, rounds: int = 2, generator: str = "auto") -> Measurement:
-    """kind "edge": single v2 events to /events; kind "batch": 100-event batches to /events/batch."""
+    """kind "edge": single v2 events to /events, at appendfsync always (the default, the measured
+    value) and everysec; kind "batch": 100-event batches to /events/batch, at the default only."""
     from trackpipe.config import parse
     from trackpipe.keys import bind_rq_prefix
 
@@ -154,7 +165,8 @@ def bench_http(kind: str, duration: float = 10.0, rounds: int = 2, generator: st
     route = "/events" if kind == "edge" else "/events/batch"
     generator = load_generator() if generator == "auto" else generator
     round_seconds = max(duration / rounds, 0.5)
-    edge_rounds: list[LoadFigures] = []
+    policies = FSYNC_POLICIES if kind == "edge" else FSYNC_POLICIES[:1]
+    edge_rounds: dict[str, list[LoadFigures]] = {policy: [] for policy in policies}
     stored = 0
     bare_rounds: list[LoadFigures] = []
     with bench_server() as (connection, url, tmp), tempfile.TemporaryDirectory(prefix="trackpipe-load-") as load_tmp:
@@ -169,38 +181,60 @@ def bench_http(kind: str, duration: float = 10.0, rounds: int = 2, generator: st
             _stop(edge)
             raise
         try:
-            for _ in range(rounds):
+            edge_url = f"http://127.0.0.1:{edge_port}{route}?tc_s={BENCH_SITE}&token={BENCH_KEY}"
+            for n in range(rounds):
                 bare_rounds.append(
                     drive(f"http://127.0.0.1:{bare_port}{route}", body, round_seconds, Path(load_tmp), generator)
                 )
-                edge_url = f"http://127.0.0.1:{edge_port}{route}?tc_s={BENCH_SITE}&token={BENCH_KEY}"
-                edge_rounds.append(drive(edge_url, body, round_seconds, Path(load_tmp), generator))
-                # Count what this round stored, then start the next from an empty server: with no
-                # workers draining it, a growing dataset would bring AOF rewrites into later rounds.
-                time.sleep(0.2)  # requests wrk gave up on may still be finishing their write
-                stored += _stored_events(connection)
-                connection.flushall()
+                # The policies take turns going first, so neither always runs right after the baseline.
+                for policy in policies if n % 2 == 0 else policies[::-1]:
+                    connection.config_set("appendfsync", policy)
+                    edge_rounds[policy].append(drive(edge_url, body, round_seconds, Path(load_tmp), generator))
+                    # Count what this round stored, then start the next from an empty server: with no
+                    # workers draining it, a growing dataset would bring AOF rewrites into later rounds.
+                    time.sleep(0.2)  # requests wrk gave up on may still be finishing their write
+                    stored += _stored_events(connection)
+                    connection.flushall()
+            connection.config_set("appendfsync", FSYNC_POLICIES[0])
         finally:
             _stop(edge)
             _stop(bare)
-    edge_ok = sum(r.ok for r in edge_rounds)
-    edge_rate = sum(r.ok_per_second for r in edge_rounds) / rounds * per_request
-    bare_rate = sum(r.ok_per_second for r in bare_rounds) / rounds * per_request
+    every_edge_round = [r for figures in edge_rounds.values() for r in figures]
+    edge_ok = sum(r.ok for r in every_edge_round)
+    edge_rate = _rate(edge_rounds["always"], per_request)
+    bare_rate = _rate(bare_rounds, per_request)
     detail: dict[str, Any] = {
         "generator": generator,
         "connections": CONNECTIONS,
         "events_per_request": per_request,
         "request_bytes": len(body),
-        "edge_rounds": [round(r.ok_per_second * per_request) for r in edge_rounds],
+        "appendfsync": "always",
+        "edge_rounds": [round(r.ok_per_second * per_request) for r in edge_rounds["always"]],
         "baseline_rounds": [round(r.ok_per_second * per_request) for r in bare_rounds],
-        "edge_not_200": sum(r.other for r in edge_rounds),
+        "edge_not_200": sum(r.other for r in every_edge_round),
         "events_answered_200": edge_ok * per_request,
         # wrk stops counting with requests still in flight: those may be stored without being counted.
         "events_stored": stored,
     }
+    figures: dict[str, float] = {}
+    if "everysec" in edge_rounds:
+        everysec_rate = _rate(edge_rounds["everysec"], per_request)
+        detail["everysec_rounds"] = [round(r.ok_per_second * per_request) for r in edge_rounds["everysec"]]
+        fsync_ratio = round(edge_rate / everysec_rate, 3) if everysec_rate else 0.0
+        figures = {
+            "fsync_always_rps": round(edge_rate),
+            "fsync_everysec_rps": round(everysec_rate),
+            "fsync_ratio": fsync_ratio,  # always / everysec
+            "durability_cost": round(1 - fsync_ratio, 3) if everysec_rate else 0.0,  # share of throughput
+        }
     if stored < edge_ok * per_request:
         raise RuntimeError(f"bench {kind}: {edge_ok * per_request} events answered 200 but only {stored} stored")
     unit = "req/s" if kind == "edge" else "events/s"
     return Measurement(
-        round(edge_rate), round(bare_rate), round(edge_rate / bare_rate, 3) if bare_rate else 0.0, unit, detail
+        round(edge_rate),
+        round(bare_rate),
+        round(edge_rate / bare_rate, 3) if bare_rate else 0.0,
+        unit,
+        detail,
+        figures,
     )

