@@ -1,10 +1,13 @@
 """The soak run, short: real edge, workers and valkey under load while faults are injected.
 
-`trackpipe soak` (trackpipe/soak.py) posts unique ids, single and batched, v1 and v2; kills the
-ingest worker mid-job three times and a delivery worker after its send three times; makes the
-webhook answer 500; stops and restarts the Redis server (AOF, appendfsync always); restarts the
-edge with SIGTERM. Then every id answered 200 must be at the webhook and in the file.
-For a longer local run: `trackpipe soak --duration 600 --webhook-outage 30` (see docs/RELIABILITY.md).
+`trackpipe soak` (trackpipe/soak.py) posts unique ids, single and batched, v1 and v2, to an edge in
+front of both worker layouts at once (supervised per-role workers and two default all-queue workers
+nothing restarts). It kills the ingest worker mid-job three times and a delivery worker after its
+send three times; SIGKILLs random workers at seeded random moments (just after a pop, mid-job, idle)
+and one all-queue worker three times in a row; makes the webhook answer 500; stops and restarts the
+Redis server, then SIGKILLs and restarts it (AOF); restarts the edge with SIGTERM. Then every id
+answered 200 must be at the webhook and in the file.
+For a longer local run: `trackpipe soak --duration 120 --json` (see docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
@@ -13,22 +16,27 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.support import ROOT
 
 
+@pytest.mark.slow
 def test_nothing_accepted_is_lost_under_faults() -> None:
     done = subprocess.run(
         [
             sys.executable, "-m", "trackpipe.cli", "soak", "--json",
             "--duration", "30", "--rate", "40", "--webhook-outage", "4", "--redis-outage", "2",
+            "--layout", "mixed", "--seed", "7", "--random-kills", "4", "--drain-timeout", "150",
         ],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=500,
+        timeout=600,
     )  # fmt: skip
     assert done.stdout, done.stderr
     report = json.loads(done.stdout)
+    assert report["seed"] == 7 and report["layout"] == "mixed"
     assert report["events_accepted"] > 1000
     assert report["lost"] == {"soak-hook": 0, "soak-file": 0}, json.dumps(report, indent=1)
     assert report["delivered"] == {"soak-hook": report["events_accepted"], "soak-file": report["events_accepted"]}
@@ -43,8 +51,27 @@ def test_nothing_accepted_is_lost_under_faults() -> None:
     assert sum(f.startswith("SIGKILL ingest worker mid-job #") for f in faults) == 3, faults
     assert sum(f.startswith("SIGKILL delivery worker after its send") for f in faults) == 3, faults
     assert not [f for f in faults if "never took a job" in f], faults
-    for expected in ("webhook answers 500", "redis stopped", "redis started again", "edge stopped", "drained"):
+    # The burst's later kills are skipped if its victim has died on its own meanwhile (see below).
+    assert sum(f.startswith("SIGKILL burst #") and "skipped" not in f for f in faults) >= 1, faults
+    assert sum(f.startswith("SIGKILL random worker") for f in faults) >= 1, faults
+    for expected in (
+        "webhook answers 500",
+        "redis stopped",
+        "redis SIGKILLed",
+        "redis started again after SIGKILL",
+        "edge stopped",
+        "drained",
+    ):
         assert any(f.startswith(expected) for f in faults), (expected, faults)
+    workers = {w["name"]: w for w in report["workers"]}
+    assert set(workers) == {"ingest", "hook", "file", "all-1", "all-2"}
+    # The burst hit the first all-queue worker, which the soak restarted; the second one is never
+    # touched nor restarted, so it must have survived every fault on its own.
+    assert workers["all-1"]["killed"] >= 1 and workers["all-1"]["supervised"] is False
+    assert workers["all-2"]["killed"] == 0 and workers["all-2"]["starts"] == 1
+    assert all(w["alive_at_end"] for w in workers.values()), report["workers"]
+    assert sum(report["kills_by_state"].values()) >= 4, report["kills_by_state"]
+    assert all(isinstance(report["recovery_seconds"][d], float) for d in ("soak-hook", "soak-file")), report
     assert report["ok"] is True
     assert done.returncode == 0
 
@@ -59,3 +86,23 @@ def test_soak_refuses_an_outage_longer_than_its_slot() -> None:
     )
     assert done.returncode == 2
     assert "--webhook-outage 30 needs --duration of at least 150" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--layout", "threads"], "invalid choice: 'threads'"),
+        (["--seed", "x"], "--seed: invalid int value: 'x'"),
+        (["--random-kills", "-1"], "--random-kills -1 must be 0 or more"),
+    ],
+)
+def test_soak_refuses_bad_arguments(args: list[str], message: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "trackpipe.cli", "soak", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert message in done.stderr

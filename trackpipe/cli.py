@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--duration", type=_positive, default=60, help="seconds of load (default: %(default)s)")
     soak.add_argument("--rate", type=_positive, default=100, help="requests per second (default: %(default)s)")
     soak.add_argument(
-        "--webhook-outage", type=_positive, default=30, help="seconds the webhook answers 500 (default: %(default)s)"
+        "--webhook-outage", type=_positive, default=10, help="seconds the webhook answers 500 (default: %(default)s)"
     )
     soak.add_argument(
         "--redis-outage", type=_positive, default=3, help="seconds the Redis server is down (default: %(default)s)"
@@ -119,6 +119,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--drain-timeout", type=_positive, default=300, help="seconds to wait for delivery after the load"
     )
     soak.add_argument("--json", action="store_true", help="the report as one JSON object")
+    soak.add_argument(
+        "--layout",
+        choices=["roles", "all-queues", "mixed"],
+        default="mixed",
+        help="workers: per-role and supervised, two on every queue left unsupervised, or both (default: %(default)s)",
+    )
+    soak.add_argument(
+        "--seed", type=int, help="seed of the random kills (default: a new one; the report prints it to repeat a run)"
+    )
+    soak.add_argument(
+        "--random-kills",
+        type=int,
+        help="workers SIGKILLed at random moments, besides the burst (default: one per 10 s of load, at least 3)",
+    )
+    soak.add_argument(
+        "--default-timings",
+        action="store_true",
+        help="run the workers with the product's default timings instead of the soak's short ones",
+    )
 
     keys = commands.add_parser("keys", help="source keys")
     keys_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
@@ -131,7 +150,11 @@ def run_soak_command(args: argparse.Namespace) -> int:
 
     from trackpipe.soak import run_soak
 
-    # Faults start at 5, 20, 40, 60 and 80 % of the run; each outage must end before the next fault.
+    for option, value in (("--seed", args.seed), ("--random-kills", args.random_kills)):
+        if value is not None and value < 0:
+            print(f"trackpipe soak: {option} {value} must be 0 or more", file=sys.stderr)
+            return 2
+    # Faults start at 5, 20, 40, 60, 70 and 80 % of the run; each outage must end before the next fault.
     for option, seconds in (("--webhook-outage", args.webhook_outage), ("--redis-outage", args.redis_outage)):
         if seconds > args.duration * 0.2:
             print(
@@ -141,7 +164,16 @@ def run_soak_command(args: argparse.Namespace) -> int:
             return 2
     progress = (lambda line: None) if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
     report = run_soak(
-        args.duration, args.rate, args.webhook_outage, args.redis_outage, log=progress, drain_timeout=args.drain_timeout
+        args.duration,
+        args.rate,
+        args.webhook_outage,
+        args.redis_outage,
+        log=progress,
+        drain_timeout=args.drain_timeout,
+        layout=args.layout,
+        seed=args.seed,
+        random_kills=args.random_kills,
+        default_timings=args.default_timings,
     )
     text = msgspec.json.encode(report).decode()
     print(text if args.json else msgspec.json.format(text, indent=2))
