@@ -5,7 +5,8 @@ from __future__ import annotations
 from types import ModuleType
 
 from destinations import file, webhook
-from destinations.base import DestinationBase, Sender
+from destinations.base import Sender
+from trackpipe.types import DestinationBase
 
 # config `type` -> module with `Settings` (a tagged DestinationBase) and `open_sender(settings)`.
 TYPES: dict[str, ModuleType] = {"webhook": webhook, "file": file}

@@ -14,16 +14,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from destinations.base import DELIVERED, DestinationBase, Outcome, Retry, short_reason
-
-
-class FileDestination(DestinationBase, kw_only=True, tag_field="type", tag="file"):
-    path: str
-
-    def problems(self, where: str) -> list[str]:
-        if not self.path.strip():
-            return [f"{where}.path: cannot be empty"]
-        return []
+from destinations.base import DELIVERED, Outcome, Retry, short_reason
+from trackpipe.destination_settings import FileDestination
 
 
 def hour_file(directory: Path, at: float) -> Path:

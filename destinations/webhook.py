@@ -1,4 +1,4 @@
-"""`webhook`: POST `{"batch": [event, ...]}` to a URL (CONTRACT §5).
+"""`webhook`: POST `{"batch": [event, ...]}` to a URL (docs/CONTRACT.md §6).
 
 2xx: delivered, except events the receiver lists as refused in a trackpipe-style answer
 (`{"rejected": [{"index": i, "error": "..."}]}`), which are rejected. 408, 429, 5xx, connection
@@ -12,40 +12,17 @@ import hashlib
 import hmac
 import time
 from email.utils import parsedate_to_datetime
-from urllib.parse import urlsplit
 
 import httpx
 import msgspec
 
-from destinations.base import (
-    DELIVERED,
-    DestinationBase,
-    Outcome,
-    PositiveFloat,
-    PositiveInt,
-    Rejected,
-    Retry,
-    short_reason,
-)
+from destinations.base import DELIVERED, Outcome, Rejected, Retry, short_reason
+from trackpipe.destination_settings import WebhookDestination
 
 # A Retry-After longer than this is read as this: a receiver cannot park events for years.
 MAX_RETRY_AFTER_SECONDS = 86_400
 RETRYABLE_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 BODY_IN_REASON = 200
-
-
-class WebhookDestination(DestinationBase, kw_only=True, tag_field="type", tag="webhook"):
-    url: str
-    secret: str | None = None
-    connect_timeout_seconds: PositiveFloat = 2.0
-    read_timeout_seconds: PositiveFloat = 10.0
-    batch_size: PositiveInt = 500
-
-    def problems(self, where: str) -> list[str]:
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            return [f"{where}.url: {self.url!r} is not an http:// or https:// URL"]
-        return []
 
 
 class _Refused(msgspec.Struct):

@@ -2,7 +2,8 @@
 
 `POST /events` and `POST /events/batch` are served by a plain ASGI handler in front of Starlette:
 they are the hot path, and Starlette's routing and Request objects cost a third of its ceiling.
-Everything else (health, readiness, metrics, OpenAPI) is ordinary Starlette.
+Everything else (health, readiness, metrics, OpenAPI) is ordinary Starlette. The admin API is not
+here: it is the console's (`console/`, its own process).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ingest import metrics
-from ingest.admin import Admin
 from ingest.body import ClientDisconnected, content_coding, parse_content_length, read_body
 from ingest.commit import GroupCommitter, StorageUnavailable
 from ingest.openapi import spec
@@ -34,7 +34,7 @@ from ingest.validate import MAX_BATCH_BYTES, MAX_EVENT_BYTES, check_batch, check
 from ingest.wire import WireConnection
 from trackpipe.auth import KeyRing
 from trackpipe.config import Config, SourceConfig
-from trackpipe.keys import KeyLayout, bind_rq_prefix
+from trackpipe.keys import KeyLayout
 from trackpipe.messages import IngestRecord
 
 log = logging.getLogger("trackpipe.edge")
@@ -149,7 +149,7 @@ class Edge:
         keyring = KeyRing(config.sources)  # built first: a failure here changes nothing
         self.keyring = keyring
         self.known_sites = {s.site_id for s in config.sources}
-        for name in ("redis_url", "key_prefix", "edge", "worker", "admin_token"):
+        for name in ("redis_url", "key_prefix", "edge", "worker"):
             if getattr(config, name) != getattr(self.config, name):
                 log.warning("config reload: %s changed; it takes effect only after a restart", name)
         self.config = msgspec.structs.replace(self.config, sources=config.sources)
@@ -354,7 +354,6 @@ class EdgeApp:
                 Route("/readyz", edge.readyz),
                 Route("/metrics", edge.metrics),
                 Route("/openapi.json", edge.openapi),
-                *Admin(edge).routes(),
             ],
             lifespan=lifespan,
         )
@@ -367,7 +366,6 @@ class EdgeApp:
 
 
 def create_app(config: Config, **redis_factories: Any) -> EdgeApp:
-    bind_rq_prefix(config.key_prefix)
     return EdgeApp(Edge(config, **redis_factories))
 
 

@@ -1,14 +1,16 @@
 """Group commit: requests that arrive while a write is in flight share the next write.
 
 Each request hands its events to `GroupCommitter.submit` and waits for the write that holds
-them. Writes run one at a time, as one asyncio pipeline each, so the event loop never blocks on
-Redis and no request crosses a thread.
+them. One flusher task runs the writes one at a time on the event loop; a write is one round trip
+(`ingest.store.AsyncIngestStore.write` over the edge's own connection, `ingest.wire`): the
+refused-key samples plus one script call that adds the batch to the ingest queue's open job, or
+makes a new RQ job when there is none to join (`trackpipe.openjob`), and returns the queue length.
 
 Writes are paced: a write that holds fewer than `min_events` starts no sooner than `interval` after
-the previous one began. Each write is one RQ job, and an ingest job costs a worker several
-milliseconds whatever its size, so at moderate rates (1,000 single events a second) unpaced
-writes of one or two events would make more jobs than a worker can run. A lone request after a
-quiet spell is written at once; a busy edge writes as soon as `min_events` have gathered.
+the previous one began. Fewer, larger writes mean fewer round trips and fuller jobs while workers
+keep up (a job costs a worker several milliseconds whatever its size). A lone request after a
+quiet spell is written at once; a busy edge writes as soon as `min_events` have gathered. A failed
+write answers every request it holds with StorageUnavailable and counts in COMMIT_FAILURES.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from ingest.metrics import COMMIT_FAILURES
 from ingest.unauthorized import UnauthorizedSample
 from trackpipe.messages import IngestBatch, IngestRecord
 
@@ -128,6 +131,7 @@ class GroupCommitter:
                 self.backlog = await self._write(batch, pending.samples)
             except Exception as exc:
                 self.stats.failures += 1
+                COMMIT_FAILURES.inc()
                 log.warning("ingest write failed: %s: %s", type(exc).__name__, exc)
                 pending.settle(StorageUnavailable(str(exc)))
                 continue

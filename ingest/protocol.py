@@ -21,6 +21,18 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+# uvicorn settings of the edge (see README, "Operating the edge"); the benchmarks' baseline apps use
+# them too, so that a ratio compares like with like.
+UVICORN_SETTINGS: dict[str, Any] = {
+    "loop": "uvloop",
+    "http": "httptools",  # the edge itself uses header_timeout_protocol(...) below instead
+    "lifespan": "on",
+    "timeout_keep_alive": 5,
+    "backlog": 2048,
+    "access_log": False,
+    "timeout_graceful_shutdown": 30,
+}
+
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
     """`HttpToolsProtocol` that closes connections whose request headers do not arrive in time."""

@@ -133,9 +133,6 @@ class IngestStore:
             pipe.execute_command(*command)
         return backlog_from(pipe.execute()[-1])
 
-    def backlog(self) -> int:
-        return int(self._redis.llen(self._builder.queue_key))
-
     def close(self) -> None:
         self._redis.close()
 

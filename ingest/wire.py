@@ -3,8 +3,8 @@
 redis-py's asyncio client spends ~150 µs of CPU on a single LLEN and ~350 µs on the edge's
 write transaction (pure-Python command packing, reply parsing and timeout bookkeeping), which
 capped the edge at well under half of what uvicorn alone serves. Here hiredis packs and parses in C
-and a write is one socket write plus reads. Everything else at the edge (health, backlog poll,
-admin) keeps using redis-py.
+and a write is one socket write plus reads. Everything else at the edge (health, backlog poll)
+keeps using redis-py.
 
 One exchange at a time per connection (the group committer never overlaps writes). After any
 error or timeout the connection is dropped, since its state is unknown, and the next write

@@ -31,7 +31,7 @@ def valkey(tmp_path: Path) -> Iterator[ValkeyServer]:
 def durable_valkey(tmp_path: Path) -> Iterator[ValkeyServer]:
     """A real valkey-server with trackpipe's durability settings (AOF, fsync per write), whose data
     survives a stop and start, as the embedded server of `trackpipe dev` and compose's."""
-    from trackpipe.embedded import DURABLE_SETTINGS
+    from tooling.embedded import DURABLE_SETTINGS
 
     server = ValkeyServer(port=free_port(), data_dir=tmp_path / "durable", persist=True, config=DURABLE_SETTINGS)
     server.start()

@@ -5,15 +5,21 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-
+from tooling.harness import (  # noqa: F401  (the tests import these from here)
+    HookServer,
+    Received,
+    Reply,
+    free_port,
+    kill_group,
+    poll_until,
+    stop_worker,
+)
+from tooling.harness import wait_http as wait_for_http
 from trackpipe.keys import KeyLayout
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,29 +53,11 @@ def config_text(redis_url: str, mode: str = "compat", max_backlog: int = 20_000)
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_http(url: str, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
-
-
 @contextlib.contextmanager
 def running_edge(config_path: Path, *extra: str, env: dict[str, str] | None = None) -> Iterator[str]:
     """`trackpipe edge` as a real process; yields its base URL; SIGTERM at the end."""
     port = free_port()
-    cmd = [sys.executable, "-m", "trackpipe.cli", "edge", "--config", str(config_path), "--port", str(port), *extra]
+    cmd = [sys.executable, "-m", "commands", "edge", "--config", str(config_path), "--port", str(port), *extra]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})})
     base = f"http://127.0.0.1:{port}"
     try:
@@ -82,6 +70,28 @@ def running_edge(config_path: Path, *extra: str, env: dict[str, str] | None = No
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def running_console(config_path: Path, *, log: Path | None = None) -> Iterator[str]:
+    """`trackpipe console` (the admin API) as a real process; yields its base URL; SIGTERM at the end."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "commands", "console", "--config", str(config_path), "--port", str(port)]
+    out = log.open("ab") if log is not None else None
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=out)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{base}/healthz", proc=proc)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if out is not None:
+            out.close()
 
 
 # -- reading what the edge stored (shared by the edge tests) ---------------------------------
@@ -143,28 +153,12 @@ def sized_batch(size: int, count: int = 16, marker: str = "b") -> tuple[bytes, l
 # -- running workers (appended for the worker tests) ------------------------------------------
 
 
-def poll_until(predicate, timeout: float, what, interval: float = 0.05):
-    """Call `predicate` until it returns something truthy (returned) or `timeout` seconds pass.
-
-    `what` is the failure message, or a function making it (called only on failure, so that it
-    can describe the state at the deadline)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            message = what() if callable(what) else what
-            raise AssertionError(f"{message} (waited {timeout}s)")
-        time.sleep(interval)
-
-
 def start_worker(
     config_path: Path, *extra: str, env: dict[str, str] | None = None, log: Path | None = None
 ) -> subprocess.Popen:
-    """`python -m trackpipe.cli worker` as a real process, in its own session (RQ forks a scheduler
+    """`python -m commands worker` as a real process, in its own session (RQ forks a scheduler
     child: `kill_group` reaches it too, even once the worker itself is gone)."""
-    cmd = [sys.executable, "-m", "trackpipe.cli", "worker", "--config", str(config_path), *extra]
+    cmd = [sys.executable, "-m", "commands", "worker", "--config", str(config_path), *extra]
     out = log.open("ab") if log is not None else subprocess.DEVNULL
     try:
         return subprocess.Popen(
@@ -175,142 +169,8 @@ def start_worker(
             out.close()
 
 
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the process group `proc` leads (the worker and any scheduler it forked), then reap."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
-
-
-def stop_worker(proc: subprocess.Popen, timeout: float = 15) -> int | None:
-    """SIGTERM (a warm shutdown), then SIGKILL of the whole group; returns the exit status on SIGTERM."""
-    returncode = None
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            returncode = proc.wait(timeout=timeout)
-    else:
-        returncode = proc.returncode
-    kill_group(proc)
-    return returncode
-
-
 # -- scripted webhook receivers (appended for the destination and delivery tests) --------------
 
-import dataclasses  # noqa: E402
-import hashlib  # noqa: E402
-import hmac  # noqa: E402
-import threading  # noqa: E402
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
-
-
-@dataclasses.dataclass(frozen=True)
-class Reply:
-    """One scripted answer of a HookServer."""
-
-    status: int = 200
-    body: bytes = b""
-    headers: tuple[tuple[str, str], ...] = ()
-    delay: float = 0.0  # seconds to wait before answering (cut short when the server stops)
-
-
-@dataclasses.dataclass(frozen=True)
-class Received:
-    """One request a HookServer got, and the status it answered (or was about to, after a delay)."""
-
-    path: str
-    headers: dict[str, str]  # names in lower case
-    body: bytes
-    client_port: int
-    status: int
-
-
-class HookServer:
-    """A real HTTP/1.1 server (keep-alive) on a free port in a thread. Each POST gets the next reply of
-    the script, the last reply repeating; every request is recorded in `received`. With `secret`, the
-    server checks X-Trackpipe-Signature itself (hmac) and answers 401 "bad signature" when it is wrong.
-
-        with HookServer(Reply(500), Reply(200)) as server:
-            ... post to server.url ...
-    """
-
-    def __init__(self, *replies: Reply, secret: str | None = None) -> None:
-        self.secret = secret
-        self.received: list[Received] = []
-        self._script = list(replies) or [Reply()]
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                owner._handle(self)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.port = self._httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/hook"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def script(self, *replies: Reply) -> None:
-        with self._lock:
-            self._script = list(replies)
-
-    def requests(self) -> list[Received]:
-        with self._lock:
-            return list(self.received)
-
-    def _next_reply(self) -> Reply:
-        with self._lock:
-            return self._script.pop(0) if len(self._script) > 1 else self._script[0]
-
-    def _signed(self, handler: BaseHTTPRequestHandler, body: bytes) -> bool:
-        assert self.secret is not None
-        expected = "sha256=" + hmac.new(self.secret.encode(), body, hashlib.sha256).hexdigest()
-        return hmac.compare_digest(handler.headers.get("X-Trackpipe-Signature", ""), expected)
-
-    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
-        body = handler.rfile.read(int(handler.headers.get("Content-Length", "0")))
-        reply = self._next_reply()
-        if self.secret is not None and not self._signed(handler, body):
-            reply = Reply(401, b"bad signature")
-        headers = {name.lower(): value for name, value in handler.headers.items()}
-        with self._lock:
-            self.received.append(Received(handler.path, headers, body, handler.client_address[1], reply.status))
-        if reply.delay:
-            self._stopping.wait(reply.delay)
-        try:
-            handler.send_response(reply.status)
-            for name, value in reply.headers:
-                handler.send_header(name, value)
-            handler.send_header("Content-Length", str(len(reply.body)))
-            handler.end_headers()
-            handler.wfile.write(reply.body)
-            handler.wfile.flush()
-        except OSError:  # the client gave up (timeout) and closed the connection
-            handler.close_connection = True
-
-    def start(self) -> HookServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=10)
-
-    def __enter__(self) -> HookServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def closed_url() -> str:

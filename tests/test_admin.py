@@ -1,11 +1,14 @@
-"""The admin API against a real valkey: inspector, delivery view, DLQ list and replay; 401 without
-the admin token, and nothing leaks."""
+"""The admin API (the console, `console/`) against a real valkey: inspector, delivery view, DLQ list
+and replay; 401 without the admin token, and nothing leaks; the edge no longer serves it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -18,15 +21,16 @@ import pytest
 import redis
 import uvicorn
 
-from ingest.app import create_app
-from tests.support import TEST_KEY, delivery_batches_of, free_port, poll_until
+from commands.console import console_server_config
+from commands.serving import bind_socket
+from console.app import create_app
+from ingest.app import create_app as create_edge_app
+from tests.support import ROOT, TEST_KEY, delivery_batches_of, poll_until, running_console, running_edge
 from trackpipe.config import parse
 from trackpipe.jobs import delivery_queue
 from trackpipe.keys import KeyLayout
-from trackpipe.messages import IngestBatch, IngestRecord, encode_batch
-from trackpipe.serve import edge_server_config
+from trackpipe.messages import DeadLetter, IngestBatch, IngestRecord, encode_batch, encode_dead_letter
 from workers.context import WorkerContext
-from workers.deadletter import DeadLetter, encode_dead_letter
 from workers.ingest import process_ingest
 
 LAYOUT = KeyLayout()
@@ -54,15 +58,16 @@ path = "{tmp_path / "lake"}"
 
 
 def run(config_text_: str, test: Callable[[httpx.AsyncClient], Awaitable[None]]) -> None:
+    """`test` against the console's ASGI app, in this process."""
+
     async def main() -> None:
         app = create_app(parse(config_text_))
-        await app.edge.start()
         try:
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://edge") as client:
+            async with httpx.AsyncClient(transport=transport, base_url="http://console") as client:
                 await test(client)
         finally:
-            await app.edge.stop()
+            app.console.close()
 
     asyncio.run(main())
 
@@ -194,6 +199,46 @@ def test_admin_is_off_without_a_token(tmp_path: Path, valkey_url: str) -> None:
     run(text, test)
 
 
+def test_the_console_answers_healthz_and_describes_the_admin_routes(filled: str) -> None:
+    async def test(client: httpx.AsyncClient) -> None:
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        spec = (await client.get("/openapi.json")).json()
+        assert sorted(spec["paths"]) == sorted([path for _, path in ROUTES_TEMPLATES] + ["/healthz"])
+        for method, path in ROUTES_TEMPLATES:
+            assert spec["paths"][path][method.lower()]["security"] == [{"admin": []}]
+
+    run(filled, test)
+
+
+ROUTES_TEMPLATES = [
+    ("GET", "/admin/sources/{source_id}/events"),
+    ("GET", "/admin/destinations/{destination_id}/delivery"),
+    ("GET", "/admin/dlq/{destination_id}"),
+    ("POST", "/admin/dlq/{destination_id}/replay"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+def test_the_edge_no_longer_serves_the_admin_api(filled: str, method: str, path: str) -> None:
+    """With the right token too: the admin API lives in the console, not on the public port."""
+
+    async def main() -> None:
+        app = create_edge_app(parse(filled))
+        await app.edge.start()
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://edge") as client:
+                response = await client.request(method, path, headers=AUTH, json={})
+                assert response.status_code == 404, response.text
+                assert "d-0" not in response.text and "a-1" not in response.text
+                assert (await client.get("/healthz")).status_code == 200
+                assert "/admin" not in json.dumps((await client.get("/openapi.json")).json()["paths"])
+        finally:
+            await app.edge.stop()
+
+    asyncio.run(main())
+
+
 # -- a large DLQ is read off the event loop ---------------------------------------------------
 
 BIG_DLQ = 50_000
@@ -214,35 +259,36 @@ def fill_big_dlq(conn: redis.Redis, count: int = BIG_DLQ) -> None:
 
 
 @contextlib.contextmanager
-def edge_in_thread(config_text_: str) -> Iterator[str]:
-    """The edge under uvicorn, as `trackpipe edge` runs it, on a thread of this process (so a test
-    can slow parts of it down); yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(edge_server_config(parse(config_text_), "127.0.0.1", port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+def console_in_thread(config_text_: str) -> Iterator[str]:
+    """The console under uvicorn, as `trackpipe console` runs it, on a thread of this process (so a
+    test can slow parts of it down); yields its base URL."""
+    sock = bind_socket("127.0.0.1", 0)
+    server = uvicorn.Server(console_server_config(parse(config_text_), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
-        poll_until(lambda: server.started or not thread.is_alive(), 30, "the edge did not start")
-        assert thread.is_alive(), "the edge stopped at start"
-        yield f"http://127.0.0.1:{port}"
+        poll_until(lambda: server.started or not thread.is_alive(), 30, "the console did not start")
+        assert thread.is_alive(), "the console stopped at start"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
         server.should_exit = True
         thread.join(timeout=60)
+        sock.close()
 
 
-def test_listing_a_large_dlq_leaves_the_edge_responsive(
+@pytest.mark.slow
+def test_listing_a_large_dlq_leaves_the_console_and_the_edge_responsive(
     tmp_path: Path, valkey_url: str, valkey_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """While the admin API scans 50,000 dead letters of ~1 KB for a filter that matches none, the
-    same edge keeps answering /healthz and storing events, each in a fraction of the time the
-    listing takes. Decoding is made slow (40 µs of CPU a record, as on a slow machine or with a far
-    larger DLQ) so that the listing lasts at least 2 s: read and decoded on the event loop, it
-    held every request until it ended."""
+    """While the console scans 50,000 dead letters of ~1 KB for a filter that matches none, the
+    console itself keeps answering /healthz and the edge (another process) keeps storing events,
+    each in a fraction of the time the listing takes. Decoding is made slow (40 µs of CPU a record,
+    as on a slow machine or with a far larger DLQ) so that the listing lasts at least 2 s: read and
+    decoded on the console's event loop, it would hold its /healthz until it ended."""
     import trackpipe.dlq
-    import workers.deadletter
 
     fill_big_dlq(valkey_client)
-    real_decode = workers.deadletter.decode_dead_letter
+    real_decode = trackpipe.dlq.decode_dead_letter
 
     def slow_decode(data: bytes) -> DeadLetter:
         until = time.perf_counter() + DECODE_SECONDS
@@ -250,38 +296,40 @@ def test_listing_a_large_dlq_leaves_the_edge_responsive(
             pass
         return real_decode(data)
 
-    monkeypatch.setattr(workers.deadletter, "decode_dead_letter", slow_decode)
-    monkeypatch.setattr(trackpipe.dlq, "decode_dead_letter", slow_decode)
+    monkeypatch.setattr(trackpipe.dlq, "decode_dead_letter", slow_decode)  # what the listing decodes with
     event = json.dumps({"event_name": "page_view", "context": {"event_id": "live-1"}}).encode()
-    with edge_in_thread(config_text(valkey_url, tmp_path)) as base:
+    config_file = tmp_path / "trackpipe.toml"
+    config_file.write_text(config_text(valkey_url, tmp_path))
+    with running_edge(config_file) as edge, console_in_thread(config_file.read_text()) as console:
         listing: dict[str, Any] = {}
         done = threading.Event()
 
         def list_dlq() -> None:
             started = time.monotonic()
             try:
-                with httpx.Client(base_url=base, timeout=300) as client:
+                with httpx.Client(base_url=console, timeout=300) as client:
                     listing["response"] = client.get("/admin/dlq/crm", params={"event": "nosuch"}, headers=AUTH)
             finally:
                 listing["seconds"] = time.monotonic() - started
                 done.set()
 
         latencies: list[float] = []
-        with httpx.Client(base_url=base, timeout=300) as client:
-            assert client.get("/healthz").status_code == 200  # connected before the listing starts
+        with httpx.Client(timeout=300) as client:
+            assert client.get(f"{console}/healthz").status_code == 200  # connected before the listing starts
+            assert client.get(f"{edge}/healthz").status_code == 200
             lister = threading.Thread(target=list_dlq)
             lister.start()
             while not done.is_set():
                 sent = time.monotonic()
                 if len(latencies) % 2:
                     answer = client.post(
-                        "/events",
+                        f"{edge}/events",
                         params={"tc_s": "29", "token": TEST_KEY},
                         content=event,
                         headers={"Content-Type": "application/json"},
                     )
                 else:
-                    answer = client.get("/healthz")
+                    answer = client.get(f"{console}/healthz")
                 assert answer.status_code == 200, answer.text
                 latencies.append(time.monotonic() - sent)  # every one was sent while the listing ran
             lister.join(timeout=300)
@@ -292,3 +340,46 @@ def test_listing_a_large_dlq_leaves_the_edge_responsive(
     assert seconds >= BIG_DLQ * DECODE_SECONDS  # the slow decoder really ran for every record
     assert len(latencies) >= 5, f"only {len(latencies)} requests sent during a {seconds:.1f}s listing"
     assert max(latencies) < seconds / 3, f"a request waited {max(latencies):.2f}s during a {seconds:.1f}s listing"
+
+
+# -- the `trackpipe console` command ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--port", "abc"], "argument --port: 'abc' is not a port number"),
+        (["--port", "70000"], "70000 is not a port number"),
+        (["--config", "/nonexistent/trackpipe.toml"], "no such config file"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_console_refuses_bad_arguments_with_exit_2(args: list[str], expected: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "commands", "console", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "TRACKPIPE_CONFIG"},
+    )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert expected in done.stderr and "Traceback" not in done.stderr
+
+
+def test_console_on_a_taken_port_says_so_and_exits_2(tmp_path: Path, valkey_url: str) -> None:
+    config_file = tmp_path / "trackpipe.toml"
+    config_file.write_text(config_text(valkey_url, tmp_path))
+    with running_console(config_file) as base:
+        port = base.rsplit(":", 1)[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "commands", "console", "--config", str(config_file), "--port", port],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert httpx.get(f"{base}/healthz").status_code == 200  # the first one is unharmed
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert f"--port {port}" in done.stderr and "in use" in done.stderr and "Traceback" not in done.stderr
+    assert ADMIN not in done.stderr

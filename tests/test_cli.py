@@ -1,4 +1,4 @@
-"""The `trackpipe` command line, run as the real console script (and as `python -m trackpipe.cli`)."""
+"""The `trackpipe` command line, run as the real console script (and as `python -m commands`)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 def trackpipe(*args: str, env: dict[str, str] | None = None, module: bool = False) -> subprocess.CompletedProcess:
     """Run the command line to completion. Commands that should fail fast must not start a server:
     the timeout turns a server that started anyway into a failure."""
-    cmd = [sys.executable, "-m", "trackpipe.cli", *args] if module else [str(TRACKPIPE), *args]
+    cmd = [sys.executable, "-m", "commands", *args] if module else [str(TRACKPIPE), *args]
     return subprocess.run(
         cmd, cwd=ROOT, env=env or clean_env(), capture_output=True, text=True, timeout=60, check=False
     )

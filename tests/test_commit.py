@@ -466,3 +466,24 @@ def test_enough_events_are_written_without_waiting_for_the_interval() -> None:
         assert store.sizes() == [1, 3]
 
     run(test, store, interval_seconds=30, min_events=3)
+
+
+def test_failed_write_counts_in_commit_failures_metric() -> None:
+    """`trackpipe_edge_commit_failures_total` (README, metrics) counts each failed write, not the
+    requests it held, and a successful write leaves it alone."""
+    from ingest.metrics import COMMIT_FAILURES
+
+    store = FakeStore(fail_calls={0})
+    before = COMMIT_FAILURES._value.get()
+
+    async def test(store: FakeStore, committer: GroupCommitter) -> None:
+        store.hold()
+        waits = [asyncio.create_task(committer.submit(record(i))) for i in range(2)]
+        await store.started()
+        store.release()
+        results = await asyncio.gather(*waits, return_exceptions=True)
+        assert all(isinstance(r, StorageUnavailable) for r in results)
+        await committer.submit(record(2))  # succeeds
+        assert COMMIT_FAILURES._value.get() == before + 1
+
+    run(test, store, interval_seconds=0)

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trackpipe.cli import build_parser
+from commands.main import build_parser
 from trackpipe.config import load
 from workers.runner import parse_queues
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = {"valkey", "edge", "ingest-worker", "delivery-worker"}
+SERVICES = {"valkey", "edge", "console", "ingest-worker", "delivery-worker"}
 
 
 def compose() -> dict:
@@ -32,7 +32,7 @@ def test_compose_is_yaml_with_the_services_the_readme_names() -> None:
 def test_every_trackpipe_command_parses(service: str) -> None:
     command = compose()["services"][service]["command"]
     args = build_parser().parse_args(command)  # exits (SystemExit) on an unknown command or option
-    assert args.command in ("edge", "worker")
+    assert args.command in ("edge", "console", "worker")
 
 
 def test_the_mounted_config_loads_and_names_real_queues() -> None:
@@ -50,3 +50,18 @@ def test_valkey_keeps_what_it_acknowledged() -> None:
     # A 200 means the events are on disk, not only in the server's memory (README, "What 200 means").
     assert command[command.index("--appendfsync") + 1] == "always"
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+
+
+def test_the_console_serves_the_admin_api_on_its_own_port() -> None:
+    service = compose()["services"]["console"]
+    args = build_parser().parse_args(service["command"])
+    assert (args.command, args.host, args.port) == ("console", "0.0.0.0", 8081)
+    [published] = service["ports"]
+    interface, host_port, container_port = published.split(":")
+    # Only on the host's loopback: the admin API is not for the public.
+    assert (interface, container_port) == ("127.0.0.1", "8081")
+    # Outside the range the edge replicas take their host ports from, or one of them could take it.
+    [edge_ports] = compose()["services"]["edge"]["ports"]
+    low, high = (int(p) for p in edge_ports.split(":")[0].split("-"))
+    assert not low <= int(host_port) <= high, (published, edge_ports)
+    assert "8081/healthz" in " ".join(service["healthcheck"]["test"])

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from destinations.file import FileDestination
+from destinations.webhook import WebhookDestination
 from trackpipe.config import (
     CONFIG_ENV,
     REDIS_URL_ENV,
     Config,
     ConfigError,
-    FileDestination,
-    WebhookDestination,
     config_path,
     load,
     load_from,

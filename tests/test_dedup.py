@@ -9,8 +9,9 @@ import fakeredis
 import pytest
 import redis
 
+from trackpipe.jobs import DONE_FIELD, VERDICT_FIELD
 from trackpipe.keys import KeyLayout
-from workers.dedup import DONE_FIELD, VERDICT_FIELD, Deduplicator, slot_of
+from workers.dedup import Deduplicator, slot_of
 
 LAYOUT = KeyLayout()
 WINDOW = 10  # seconds: small, so that the test picks slot boundaries with explicit times

@@ -25,6 +25,7 @@ from tests.support import HookServer, Reply, closed_url, poll_until, start_worke
 from trackpipe.config import Config, parse
 from trackpipe.jobs import (
     DELIVER_FUNCTION,
+    DONE_FIELD,
     MsgpackSerializer,
     SafeJob,
     delivery_job_options,
@@ -32,10 +33,15 @@ from trackpipe.jobs import (
     delivery_retry_queue,
 )
 from trackpipe.keys import KeyLayout
-from trackpipe.messages import DeliveryBatch, DeliveryEvent, decode_delivery, encode_delivery
+from trackpipe.messages import (
+    DeadLetter,
+    DeliveryBatch,
+    DeliveryEvent,
+    decode_dead_letter,
+    decode_delivery,
+    encode_delivery,
+)
 from workers.context import WorkerContext
-from workers.deadletter import DeadLetter, decode_dead_letter
-from workers.dedup import DONE_FIELD
 from workers.deliver import process_delivery
 
 LAYOUT = KeyLayout()
@@ -480,6 +486,7 @@ def test_events_for_a_removed_destination_are_dead_lettered(env: Env, now: float
 # -- a real worker process ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_real_worker_retries_through_the_scheduler_until_delivered(
     valkey_client: redis.Redis, valkey_url: str, tmp_path: Path
 ) -> None:

@@ -81,10 +81,11 @@ class DevRun:
 
     def __init__(self, cwd: Path, port: int, *extra: str, unbuffered: bool = True) -> None:
         self.port = port
+        self.console_port = free_port()  # not the default 8081: tests (and other runs) share the machine
         self.stderr_path = cwd.parent / f"dev-stderr-{port}.txt"
         self._stderr = self.stderr_path.open("wb")
         self.proc = subprocess.Popen(
-            [str(TRACKPIPE), "dev", "--port", str(port), *extra],
+            [str(TRACKPIPE), "dev", "--port", str(port), "--console-port", str(self.console_port), *extra],
             cwd=cwd,
             env=dev_env(unbuffered=unbuffered),
             stdin=subprocess.DEVNULL,
@@ -142,6 +143,18 @@ class DevRun:
         port = urlsplit(self.redis_url).port
         assert port is not None
         return port
+
+    @property
+    def console(self) -> str:
+        match = re.search(r"^console: +(http://\S+)", self.stdout, re.MULTILINE)
+        assert match, f"no console line in:\n{self.stdout}"
+        return match.group(1)
+
+    @property
+    def inspector_curl(self) -> str:
+        match = re.search(r"^inspector: +(curl .+)$", self.stdout, re.MULTILINE)
+        assert match, f"no inspector line in:\n{self.stdout}"
+        return match.group(1).strip()
 
     @property
     def curl(self) -> str:
@@ -267,7 +280,7 @@ def worker_pids(run: DevRun) -> list[int]:
 
 
 def worker_processes(marker: str) -> list[int]:
-    """Live `trackpipe.cli worker` processes (and the schedulers they fork) whose command line holds
+    """Live `python -m commands worker` processes (and the schedulers they fork) whose command line holds
     `marker` (this test's project directory: other tests' workers are not ours)."""
     found = []
     for entry in Path("/proc").iterdir():
@@ -277,7 +290,7 @@ def worker_processes(marker: str) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        ours = b"trackpipe.cli" in cmdline and b" worker" in cmdline and marker.encode() in cmdline
+        ours = b"-m commands worker" in cmdline and marker.encode() in cmdline
         if ours and pid_alive(int(entry.name)):
             found.append(int(entry.name))
     return found
@@ -338,6 +351,7 @@ def project(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_dev_end_to_end_curl_job_ctrl_c_and_restart(project: Path) -> None:
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
@@ -376,6 +390,18 @@ def test_dev_end_to_end_curl_job_ctrl_c_and_restart(project: Path) -> None:
         assert record["status"] in ("VALID", "INVALID_ACCEPTED"), record
         assert record["payload"]["context"]["source_id"] == "demo-web"
         assert record["destinations"] == {"demo-file": "queued"}
+
+        # The console (admin API) is printed and serves the inspector line exactly as printed;
+        # the edge does not serve the admin API.
+        assert first.console == f"http://127.0.0.1:{first.console_port}"
+        wait_for_http(f"{first.console}/healthz", timeout=20, proc=first.proc)
+        inspector = first.inspector_curl
+        assert f"{first.console}/admin/sources/demo-web/events" in inspector
+        status, body = run_curl(inspector)
+        assert status == 200, body
+        assert [e["event_id"] for e in json.loads(body)["events"]] == ["c0ffee-1"]
+        status, _ = run_curl(inspector.replace(first.console, f"http://127.0.0.1:{first.port}"))
+        assert status == 404
         wait_until(
             lambda: delivery_of(first.redis_url, out_dir, "c0ffee-1"),
             30,
@@ -420,6 +446,7 @@ def test_dev_end_to_end_curl_job_ctrl_c_and_restart(project: Path) -> None:
     assert not problems, "trackpipe dev on Ctrl-C: " + "\n".join(problems)
 
 
+@pytest.mark.slow
 def test_dev_prints_curl_line_while_running_with_stdout_a_pipe(project: Path) -> None:
     """Under a process manager, `| tee`, or docker logs, stdout is not a terminal: the ready
     curl line must still show up while the server runs, not only once it has stopped."""
@@ -430,6 +457,7 @@ def test_dev_prints_curl_line_while_running_with_stdout_a_pipe(project: Path) ->
         assert run.curl.startswith("curl ")
 
 
+@pytest.mark.slow
 def test_dev_stopped_with_sigterm_takes_its_server_down(project: Path) -> None:
     """`kill <pid>` or a process manager sends SIGTERM to `trackpipe dev` alone: the embedded
     valkey-server must not be left running, orphaned, holding its port and data directory."""
@@ -532,6 +560,7 @@ def stop_and_check_nothing_left(run: DevRun, project: Path) -> None:
     assert "supervising the dev processes failed" not in run.stderr(), run.stderr()
 
 
+@pytest.mark.slow
 def test_dev_restarts_a_worker_killed_with_sigkill(project: Path) -> None:
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
@@ -557,6 +586,7 @@ def test_dev_restarts_a_worker_killed_with_sigkill(project: Path) -> None:
         stop_and_check_nothing_left(run, project)
 
 
+@pytest.mark.slow
 def test_dev_restarts_its_embedded_server_killed_with_sigkill(project: Path) -> None:
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")

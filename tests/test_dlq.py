@@ -17,9 +17,8 @@ from trackpipe.config import parse
 from trackpipe.dlq import FIRST_PAGE, DlqError, Selection, parse_time, records, select
 from trackpipe.jobs import delivery_queue
 from trackpipe.keys import KeyLayout
-from trackpipe.messages import decode_delivery
+from trackpipe.messages import DeadLetter, decode_delivery, encode_dead_letter
 from workers.context import WorkerContext
-from workers.deadletter import DeadLetter, encode_dead_letter
 from workers.deliver import process_delivery
 
 LAYOUT = KeyLayout()
@@ -64,7 +63,7 @@ def setup(tmp_path: Path, valkey_url: str, valkey_client: redis.Redis) -> tuple[
 
 def dlq(config_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "trackpipe.cli", "dlq", *args, "--config", str(config_file)],
+        [sys.executable, "-m", "commands", "dlq", *args, "--config", str(config_file)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -288,7 +287,7 @@ def test_a_destination_named_dropped_keeps_its_dead_letters(setup: tuple[Path, r
 def test_counts_left_at_the_old_key_are_kept_and_moved(setup: tuple[Path, redis.Redis]) -> None:
     """An earlier version counted drops in P:dlq:dropped: status reads them until the next drop
     folds them into the new hash, and a destination named `dropped` gets its DLQ back."""
-    from trackpipe.status import collect
+    from trackpipe.queries import collect
 
     config_file, conn = setup
     old = LAYOUT.dlq("dropped")

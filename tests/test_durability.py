@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from tests.support import TEST_KEY, config_text, free_port, poll_until, running_edge, stored_events
-from trackpipe.embedded import DURABLE_SETTINGS, forget_dead_server, server_exit_code, start_server
+from tooling.embedded import DURABLE_SETTINGS, forget_dead_server, server_exit_code, start_server
 
 EVENTS = 400
 CLIENTS = 16  # concurrent producers, so that writes are group-committed as in production
@@ -84,6 +84,7 @@ def crash_and_count(tmp_path: Path, **settings: str) -> tuple[list[str], set[str
     return accepted, held
 
 
+@pytest.mark.slow
 def test_every_event_answered_200_survives_a_server_kill(tmp_path: Path) -> None:
     accepted, held = crash_and_count(tmp_path)
     assert len(accepted) == EVENTS, "every request should have been answered 200 before the kill"
@@ -93,6 +94,7 @@ def test_every_event_answered_200_survives_a_server_kill(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("settings", [{"appendonly": "no"}], ids=["no-aof"])
+@pytest.mark.slow
 def test_without_aof_a_kill_loses_what_was_answered(tmp_path: Path, settings: dict[str, str]) -> None:
     """The check above can fail: with no AOF the same crash loses every answered event."""
     accepted, held = crash_and_count(tmp_path, **settings)

@@ -167,7 +167,7 @@ async def edge(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
         yield harness
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
+async def eventually(check: Callable[[], Any], timeout: float = 30.0) -> Any:
     """Polls `check` until it returns something truthy (or raises AssertionError at the deadline)."""
     deadline = time.monotonic() + timeout
     while True:

@@ -8,7 +8,7 @@ bodies of arbitrary bytes, JSON of any shape (huge ints, 1e999, NaN/Infinity lit
 surrogate escapes, invalid UTF-8 inside strings, deep nesting up to 100,000 levels, sizes on either
 side of every limit); the body in one or many chunks, or stalled (408), or cut by a disconnect.
 
-Each request is judged against an oracle written from CONTRACT §2 (a reference JSON parser, the
+Each request is judged against an oracle written from docs/CONTRACT.md §2 (a reference JSON parser, the
 size limits and the status table of each mode), not from the edge's code:
 
 - the answer is one of the statuses the request's problems allow (200 only for a request without
@@ -196,7 +196,7 @@ CONTENT_TYPES = [
 
 
 def is_json_type(value: bytes | None) -> bool:
-    """CONTRACT §2: `application/json`, parameters allowed (media types are case-insensitive)."""
+    """docs/CONTRACT.md §2: `application/json`, parameters allowed (media types are case-insensitive)."""
     if value is None:
         return False
     return value.decode("latin-1").split(";", 1)[0].strip().lower() == "application/json"
@@ -719,7 +719,7 @@ def content_length(case: Case, wire: bytes) -> bytes | None:
 
 
 def expect(case: Case, mode: str) -> Expected:
-    """What CONTRACT §2 allows for this request."""
+    """What docs/CONTRACT.md §2 allows for this request."""
     wire, decoded, reading = encode(case)
     out = Expected(set(), wire=wire, decoded=decoded)
     if case.method != "POST":
@@ -953,7 +953,7 @@ class EdgeSession:
         if case.auth.good is not None:
             samples = {0}  # a good key is never counted as unauthorized
         elif self.mode == "compat" and answer.status == 200:
-            samples = {1}  # dropped, counted once and sampled (CONTRACT §2)
+            samples = {1}  # dropped, counted once and sampled (docs/CONTRACT.md §2)
         else:
             samples = {0, 1}  # refused anyway: counting it or not are both fine
 
@@ -1034,20 +1034,27 @@ def run_property(mode: str, route: str, focus: str, default_examples: int, capsy
                 print(f"\n[fuzz {focus} {mode} {route}] {session.examples} examples (statuses seen: {seen})")
 
 
+def sizes(full: int) -> list:
+    """A quick run of each property in the fast set, the full one with -m slow (seconds each)."""
+    return [pytest.param(30, id="quick"), pytest.param(full, id="full", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("size", sizes(500))
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("mode", MODES)
 def test_any_body_gets_a_contract_answer_and_stores_only_what_it_accepts(
-    mode: str, route: str, capsys: pytest.CaptureFixture
+    mode: str, route: str, size: int, capsys: pytest.CaptureFixture
 ) -> None:
-    run_property(mode, route, "body", 500, capsys)
+    run_property(mode, route, "body", size, capsys)
 
 
+@pytest.mark.parametrize("size", sizes(400))
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("mode", MODES)
 def test_any_method_headers_and_key_get_a_contract_answer_and_bad_keys_store_nothing(
-    mode: str, route: str, capsys: pytest.CaptureFixture
+    mode: str, route: str, size: int, capsys: pytest.CaptureFixture
 ) -> None:
-    run_property(mode, route, "headers", 400, capsys)
+    run_property(mode, route, "headers", size, capsys)
 
 
 # -- regressions for bugs the fuzz found -----------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from tests.support import delivery_batches_of
+from tooling.examples import V2_EXAMPLE
 from trackpipe.config import Config, parse
 from trackpipe.jobs import DELIVER_FUNCTION, delivery_queue
 from trackpipe.keys import KeyLayout
@@ -80,24 +81,8 @@ def ev(**fields: Any) -> bytes:
     return json.dumps(fields).encode()
 
 
-PURCHASE = {
-    "event_name": "purchase",
-    "id": "O-1",
-    "value": 42.5,
-    "revenue": 35,
-    "currency": "EUR",
-    "type": "online",
-    "payment_method": "card",
-    "status": "pending",
-    "user": {"id": "7", "consent_categories": ["1", "3"]},
-    "items": [{"id": "SKU-9", "quantity": 1, "product": {"name": "Mug", "price": 35}}],
-    "context": {
-        "event_id": "buy-1",
-        "event_timestamp": T0,
-        "page": {"url": "https://x/ok"},
-        "device": {"ip": "198.51.100.4", "user_agent": "Mozilla/5.0"},
-    },
-}
+# The contract's example, with this test's id and time.
+PURCHASE = {**V2_EXAMPLE, "context": {**V2_EXAMPLE["context"], "event_id": "buy-1", "event_timestamp": T0}}
 PURCHASE_NO_CONSENT = {
     **PURCHASE,
     "user": {"id": "8", "consent_categories": [1]},

@@ -22,10 +22,10 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from destinations.base import ID_PATTERN
 from ingest.app import UNKNOWN_SITE_BUCKET
 from trackpipe.config import Config, SourceConfig
 from trackpipe.keys import DELIVER_QUEUE_PREFIX, INGEST_QUEUE, RETRY_QUEUE_PREFIX, KeyLayout
+from trackpipe.types import ID_PATTERN
 
 
 def _meta(struct: type, name: str) -> msgspec.Meta:

@@ -38,7 +38,7 @@ def test_the_edge_logs_json_and_no_key(tmp_path: Path, valkey_url: str) -> None:
     config.write_text(config_text(valkey_url, mode="strict"))
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "trackpipe.cli", "edge", "--config", str(config), "--port", str(port)],
+        [sys.executable, "-m", "commands", "edge", "--config", str(config), "--port", str(port)],
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,
@@ -48,7 +48,7 @@ def test_the_edge_logs_json_and_no_key(tmp_path: Path, valkey_url: str) -> None:
         wait_for_http(f"{base}/healthz", proc=proc)
         for token in (TEST_KEY, "wrong-key-0123456789"):
             httpx.post(f"{base}/events", params={"tc_s": "29", "token": token}, json={"event_name": "x"})
-        time.sleep(0.2)
+        time.sleep(0.2)  # room for the edge to log both requests (their lines are searched below)
     finally:
         proc.terminate()
         _, stderr = proc.communicate(timeout=20)

@@ -1,4 +1,4 @@
-"""workers.normalize.normalize: CONTRACT §3 rules 1-8, one table per rule, plus the contract's examples."""
+"""workers.normalize.normalize: docs/CONTRACT.md §3 rules 1-8, one table per rule, plus the contract's examples."""
 
 from __future__ import annotations
 

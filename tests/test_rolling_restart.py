@@ -12,14 +12,17 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.support import ROOT, TEST_KEY, free_port, wait_for_http
+from tests.support import ROOT, TEST_KEY, free_port, poll_until, wait_for_http
+
+pytestmark = pytest.mark.slow  # processes rolled one after another under load: seconds each
 
 AUTH = {"tc_s": "29", "token": TEST_KEY}
 
 
 def start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "trackpipe.cli", *args], cwd=ROOT)
+    return subprocess.Popen([sys.executable, "-m", "commands", *args], cwd=ROOT)
 
 
 def start_edge(config: Path) -> tuple[subprocess.Popen, str]:
@@ -79,14 +82,22 @@ path = "{lake}"
     procs = [edge, ingest, delivery]
     sender = threading.Thread(target=producer, daemon=True)
     sender.start()
-    try:
+
+    def traffic(more: int) -> None:
+        """Let the producer run between two steps of the roll: a second of traffic, and at least `more`
+        accepted events however slow the machine (the count asserted below is then always reached)."""
+        target = len(accepted) + more
         time.sleep(1.0)
+        poll_until(lambda: len(accepted) >= target, 60, lambda: f"the producer got {len(accepted)} answers")
+
+    try:
+        traffic(50)
         # Roll the edge: the new one first, then SIGTERM the old one while requests are in flight.
         new_edge, new_base = start_edge(config)
         procs.append(new_edge)
         current["base"] = new_base
         assert stop(edge) == 0
-        time.sleep(1.0)
+        traffic(50)
         # Roll the workers: SIGTERM lets each finish the job in hand.
         stop(ingest)
         ingest = start("worker", "--config", str(config), "--queues", "ingest")
@@ -94,7 +105,7 @@ path = "{lake}"
         stop(delivery)
         delivery = start("worker", "--config", str(config), "--queues", "deliveries")
         procs.append(delivery)
-        time.sleep(1.0)
+        traffic(50)
         stop_sending.set()
         sender.join(timeout=10)
         assert len(accepted) > 100, "the producer got too few answers to prove anything"

@@ -1,4 +1,4 @@
-"""workers.routing.accepts (CONTRACT §5 filters) and the inspector's pure helpers (CONTRACT §8)."""
+"""workers.routing.accepts (docs/CONTRACT.md §6 filters) and the inspector's pure helpers (docs/CONTRACT.md §9)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from trackpipe.config import FileDestination, WebhookDestination
+from destinations.file import FileDestination
+from destinations.webhook import WebhookDestination
 from workers import inspector
 from workers.inspector import always_kept, mask_ip, masked_payload
 from workers.routing import accepts, consent_categories

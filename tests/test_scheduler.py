@@ -60,7 +60,7 @@ if sys.argv[1] == "plain":
             setattr(runner.TrackpipeWorker, name, getattr(SimpleWorker, name))
 if os.environ.get("TEST_NO_PDEATHSIG") == "1":
     scheduler.die_with_parent = lambda sig: False
-from trackpipe.cli import main
+from commands.main import main
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -189,7 +189,9 @@ def leftover(process: Process, group: int) -> None:
 # -- tests ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("pdeathsig", [True, False], ids=["pdeathsig", "parent-pid-check"])
+@pytest.mark.parametrize(
+    "pdeathsig", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["pdeathsig", "parent-pid-check"]
+)
 def test_scheduler_ends_when_its_worker_is_killed(
     setup: tuple[Path, str, Path],
     tmp_path: Path,
@@ -217,6 +219,7 @@ def test_scheduler_ends_when_its_worker_is_killed(
     assert valkey_client.get(lock_key("deliver:lake")) is None
 
 
+@pytest.mark.slow
 def test_a_dead_lock_holder_delays_retries_by_seconds(
     setup: tuple[Path, str, Path], tmp_path: Path, valkey_client: redis.Redis, workers: list[subprocess.Popen]
 ) -> None:
@@ -248,6 +251,7 @@ def test_a_dead_lock_holder_delays_retries_by_seconds(
     assert survivor.poll() is None
 
 
+@pytest.mark.slow
 def test_scheduler_rides_out_a_redis_outage_while_its_worker_lives(
     setup: tuple[Path, str, Path], tmp_path: Path, valkey, valkey_client: redis.Redis, workers: list[subprocess.Popen]
 ) -> None:
@@ -293,6 +297,7 @@ def test_sigterm_while_redis_is_down_stops_the_scheduler(
         leftover(scheduler, worker.pid)
 
 
+@pytest.mark.slow
 def test_sigterm_while_redis_is_down_stops_the_worker(
     setup: tuple[Path, str, Path], tmp_path: Path, valkey, valkey_client: redis.Redis, workers: list[subprocess.Popen]
 ) -> None:
@@ -309,6 +314,7 @@ def test_sigterm_while_redis_is_down_stops_the_worker(
 
 
 @pytest.mark.parametrize("pdeathsig", [True, False], ids=["pdeathsig", "parent-pid-check"])
+@pytest.mark.slow
 def test_scheduler_ends_when_its_worker_dies_while_redis_hangs(
     setup: tuple[Path, str, Path],
     tmp_path: Path,

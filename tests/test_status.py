@@ -8,14 +8,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
+from commands.status import render
 from ingest.store import IngestStore
 from tests.support import ROOT, TEST_KEY, free_port
 from trackpipe.config import parse
 from trackpipe.keys import KeyLayout
 from trackpipe.messages import IngestBatch, IngestRecord
-from trackpipe.status import collect, render
+from trackpipe.queries import collect
 
 LAYOUT = KeyLayout()
 
@@ -36,7 +38,7 @@ path = "{lake}"
 
 def run_status(config_file: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "trackpipe.cli", "status", "--config", str(config_file), *extra],
+        [sys.executable, "-m", "commands", "status", "--config", str(config_file), *extra],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -79,11 +81,12 @@ def test_status_reports_backlog_lag_dlq_and_rates(tmp_path: Path, valkey_url: st
     assert as_table.returncode == 0 and "retry:lake" in as_table.stdout
 
 
+@pytest.mark.slow
 def test_status_counts_the_workers_of_each_queue(tmp_path: Path, valkey_url: str, valkey_client: redis.Redis) -> None:
     config_file = tmp_path / "trackpipe.toml"
     config_file.write_text(config_text(valkey_url, tmp_path / "lake"))
     worker = subprocess.Popen(
-        [sys.executable, "-m", "trackpipe.cli", "worker", "--config", str(config_file), "--queues", "ingest"],
+        [sys.executable, "-m", "commands", "worker", "--config", str(config_file), "--queues", "ingest"],
         cwd=ROOT,
     )
     try:

@@ -19,6 +19,7 @@ from ingest.store import INGEST_DESCRIPTION, IngestStore, held_batches
 from ingest.unauthorized import SAMPLE_BODY_BYTES, AuthFailure, UnauthorizedSample
 from trackpipe.config import WorkerConfig
 from trackpipe.jobs import (
+    EVENTS_FIELD,
     INGEST_FUNCTION,
     JOB_FUNCTIONS,
     ForbiddenJobFunction,
@@ -30,7 +31,6 @@ from trackpipe.jobs import (
 )
 from trackpipe.keys import INGEST_QUEUE, KeyLayout
 from trackpipe.messages import IngestBatch, IngestRecord, decode_batch, encode_batch
-from trackpipe.openjob import EVENTS_FIELD
 
 LAYOUT = KeyLayout()
 

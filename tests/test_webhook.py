@@ -13,9 +13,10 @@ from email.utils import formatdate
 import pytest
 
 from destinations import open_sender
-from destinations.base import DELIVERED, Delivered, Rejected, Retry, RetryConfig
+from destinations.base import DELIVERED, Delivered, Rejected, Retry
 from destinations.webhook import WebhookDestination, WebhookSender, retry_after
 from tests.support import HookServer, Reply, closed_url
+from trackpipe.types import RetryConfig
 from workers.retry import next_attempt_at
 
 SECRET = "s3cret-signing-key"

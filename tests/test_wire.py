@@ -323,7 +323,7 @@ def test_missing_or_wrong_password_raises_without_hanging(
     url = f"redis://{credentials}127.0.0.1:{valkey.port}/0"
 
     async def main() -> tuple[str, str]:
-        async with wire(url, connect_timeout=2.0, timeout=2.0) as conn:
+        async with wire(url, connect_timeout=10.0, timeout=10.0) as conn:
             with pytest.raises(WireError) as first:
                 await conn.execute([("SET", "not-authed", "1")])
             with pytest.raises(WireError) as second:  # and again: no half-open state left behind
@@ -332,7 +332,7 @@ def test_missing_or_wrong_password_raises_without_hanging(
 
     started = time.monotonic()
     first, second = run(main())
-    assert time.monotonic() - started < 1.5  # an answer from the server, not a timeout
+    assert time.monotonic() - started < 5.0  # an answer from the server, not a (10 s) timeout
     assert expected in first
     assert expected in second
     check = redis.Redis(port=valkey.port, password=password)
@@ -502,7 +502,7 @@ def test_rediss_url_ssl_options_are_honoured(valkey: ValkeyServer, certificate: 
 def test_refused_connection_fails_fast_and_the_same_connection_recovers(
     valkey: ValkeyServer, valkey_url: str, valkey_client: redis.Redis
 ) -> None:
-    conn = WireConnection(valkey_url, connect_timeout=5.0, timeout=5.0)
+    conn = WireConnection(valkey_url, connect_timeout=20.0, timeout=20.0)
 
     async def until_down() -> tuple[list[Any], float, str]:
         replies = await conn.execute([("SET", "before-stop", "1")])
@@ -522,7 +522,7 @@ def test_refused_connection_fails_fast_and_the_same_connection_recovers(
 
     replies, elapsed, message = run(until_down())
     assert replies == [b"OK"]
-    assert elapsed < 1.0  # both failures are immediate, far under the 5 s connect timeout
+    assert elapsed < 5.0  # both failures are immediate, far under the 20 s connect timeout
     assert "ConnectionRefused" in message
     valkey.start()
     assert run(after_restart()) == [b"OK", b"2"]  # a new event loop, even: nothing stale was kept
@@ -588,7 +588,7 @@ def test_server_closing_the_connection_raises() -> None:
         writer.close()
 
     async def main() -> tuple[str, float]:
-        async with fake_server(hang_up) as port, wire(f"redis://127.0.0.1:{port}", timeout=5.0) as conn:
+        async with fake_server(hang_up) as port, wire(f"redis://127.0.0.1:{port}", timeout=20.0) as conn:
             started = time.monotonic()
             with pytest.raises(WireError) as raised:
                 await conn.execute([("PING",)])
@@ -596,7 +596,7 @@ def test_server_closing_the_connection_raises() -> None:
 
     message, elapsed = run(main())
     assert "closed the connection" in message or "Reset" in message
-    assert elapsed < 2.0
+    assert elapsed < 5.0  # noticed at once, not at the 20 s timeout
 
 
 def test_partial_reply_then_silence_times_out() -> None:

@@ -54,7 +54,7 @@ def clean_env() -> dict[str, str]:
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "trackpipe.cli", *args],
+        [sys.executable, "-m", "commands", *args],
         cwd=ROOT,
         env=clean_env(),
         capture_output=True,
@@ -261,7 +261,7 @@ def test_worker_serves_its_metrics(tmp_path: Path, valkey_url: str, valkey_clien
         [
             sys.executable,
             "-m",
-            "trackpipe.cli",
+            "commands",
             "worker",
             "--config",
             str(config_file),
@@ -287,6 +287,7 @@ def test_worker_serves_its_metrics(tmp_path: Path, valkey_url: str, valkey_clien
         worker.wait(timeout=20)
 
 
+@pytest.mark.slow
 def test_worker_metrics_show_queue_depth_lag_and_dlq(
     tmp_path: Path, valkey_url: str, valkey_client: redis.Redis
 ) -> None:
@@ -302,7 +303,7 @@ def test_worker_metrics_show_queue_depth_lag_and_dlq(
         [
             sys.executable,
             "-m",
-            "trackpipe.cli",
+            "commands",
             "worker",
             "--config",
             str(config_file),

@@ -253,6 +253,7 @@ def setup(valkey_url: str, valkey_client: redis.Redis, tmp_path: Path):
     return config, config_file, job_id, encode_batch(payload_batch)
 
 
+@pytest.mark.slow  # a crash run of several seconds per fault point
 @pytest.mark.parametrize("point", FAULT_POINTS)
 def test_a_job_killed_at_any_step_ends_as_one_clean_run(
     point: str, setup, valkey_client: redis.Redis, tmp_path: Path
@@ -331,6 +332,7 @@ def test_a_job_killed_at_any_step_ends_as_one_clean_run(
     assert rq_state(conn) == {"queued": 0, "started": 0, "scheduled": 0, "failed": 0}
 
 
+@pytest.mark.slow
 def test_an_idle_worker_reruns_a_job_abandoned_while_it_waits(setup, valkey_client: redis.Redis, tmp_path: Path):
     """A worker already running and idle (blocked waiting for jobs) must still notice, within a few
     maintenance intervals, that another worker died in a job, and re-run it: the queue is empty,

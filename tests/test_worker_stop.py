@@ -60,13 +60,18 @@ def test_sigterm_while_idle_runs_the_job_the_wait_received_then_exits(
     config_file.write_text(text)
     config = parse(text, env={})
     # Two queues: RQ pops with BLPOP, where an aborted wait used to lose the job.
-    worker = start_worker(config_file, "--queues", "deliver:lake,retry:lake", "--no-scheduler")
+    worker = start_worker(config_file, "--queues", "deliver:lake,retry:lake", "--no-scheduler", "--name", "idle")
     try:
         enqueue_delivery(valkey_client, config, "warm-up")
         poll_until(lambda: lake_ids(lake) == ["warm-up"], 20, "the worker never ran the first job")
-        time.sleep(0.3)  # idle again, waiting in BLPOP
+        time.sleep(0.3)  # the scenario: idle again for a while, in its wait
         worker.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
+        # The job must come after the stop (asserted below): wait until the worker has taken the signal.
+        poll_until(
+            lambda: valkey_client.hget(f"{LAYOUT.rq_prefix}:worker:idle", "shutdown_requested_date"),
+            15,
+            "the worker never recorded the stop",
+        )
         job_id = enqueue_delivery(valkey_client, config, "after-sigterm")
         code = worker.wait(timeout=15)
     finally:

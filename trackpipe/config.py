@@ -16,11 +16,11 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from destinations import TYPES as DESTINATION_TYPES
-from destinations.base import DestinationBase, Ident, PositiveInt, Strict
-from destinations.base import RetryConfig as RetryConfig  # re-exported: part of the config's shape
-from destinations.file import FileDestination as FileDestination
-from destinations.webhook import WebhookDestination as WebhookDestination
+# The one import of a plug-in by the core: the registry of destination types, whose settings the
+# config decodes (see tests/test_layers.py).
+from trackpipe.destination_settings import DESTINATION_SETTINGS
+from trackpipe.keys import PrefixMismatch, bind_rq_prefix
+from trackpipe.types import DestinationBase, Ident, PositiveInt, Strict
 
 CONFIG_ENV = "TRACKPIPE_CONFIG"
 REDIS_URL_ENV = "TRACKPIPE_REDIS_URL"
@@ -93,8 +93,8 @@ class SourceConfig(Strict):
     on_invalid: Literal["accept", "reject"] = "accept"
 
 
-# Destination settings live with their types (destinations/); the config accepts any of them.
-Destination = Union[tuple(module.Settings for module in DESTINATION_TYPES.values())]  # noqa: UP007
+# The config accepts the settings of any destination type (trackpipe.destination_settings).
+Destination = Union[tuple(DESTINATION_SETTINGS.values())]  # noqa: UP007
 
 
 class DlqConfig(Strict):
@@ -135,7 +135,7 @@ def _explain(err: msgspec.ValidationError) -> str:
         key = f"{key}.{field}" if key != "(top level)" else field
         return f"{key}: required key is missing"
     if message.startswith("Invalid value") and key.endswith(".type"):
-        known = ", ".join(DESTINATION_TYPES)
+        known = ", ".join(DESTINATION_SETTINGS)
         return f"{key}: unknown destination type {message.removeprefix('Invalid value ')} (known: {known})"
     if message.startswith("Object missing required field `type`"):
         return f"{key}.type: required key is missing"
@@ -235,6 +235,9 @@ def config_path(explicit: str | None, env: dict[str, str] | None = None) -> Path
 
 
 def load(path: str | os.PathLike[str]) -> Config:
+    """Read and check a config file, and make RQ keep its keys under its `key_prefix`: every process
+    gets its config here, so none can forget (a prefix RQ was already loaded with otherwise is an
+    error naming the key)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -244,7 +247,12 @@ def load(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(f"{path}: is a directory, not a config file") from None
     except PermissionError:
         raise ConfigError(f"{path}: permission denied") from None
-    return parse(data, origin=str(path))
+    config = parse(data, origin=str(path))
+    try:
+        bind_rq_prefix(config.key_prefix)
+    except PrefixMismatch as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return config
 
 
 def load_from(explicit: str | None) -> Config:

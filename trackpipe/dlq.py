@@ -17,8 +17,7 @@ from redis import Redis
 from trackpipe.config import Config
 from trackpipe.jobs import DELIVER_FUNCTION, delivery_job_options, delivery_queue
 from trackpipe.keys import KeyLayout
-from trackpipe.messages import DeliveryBatch, DeliveryEvent, encode_delivery
-from workers.deadletter import DeadLetter, decode_dead_letter
+from trackpipe.messages import DeadLetter, DeliveryBatch, DeliveryEvent, decode_dead_letter, encode_delivery
 
 REPLAY_BATCH = 100
 # Records per LRANGE when reading a DLQ: small first (a listing with a limit often needs only the

@@ -6,14 +6,7 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
-
-from trackpipe.config import WorkerConfig
-from trackpipe.keys import DEFAULT_PREFIX, INGEST_QUEUE, RQ_PREFIX_ENV, deliver_queue, retry_queue, rq_prefix_for
-
-# RQ reads its key prefix at import time; default it before the first import.
-os.environ.setdefault(RQ_PREFIX_ENV, rq_prefix_for(DEFAULT_PREFIX))
 
 import msgspec
 from redis import Redis
@@ -21,9 +14,20 @@ from rq import Queue, Retry
 from rq.exceptions import DeserializationError
 from rq.job import Job
 
+# RQ's key prefix is set before rq is first imported: by default in trackpipe/__init__.py, from the
+# config in trackpipe.config.load.
+from trackpipe.config import WorkerConfig
+from trackpipe.keys import INGEST_QUEUE, deliver_queue, retry_queue
+
 INGEST_FUNCTION = "workers.ingest.run_ingest_job"
 DELIVER_FUNCTION = "workers.deliver.run_delivery_job"
 JOB_FUNCTIONS = frozenset({INGEST_FUNCTION, DELIVER_FUNCTION})
+
+# Fields trackpipe adds to RQ's job hash (`P:rq:job:<id>`); they vanish with it when RQ deletes the job.
+EVENTS_FIELD = "trackpipe_events"  # events the job holds (trackpipe.openjob)
+VERDICT_FIELD = "trackpipe_dedup"  # the ingest job's dedup verdicts, kept for a re-run (workers.dedup)
+DONE_FIELD = "trackpipe_done"  # the job's outcome is committed: a re-run does nothing (ingest and delivery)
+RECOVERED_FIELD = "trackpipe_recovered"  # put back on its queue after its worker died (workers.claims)
 
 # Pauses between retries of a failed or abandoned job (the last one repeats).
 RETRY_INTERVALS = [1, 5, 15, 60, 300]

@@ -1,4 +1,5 @@
-"""Messages that cross Redis between the edge and the workers."""
+"""Messages that cross Redis: edge -> workers, ingest job -> delivery job, and dead letters (written
+by delivery jobs, read by the DLQ commands and the admin API)."""
 
 from __future__ import annotations
 
@@ -66,3 +67,28 @@ def encode_delivery(batch: DeliveryBatch) -> bytes:
 
 def decode_delivery(data: bytes) -> DeliveryBatch:
     return _delivery_decoder.decode(data)
+
+
+class DeadLetter(msgspec.Struct):
+    """One event a destination will not take, with why and when (a `P:dlq:<dest>` entry, as JSON)."""
+
+    event_id: str
+    event_name: str
+    destination_id: str
+    reason: str
+    attempts: int
+    first_failure_at: int  # ms
+    last_failure_at: int  # ms
+    event: msgspec.Raw  # the normalized event, as it would have been delivered
+
+
+_json_encoder = msgspec.json.Encoder()
+_dead_letter_decoder = msgspec.json.Decoder(DeadLetter)
+
+
+def encode_dead_letter(record: DeadLetter) -> bytes:
+    return _json_encoder.encode(record)
+
+
+def decode_dead_letter(data: bytes) -> DeadLetter:
+    return _dead_letter_decoder.decode(data)

@@ -26,11 +26,9 @@ from typing import Any
 from redis import ConnectionPool, Redis
 from rq import Queue
 
-from trackpipe.jobs import SafeJob
+from trackpipe.jobs import EVENTS_FIELD, SafeJob
 from trackpipe.keys import KeyLayout
 
-# Events a job holds (a field trackpipe adds to RQ's job hash).
-EVENTS_FIELD = "trackpipe_events"
 _TEMPLATE_ID = "00000000-0000-4000-8000-000000000000"
 _PER_JOB_FIELDS = ("created_at", "enqueued_at")
 

@@ -40,13 +40,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from trackpipe.jobs import RECOVERED_FIELD
 from trackpipe.keys import KeyLayout
 
 log = logging.getLogger("trackpipe.worker")
 
 # An idle worker re-checks its queues at least this often even without a doorbell.
 WAKE_POLL_SECONDS = 1.0
-RECOVERED_FIELD = "trackpipe_recovered"
 
 JOBS_RECOVERED = Counter(
     "trackpipe_jobs_recovered_total", "Jobs put back on their queue after their worker died or lost Redis", ["queue"]

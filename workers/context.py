@@ -8,15 +8,16 @@ from prometheus_client import Counter
 from redis import Redis
 
 from destinations import open_sender
-from destinations.base import DestinationBase, Sender
+from destinations.base import Sender
 from trackpipe.config import Config, SourceConfig
 from trackpipe.jobs import DELIVER_FUNCTION, delivery_job_options, delivery_queue
 from trackpipe.keys import KeyLayout
 from trackpipe.openjob import OpenJobWriter, recording_connection
+from trackpipe.types import DestinationBase
 from workers.dedup import Deduplicator
 
 if TYPE_CHECKING:
-    from workers.ingest import FanOut
+    from workers.routing import FanOut
 
 EVENTS_PROCESSED = Counter(
     "trackpipe_events_processed_total", "Events processed by ingest jobs, by source and status", ["source", "status"]

@@ -20,11 +20,10 @@ import hashlib
 import msgspec
 from redis import Redis
 
+from trackpipe.jobs import DONE_FIELD, VERDICT_FIELD
 from trackpipe.keys import KeyLayout
 
 DIGEST_FIELD_BYTES = 8
-VERDICT_FIELD = "trackpipe_dedup"
-DONE_FIELD = "trackpipe_done"
 # Verdicts outlive any re-run of the job (RQ deletes the whole hash when the job finishes).
 VERDICT_TTL_SECONDS = 8 * 86_400
 

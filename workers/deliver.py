@@ -20,21 +20,22 @@ from prometheus_client import Counter, Histogram
 from redis import Redis
 from rq import get_current_job
 
-from destinations.base import Delivered, Outcome, Rejected, Retry, RetryConfig
-from trackpipe.jobs import DELIVER_FUNCTION, delivery_job_options, delivery_retry_queue
-from trackpipe.messages import DeliveryBatch, DeliveryEvent, decode_delivery, encode_delivery
+from destinations.base import Delivered, Outcome, Rejected, Retry
+from trackpipe.jobs import DELIVER_FUNCTION, DONE_FIELD, delivery_job_options, delivery_retry_queue
+from trackpipe.messages import (
+    DeadLetter,
+    DeliveryBatch,
+    DeliveryEvent,
+    decode_delivery,
+    encode_dead_letter,
+    encode_delivery,
+)
 from trackpipe.openjob import seal_and_read_parts
+from trackpipe.queries import legacy_dropped_key
+from trackpipe.types import RetryConfig
 from workers import faults
 from workers.context import WorkerContext, current_context
-from workers.deadletter import (
-    DeadLetter,
-    encode_dead_letter,
-    error_kind,
-    fold_legacy_dropped,
-    legacy_dropped_key,
-    record_dropped,
-)
-from workers.dedup import DONE_FIELD
+from workers.deadletter import error_kind, fold_legacy_dropped, record_dropped
 from workers.retry import next_attempt_at
 
 log = logging.getLogger("trackpipe.deliver")

@@ -27,15 +27,16 @@ from redis import Redis
 from rq import get_current_job
 
 from trackpipe.config import Config, SourceConfig
+from trackpipe.jobs import DONE_FIELD
 from trackpipe.keys import INGEST_QUEUE, KeyLayout
 from trackpipe.messages import DeliveryBatch, DeliveryEvent, decode_batch, encode_delivery
 from trackpipe.openjob import seal_and_read_parts
 from workers import faults
 from workers.context import WorkerContext, current_context
-from workers.dedup import DONE_FIELD, Deduplicator
+from workers.dedup import Deduplicator
 from workers.inspector import InspectorRecord, always_kept, encode_record, masked_payload, test_code_of
 from workers.normalize import normalize
-from workers.routing import accepts
+from workers.routing import FanOut, accepts
 from workers.standard import check_standard_event
 from workers.status import EventStatus, quality_status
 
@@ -115,12 +116,6 @@ def decode_and_normalize(
         for e, raw in enumerate(record.events):
             processed.append(process_event(raw, source, record.received_at, f"{job_id}:{r}:{e}"))
     return processed
-
-
-class FanOut(msgspec.Struct):
-    deliveries: dict[str, list[DeliveryEvent]]
-    destinations_of: list[dict[str, str]]  # per event: destination id -> queued / filtered
-    filtered: dict[str, int]
 
 
 def plan_fan_out(events: list[ProcessedEvent], config: Config) -> FanOut:

@@ -1,6 +1,6 @@
-"""v1 → v2 normalization (CONTRACT §3), as a pure function: a decoded event in, the v2 event out.
+"""v1 → v2 normalization (docs/CONTRACT.md §3), as a pure function: a decoded event in, the v2 event out.
 
-The rules run in the contract's order; every fix-up that changes what the producer sent is
+The rules run in the order of docs/CONTRACT.md §3; every fix-up that changes what the producer sent is
 reported as a warning, every reason not to deliver as an error.
 """
 

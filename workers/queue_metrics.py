@@ -9,6 +9,7 @@ from prometheus_client.registry import Collector
 from redis import Redis
 
 from trackpipe.config import Config
+from trackpipe.queries import collect
 
 
 class QueueCollector(Collector):
@@ -17,8 +18,6 @@ class QueueCollector(Collector):
         self._redis = Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from trackpipe.status import collect
-
         depth = GaugeMetricFamily("trackpipe_queue_jobs", "Jobs waiting on a queue", labels=["queue"])
         lag = GaugeMetricFamily(
             "trackpipe_queue_lag_seconds", "How long the oldest waiting job has waited", labels=["queue"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from destinations.base import RetryConfig
+from trackpipe.types import RetryConfig
 
 
 def next_attempt_at(attempts: int, retry: RetryConfig, now: float, not_before: float | None = None) -> float | None:

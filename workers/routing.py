@@ -1,10 +1,21 @@
-"""Which destinations an event goes to (CONTRACT §5 filters), as pure functions."""
+"""Which destinations an event goes to (docs/CONTRACT.md §6 filters), as pure functions."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from trackpipe.config import Destination
+from trackpipe.messages import DeliveryEvent
+
+
+class FanOut(msgspec.Struct):
+    """Where an ingest job's events go: a delivery batch per destination and each event's routes."""
+
+    deliveries: dict[str, list[DeliveryEvent]]
+    destinations_of: list[dict[str, str]]  # per event: destination id -> queued / filtered
+    filtered: dict[str, int]
 
 
 def consent_categories(event: dict[str, Any]) -> list[str]:

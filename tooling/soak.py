@@ -1,7 +1,7 @@
 """`trackpipe soak`: real load through the real pipeline while faults are injected; then proves that
 every event answered 200 reached every destination it matches.
 
-Runs on one machine: an embedded valkey (AOF, the durability settings of `trackpipe.embedded`), one
+Runs on one machine: an embedded valkey (AOF, the durability settings of `tooling.embedded`), one
 edge, a webhook receiver in this process and a `file` destination, and the workers of a layout:
 
 - `roles`: an ingest worker and one worker per destination (`deliver:<id>,retry:<id>`), with a
@@ -42,14 +42,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from trackpipe.bench import free_port, wait_http
-from trackpipe.embedded import start_server
+from tooling.embedded import start_server
+from tooling.harness import HookServer, Reply, file_ids, free_port, line_event_id, wait_http
 
 SITE = "7"
 KEY = "soak-key-0123456789abcdef"
@@ -167,48 +166,40 @@ class SoakReport(msgspec.Struct):
 Arrivals = list[tuple[float, list[str]]]  # (monotonic time seen, ids), in order
 
 
-class Sink:
-    """The webhook receiver: records every delivered id (with repeats) and when; can be told to fail."""
+class Sink(HookServer):
+    """The webhook receiver (the harness's): records every delivered id (with repeats) and when; can
+    be told to fail (answers 500 meanwhile)."""
 
     def __init__(self) -> None:
-        self.failing = False
-        self.requests: Arrivals = []
-        self.lock = threading.Lock()
-        sink = self
+        super().__init__(Reply(200))
+        self._seen = 0  # requests decoded into _arrivals so far (the drain loop asks often)
+        self._arrivals: Arrivals = []
+        self._decode_lock = threading.Lock()
+        self.start()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    @property
+    def failing(self) -> bool:
+        return self._next_reply().status != 200
 
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if sink.failing:
-                    self.send_response(500)
-                else:
-                    ids = [e["context"]["event_id"] for e in msgspec.json.decode(body)["batch"]]
-                    with sink.lock:
-                        sink.requests.append((time.monotonic(), ids))
-                    self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    @failing.setter
+    def failing(self, value: bool) -> None:
+        self.script(Reply(500) if value else Reply(200))
 
     def arrivals(self) -> Arrivals:
-        with self.lock:
-            return list(self.requests)
+        with self._decode_lock:
+            requests = self.requests()
+            for r in requests[self._seen :]:
+                if r.status == 200:
+                    ids = [e["context"]["event_id"] for e in msgspec.json.decode(r.body)["batch"]]
+                    self._arrivals.append((r.at, ids))
+            self._seen = len(requests)
+            return list(self._arrivals)
 
     def ids(self) -> Counter[str]:
         return Counter(i for _, ids in self.arrivals() for i in ids)
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.stop()
 
 
 class FileTail:
@@ -242,7 +233,7 @@ class FileTail:
                 end = data.rfind(b"\n") + 1  # a line still being written waits for the next poll
                 self._offsets[path] = offset + end
                 for line in data[:end].splitlines():
-                    event_id = _line_id(line)
+                    event_id = line_event_id(line)
                     if event_id is not None:
                         ids.append(event_id)
                     elif line.strip():
@@ -260,23 +251,6 @@ class FileTail:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
-
-
-def _line_id(line: bytes) -> str | None:
-    try:
-        return msgspec.json.decode(line)["context"]["event_id"]
-    except (msgspec.DecodeError, KeyError, TypeError):
-        return None
-
-
-def file_ids(out_dir: Path) -> Counter[str]:
-    found: Counter[str] = Counter()
-    for path in sorted(out_dir.glob("*.jsonl")) if out_dir.exists() else []:
-        for line in path.read_bytes().splitlines():
-            event_id = _line_id(line)
-            if event_id is not None:
-                found[event_id] += 1
-    return found
 
 
 def first_arrivals(arrivals: Arrivals) -> dict[str, float]:
@@ -427,7 +401,7 @@ class Pipeline:
 
     def _spawn(self, *args: str, env: dict[str, str]) -> subprocess.Popen:
         return subprocess.Popen(
-            [sys.executable, "-m", "trackpipe.cli", *args],
+            [sys.executable, "-m", "commands", *args],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -9,8 +9,6 @@ from typing import Any
 
 import msgspec
 
-from trackpipe.keys import bind_rq_prefix
-
 MEASUREMENTS = ["edge", "batch", "worker", "e2e", "dedup"]
 
 
@@ -40,8 +38,8 @@ REPORTS = {
 
 
 def measure(name: str, args: argparse.Namespace) -> Any:
-    from trackpipe.bench import bench_dedup, bench_e2e, bench_worker
-    from trackpipe.benchhttp import bench_http
+    from tooling.bench import bench_dedup, bench_e2e, bench_worker
+    from tooling.benchhttp import bench_http
 
     if name in ("edge", "batch"):
         return bench_http(name, args.duration, generator=args.generator)
@@ -64,10 +62,9 @@ def as_json(name: str, m: Any) -> dict[str, Any]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    bind_rq_prefix("trackpipe")
     import shutil
 
-    from trackpipe.bench import machine
+    from tooling.bench import machine
 
     if args.generator == "wrk" and not shutil.which("wrk"):
         print("trackpipe bench: --generator wrk: wrk is not on the PATH", file=sys.stderr)

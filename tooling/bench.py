@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,9 +19,10 @@ from typing import Any
 import msgspec
 from redis import Redis
 
+from tooling.embedded import start_server
+from tooling.examples import V2_EXAMPLE
+from tooling.harness import file_ids, free_port, wait_http
 from trackpipe.config import Config, parse
-from trackpipe.embedded import start_server
-from trackpipe.examples import V2_EXAMPLE
 from trackpipe.keys import KeyLayout
 
 BENCH_SITE = "1"
@@ -180,7 +181,6 @@ def bench_dedup(ids: int = 1_000_000, chunk: int = 2_000) -> Measurement:
         )
 
 
-BENCHES: dict[str, Callable[..., Measurement]] = {"worker": bench_worker, "dedup": bench_dedup}
 
 
 # The worker benchmark's config plus a webhook destination.
@@ -203,40 +203,13 @@ def _spawn(*args: str, env: dict[str, str]) -> Any:
     import subprocess
     import sys
 
-    return subprocess.Popen([sys.executable, "-m", "trackpipe.cli", *args], env=env, stderr=subprocess.DEVNULL)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 20.0) -> None:
-    import urllib.request
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up")
+    return subprocess.Popen([sys.executable, "-m", "commands", *args], env=env, stderr=subprocess.DEVNULL)
 
 
 def _file_ids(out_dir: Path) -> tuple[set[str], int]:
     """Distinct event ids in the file destination's output, and how many lines repeated one."""
-    ids: set[str] = set()
-    lines = 0
-    for path in sorted(out_dir.glob("*.jsonl")) if out_dir.exists() else []:
-        for line in path.read_bytes().splitlines():
-            if line.strip():
-                lines += 1
-                ids.add(msgspec.json.decode(line)["context"]["event_id"])
-    return ids, lines - len(ids)
+    found = file_ids(out_dir)
+    return set(found), sum(found.values()) - len(found)
 
 
 def bench_e2e(rate: float = 5_000, duration: float = 20.0, events_per_request: int = 1) -> Measurement:
@@ -248,15 +221,15 @@ def bench_e2e(rate: float = 5_000, duration: float = 20.0, events_per_request: i
     import subprocess
     import sys
 
-    from trackpipe.benchsink import read_arrivals
-    from trackpipe.loadgen import run_load
+    from tooling.benchsink import read_arrivals
+    from tooling.loadgen import run_load
 
     procs: list[Any] = []
     with bench_server() as (_, url, tmp):
         sink_port, port = free_port(), free_port()
         arrivals_file = tmp / "arrivals.txt"
         sink = subprocess.Popen(
-            [sys.executable, "-m", "trackpipe.benchsink", "--port", str(sink_port), "--out", str(arrivals_file)],
+            [sys.executable, "-m", "tooling.benchsink", "--port", str(sink_port), "--out", str(arrivals_file)],
             stderr=subprocess.DEVNULL,
         )
         procs.append(sink)
@@ -306,7 +279,7 @@ def bench_e2e(rate: float = 5_000, duration: float = 20.0, events_per_request: i
             for proc in procs:
                 proc.wait(timeout=30)
             arrivals, hook_duplicates = read_arrivals(arrivals_file)
-            file_ids, file_duplicates = _file_ids(tmp / "out")
+            in_file, file_duplicates = _file_ids(tmp / "out")
         finally:
             for proc in procs:
                 if proc.poll() is None:
@@ -327,8 +300,8 @@ def bench_e2e(rate: float = 5_000, duration: float = 20.0, events_per_request: i
         "accepted": len(accepted),
         "statuses": result.statuses,
         "webhook_received": len(accepted & arrivals.keys()),
-        "file_received": len(accepted & file_ids),
-        "lost": len(accepted - arrivals.keys()) + len(accepted - file_ids),
+        "file_received": len(accepted & in_file),
+        "lost": len(accepted - arrivals.keys()) + len(accepted - in_file),
         "duplicates": hook_duplicates + file_duplicates,
         "p50_ms": round(p50 * 1000, 1),
         "p99_ms": round(p99 * 1000, 1),
@@ -339,4 +312,3 @@ def bench_e2e(rate: float = 5_000, duration: float = 20.0, events_per_request: i
     return Measurement(round(p99 * 1000, 1), 500.0, round(p99 * 1000 / 500.0, 3), "ms (p99)", detail)
 
 
-BENCHES["e2e"] = bench_e2e

@@ -1,9 +1,14 @@
-"""The admin API (CONTRACT §8), behind `Authorization: Bearer <admin_token>`.
+"""The admin API (docs/CONTRACT.md §9), behind `Authorization: Bearer <admin_token>`.
 
 - GET  /admin/sources/{source_id}/events?limit=&status=&test_code=   the live event inspector
 - GET  /admin/destinations/{destination_id}/delivery                 counts, error details, trend
 - GET  /admin/dlq/{destination_id}?event=&reason=&since=&until=&limit=
 - POST /admin/dlq/{destination_id}/replay   body: {"to", "dry_run", "event", "reason", "since", "until", "limit"}
+- GET  /healthz, GET /openapi.json (no token)
+
+It runs in its own process (`trackpipe console`), so its work never competes with ingestion. Every
+Redis call is a blocking redis-py call made on a thread: a DLQ listing may read and decode
+`dlq.max_events` records, and the event loop must stay free to answer meanwhile.
 
 Inspector records are stored with the IP already masked and without keys; nothing here reads a key.
 """
@@ -11,25 +16,39 @@ Inspector records are stored with the IP already masked and without keys; nothin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
+import logging
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from redis import Redis
 from redis.exceptions import RedisError
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from console.openapi import spec
+from trackpipe.config import Config
 from trackpipe.keys import KeyLayout
 
 if TYPE_CHECKING:
-    from ingest.app import Edge
+    from trackpipe.dlq import Selection
+
+# trackpipe.dlq imports RQ, which reads its key prefix once, at import: it is imported where used,
+# after create_app has bound the config's prefix.
+
+log = logging.getLogger("trackpipe.console")
 
 MAX_LIMIT = 1_000
 TREND_MINUTES = 60
 OUTCOMES = ("queued", "delivered", "retried", "dead_lettered", "filtered")
 STATUSES = {"VALID", "INVALID_ACCEPTED", "INVALID_REJECTED", "DUPLICATE"}
+# Bounded connect; reads may be long (a whole DLQ), but not endless.
+REDIS_TIMEOUTS = {"socket_connect_timeout": 3.0, "socket_timeout": 30.0}
 _json = msgspec.json.Encoder()
 
 
@@ -61,12 +80,31 @@ def _limit(request: Request) -> int | Response:
     return int(text)
 
 
-class Admin:
-    def __init__(self, edge: Edge) -> None:
-        self.edge = edge
-        token = edge.config.admin_token
-        self._token = token.encode() if token else None
-        self.layout = KeyLayout(edge.config.key_prefix)
+def _selection(event: str | None, reason: str | None, since: str | None, until: str | None) -> Selection:
+    from trackpipe import dlq
+
+    return dlq.Selection(
+        event_name=event,
+        reason_contains=reason,
+        since_ms=dlq.parse_time(since, "since") if since else None,
+        until_ms=dlq.parse_time(until, "until") if until else None,
+    )
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class Console:
+    """The admin API over one config and one blocking Redis client (its pool is thread-safe)."""
+
+    def __init__(self, config: Config, redis: Redis | None = None) -> None:
+        self.config = config
+        self._token = config.admin_token.encode() if config.admin_token else None
+        self.layout = KeyLayout(config.key_prefix)
+        self.redis = redis or Redis.from_url(config.redis_url, **REDIS_TIMEOUTS)
+
+    def close(self) -> None:
+        self.redis.close()
 
     def authorized(self, request: Request) -> Response | None:
         """None when the request carries the admin token; the 401 answer otherwise."""
@@ -83,9 +121,11 @@ class Admin:
             Route("/admin/destinations/{destination_id}/delivery", self.guard(self.delivery)),
             Route("/admin/dlq/{destination_id}", self.guard(self.dlq_list)),
             Route("/admin/dlq/{destination_id}/replay", self.guard(self.dlq_replay), methods=["POST"]),
+            Route("/healthz", self.healthz),
+            Route("/openapi.json", self.openapi),
         ]
 
-    def guard(self, endpoint: Any) -> Any:
+    def guard(self, endpoint: Endpoint) -> Endpoint:
         async def guarded(request: Request) -> Response:
             refused = self.authorized(request)
             if refused is not None:
@@ -97,11 +137,17 @@ class Admin:
 
         return guarded
 
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(spec())
+
     # -- inspector --------------------------------------------------------------------------
 
     async def inspector(self, request: Request) -> Response:
         source_id = request.path_params["source_id"]
-        if source_id not in {s.id for s in self.edge.config.sources}:
+        if source_id not in {s.id for s in self.config.sources}:
             return error(404, f"no source {source_id!r}")
         limit = _limit(request)
         if isinstance(limit, Response):
@@ -110,8 +156,11 @@ class Admin:
         if status is not None and status not in STATUSES:
             return error(400, f"status: {status!r} is not one of {', '.join(sorted(STATUSES))}")
         test_code = request.query_params.get("test_code")
-        assert self.edge.redis is not None
-        raw = await self.edge.redis.lrange(self.layout.inspector(source_id), 0, -1)
+        picked = await asyncio.to_thread(self._inspector_pick, source_id, limit, status, test_code)
+        return raw_json(b'{"source_id":' + _json.encode(source_id) + b',"events":[' + b",".join(picked) + b"]}")
+
+    def _inspector_pick(self, source_id: str, limit: int, status: str | None, test_code: str | None) -> list[bytes]:
+        raw = self.redis.lrange(self.layout.inspector(source_id), 0, -1)
         picked: list[bytes] = []
         for item in raw:
             if status is not None or test_code is not None:
@@ -123,24 +172,26 @@ class Admin:
             picked.append(item)
             if len(picked) >= limit:
                 break
-        return raw_json(b'{"source_id":' + _json.encode(source_id) + b',"events":[' + b",".join(picked) + b"]}")
+        return picked
 
     # -- delivery view ----------------------------------------------------------------------
 
     async def delivery(self, request: Request) -> Response:
         destination_id = request.path_params["destination_id"]
-        if destination_id not in {d.id for d in self.edge.config.destinations}:
+        if destination_id not in {d.id for d in self.config.destinations}:
             return error(404, f"no destination {destination_id!r}")
-        assert self.edge.redis is not None
+        return JSONResponse(await asyncio.to_thread(self._delivery_view, destination_id))
+
+    def _delivery_view(self, destination_id: str) -> dict[str, Any]:
         now_minute = int(time.time() // 60)
         minutes = list(range(now_minute - TREND_MINUTES + 1, now_minute + 1))
-        pipe = self.edge.redis.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=False)
         for minute in minutes:
             pipe.hgetall(self.layout.destination_stats(destination_id, minute))
         pipe.hgetall(self.layout.destination_errors(destination_id))
         pipe.hgetall(self.layout.destination_errors_last(destination_id))
         pipe.llen(self.layout.dlq(destination_id))
-        *per_minute, errors, last_seen, dlq_size = await pipe.execute()
+        *per_minute, errors, last_seen, dlq_size = pipe.execute()
         totals: dict[str, int] = {}
         trend = []
         for minute, counts in zip(minutes, per_minute, strict=True):
@@ -156,32 +207,18 @@ class Admin:
             ),
             key=lambda d: -d["count"],
         )
-        return JSONResponse(
-            {
-                "destination_id": destination_id,
-                "last_hour": {
-                    k: totals.get(k, 0) for k in ("queued", "delivered", "retried", "dead_lettered", "filtered")
-                },
-                "dlq": int(dlq_size),
-                "errors": details,
-                "trend": trend,
-            }
-        )
+        return {
+            "destination_id": destination_id,
+            "last_hour": {k: totals.get(k, 0) for k in OUTCOMES},
+            "dlq": int(dlq_size),
+            "errors": details,
+            "trend": trend,
+        }
 
     # -- dead letters -----------------------------------------------------------------------
 
-    def _selection(self, event: str | None, reason: str | None, since: str | None, until: str | None) -> Any:
-        from trackpipe.dlq import Selection, parse_time
-
-        return Selection(
-            event_name=event,
-            reason_contains=reason,
-            since_ms=parse_time(since, "since") if since else None,
-            until_ms=parse_time(until, "until") if until else None,
-        )
-
     async def dlq_list(self, request: Request) -> Response:
-        from trackpipe.dlq import DlqError, check_destination
+        from trackpipe import dlq
 
         destination_id = request.path_params["destination_id"]
         limit = _limit(request)
@@ -189,30 +226,21 @@ class Admin:
             return limit
         query = request.query_params
         try:
-            check_destination(self.edge.config, destination_id, "destination")
-            selection = self._selection(query.get("event"), query.get("reason"), query.get("since"), query.get("until"))
-        except DlqError as exc:
+            dlq.check_destination(self.config, destination_id, "destination")
+            selection = _selection(query.get("event"), query.get("reason"), query.get("since"), query.get("until"))
+        except dlq.DlqError as exc:
             return error(404 if "no destination" in str(exc) else 400, str(exc))
-        # A DLQ holds up to dlq.max_events records: reading and decoding them on the event loop would
-        # stall ingestion for as long, so it happens on a thread (an analyst's request, not the hot path).
         picked = await asyncio.to_thread(self._dlq_pick, destination_id, selection, limit)
         body = b'{"destination_id":' + _json.encode(destination_id) + b',"dead_letters":[' + b",".join(picked) + b"]}"
         return raw_json(body)
 
-    def _sync_redis(self) -> Any:
-        """A blocking client for work done on a thread (the edge's own client belongs to its loop)."""
-        from redis import Redis
-
-        return Redis.from_url(self.edge.config.redis_url, socket_connect_timeout=3, socket_timeout=30)
-
-    def _dlq_pick(self, destination_id: str, selection: Any, limit: int) -> list[bytes]:
+    def _dlq_pick(self, destination_id: str, selection: Selection, limit: int) -> list[bytes]:
         from trackpipe import dlq
 
-        with self._sync_redis() as connection:
-            return [raw for raw, _ in dlq.select_iter(connection, self.layout, destination_id, selection, limit)]
+        return [raw for raw, _ in dlq.select_iter(self.redis, self.layout, destination_id, selection, limit)]
 
     async def dlq_replay(self, request: Request) -> Response:
-        from trackpipe.dlq import DlqError, check_destination
+        from trackpipe import dlq
 
         destination_id = request.path_params["destination_id"]
         try:
@@ -220,25 +248,45 @@ class Admin:
         except msgspec.DecodeError as exc:
             return error(400, f"body: {exc}")
         try:
-            check_destination(self.edge.config, destination_id, "destination")
+            dlq.check_destination(self.config, destination_id, "destination")
             target = ask.to or destination_id
-            check_destination(self.edge.config, target, "to")
-            selection = self._selection(ask.event, ask.reason, ask.since, ask.until)
-        except DlqError as exc:
+            dlq.check_destination(self.config, target, "to")
+            selection = _selection(ask.event, ask.reason, ask.since, ask.until)
+        except dlq.DlqError as exc:
             return error(404 if "destination:" in str(exc) else 400, str(exc))
         if ask.limit is not None and not 1 <= ask.limit <= 1_000_000:
             return error(400, "limit: must be from 1 to 1000000")
-        # RQ is synchronous, and a replay is an analyst's action, not the hot path: one thread hop.
-        result = await asyncio.to_thread(self._replay, destination_id, target, selection, ask)
-        return JSONResponse(result)
+        # RQ is synchronous: the replay runs on a thread like every other Redis call here.
+        return JSONResponse(await asyncio.to_thread(self._replay, destination_id, target, selection, ask))
 
-    def _replay(self, destination_id: str, target: str, selection: Any, ask: ReplayRequest) -> dict[str, Any]:
+    def _replay(self, destination_id: str, target: str, selection: Selection, ask: ReplayRequest) -> dict[str, Any]:
         from trackpipe import dlq
 
-        config = self.edge.config
-        with self._sync_redis() as connection:
-            chosen = dlq.select(connection, self.layout, destination_id, selection, ask.limit)
-            if ask.dry_run:
-                return {"status": "ok", "dry_run": True, "would_replay": len(chosen), "to": target}
-            replayed = dlq.replay(connection, config, destination_id, chosen, target)
+        chosen = dlq.select(self.redis, self.layout, destination_id, selection, ask.limit)
+        if ask.dry_run:
+            return {"status": "ok", "dry_run": True, "would_replay": len(chosen), "to": target}
+        replayed = dlq.replay(self.redis, self.config, destination_id, chosen, target)
         return {"status": "ok", "replayed": replayed, "to": target}
+
+
+class ConsoleApp(Starlette):
+    """The console's ASGI app; `console` is the Console behind it."""
+
+    console: Console
+
+
+def create_app(config: Config, redis: Redis | None = None) -> ConsoleApp:
+    console = Console(config, redis)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if console._token is None:
+            log.warning("no admin_token in the config: every admin route answers 401")
+        try:
+            yield
+        finally:
+            console.close()
+
+    app = ConsoleApp(routes=console.routes(), lifespan=lifespan)
+    app.console = console
+    return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--data-dir", default=".trackpipe", help="where the server's data lives (default: %(default)s)")
     dev.add_argument("--host", default="127.0.0.1", help="edge address (default: %(default)s)")
     dev.add_argument("--port", type=_port, default=8080, help="edge port (default: %(default)s)")
+    dev.add_argument("--console-port", type=_port, default=8081, help="console (admin API) port (default: %(default)s)")
     dev.add_argument(
         "--redis-port", type=_port, default=0, help="embedded server port (default: 6399, or a free one if taken)"
     )
@@ -49,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     edge.add_argument("--port", type=_port, default=8080, help="port (default: %(default)s)")
     edge.add_argument("--workers", type=_positive, default=1, help="edge processes (default: %(default)s)")
+
+    console = commands.add_parser("console", help="run the admin API (inspector, delivery view, dead letters)")
+    console.add_argument("--config", help="config file (default: TRACKPIPE_CONFIG)")
+    console.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    console.add_argument("--port", type=_port, default=8081, help="port (default: %(default)s)")
 
     worker = commands.add_parser("worker", help="run an RQ worker (ingest and delivery jobs)")
     worker.add_argument("--config", help="config file (default: TRACKPIPE_CONFIG)")
@@ -67,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--config", help="config file (default: TRACKPIPE_CONFIG)")
     status.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
-    from trackpipe.dlqcli import add_parser as add_dlq_parser
+    from commands.dlq import add_parser as add_dlq_parser
 
     add_dlq_parser(commands, _positive)
 
@@ -145,83 +152,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_soak_command(args: argparse.Namespace) -> int:
-    import msgspec
-
-    from trackpipe.soak import run_soak
-
-    for option, value in (("--seed", args.seed), ("--random-kills", args.random_kills)):
-        if value is not None and value < 0:
-            print(f"trackpipe soak: {option} {value} must be 0 or more", file=sys.stderr)
-            return 2
-    # Faults start at 5, 20, 40, 60, 70 and 80 % of the run; each outage must end before the next fault.
-    for option, seconds in (("--webhook-outage", args.webhook_outage), ("--redis-outage", args.redis_outage)):
-        if seconds > args.duration * 0.2:
-            print(
-                f"trackpipe soak: {option} {seconds} needs --duration of at least {seconds * 5}",
-                file=sys.stderr,
-            )
-            return 2
-    progress = (lambda line: None) if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
-    report = run_soak(
-        args.duration,
-        args.rate,
-        args.webhook_outage,
-        args.redis_outage,
-        log=progress,
-        drain_timeout=args.drain_timeout,
-        layout=args.layout,
-        seed=args.seed,
-        random_kills=args.random_kills,
-        default_timings=args.default_timings,
-    )
-    text = msgspec.json.encode(report).decode()
-    print(text if args.json else msgspec.json.format(text, indent=2))
-    return 0 if report.ok else 1
+# command -> (module, function): imported only when that command runs, so that `trackpipe keys new`
+# does not load uvicorn, RQ or the workers.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "dev": ("commands.dev", "run_dev"),
+    "edge": ("commands.edge", "run_edge_command"),
+    "worker": ("commands.worker", "run_worker"),
+    "console": ("commands.console", "run_console_command"),
+    "status": ("commands.status", "run_status"),
+    "dlq": ("commands.dlq", "run_dlq"),
+    "keys": ("commands.keys", "run_keys"),
+    "bench": ("commands.bench", "run_bench"),
+    "soak": ("commands.soak", "run_soak"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    module_name, function_name = COMMANDS[args.command]
     try:
-        if args.command == "keys":
-            from trackpipe.auth import new_key
-
-            key, hashed = new_key()
-            print(f"key:    {key}\nconfig: {hashed}")
-            print("Give the key to the producer; put the config line in the source's `keys`.", file=sys.stderr)
-            return 0
-        if args.command == "edge":
-            from trackpipe.serve import run_edge
-
-            return run_edge(args.config, host=args.host, port=args.port, workers=args.workers)
-        if args.command == "dlq":
-            from trackpipe.dlqcli import run_dlq
-
-            return run_dlq(args)
-        if args.command == "status":
-            from trackpipe.serve import run_status
-
-            return run_status(args)
-        if args.command == "soak":
-            return run_soak_command(args)
-        if args.command == "bench":
-            from trackpipe.benchcli import run_bench
-
-            return run_bench(args)
-        if args.command == "worker":
-            from trackpipe.serve import run_worker
-
-            return run_worker(args)
-        if args.command == "dev":
-            from trackpipe.dev import run_dev
-
-            return run_dev(args)
+        run = getattr(importlib.import_module(module_name), function_name)
+        return run(args)
     except ConfigError as exc:
         print(f"trackpipe: bad config: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C before a command installed its own handling
         return 130
-    raise AssertionError(f"unhandled command {args.command}")
 
 
 if __name__ == "__main__":

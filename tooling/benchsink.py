@@ -1,7 +1,7 @@
 """The webhook receiver of `trackpipe bench e2e`, in its own process so that decoding what it
 receives never competes with the load generator for a GIL.
 
-`python -m trackpipe.benchsink --port P --out FILE`: answers every POST with 200 and, when
+`python -m tooling.benchsink --port P --out FILE`: answers every POST with 200 and, when
 stopped (SIGTERM), writes one line per received event: `<event_id> <unix time of receipt>`.
 """
 
@@ -83,7 +83,7 @@ def read_arrivals(path: Path) -> tuple[dict[str, float], int]:
 def main() -> None:
     import uvicorn
 
-    from trackpipe.serve import UVICORN_SETTINGS
+    from ingest.protocol import UVICORN_SETTINGS
 
     parser = argparse.ArgumentParser(description="webhook receiver for `trackpipe bench e2e`")
     parser.add_argument("--port", type=int, required=True)

@@ -1,4 +1,5 @@
-"""`trackpipe status`: queues, lag, workers, retries, dead letters and delivery rates at a glance."""
+"""Read-only queries over Redis that both `trackpipe status` and the workers' queue metrics report:
+queue depth and lag, running, scheduled and failed jobs, dead letters and delivery rates."""
 
 from __future__ import annotations
 
@@ -12,7 +13,34 @@ from rq import Worker
 from trackpipe.config import Config
 from trackpipe.jobs import make_queue
 from trackpipe.keys import INGEST_QUEUE, KeyLayout, deliver_queue, retry_queue
-from workers.deadletter import dropped_counts
+
+# Dropped-letter counts used to live in `P:dlq:dropped`, the very name of the DLQ of a destination
+# whose id is `dropped`. They now live in `layout.dlq_dropped`; a hash still at the old name (left by
+# an earlier version) is folded into it the next time a count is written, and read besides it until
+# then, so no count is lost and that destination gets its DLQ name back.
+LEGACY_DROPPED_ID = "dropped"
+
+
+def legacy_dropped_key(layout: KeyLayout) -> str:
+    return layout.dlq(LEGACY_DROPPED_ID)
+
+
+def dropped_counts(connection: Redis, layout: KeyLayout) -> dict[str, int]:
+    """Destination id -> dead letters dropped, old-name counts included (one round trip, read only)."""
+    pipe = connection.pipeline(transaction=True)
+    pipe.hgetall(layout.dlq_dropped)
+    pipe.type(legacy_dropped_key(layout))
+    pipe.hgetall(legacy_dropped_key(layout))  # WRONGTYPE when it is a DLQ: ignored below
+    current, legacy_type, legacy = pipe.execute(raise_on_error=False)
+    counts: dict[str, int] = {}
+    sources = [current, legacy] if legacy_type in (b"hash", "hash") else [current]
+    for source in sources:
+        if isinstance(source, Exception):
+            raise source
+        for field, value in source.items():
+            name = field.decode() if isinstance(field, bytes) else field
+            counts[name] = counts.get(name, 0) + int(value)
+    return counts
 
 
 class QueueStatus(msgspec.Struct):
@@ -83,19 +111,3 @@ def collect(config: Config, connection: Redis, now: float | None = None) -> Stat
         for d in config.destinations
     ]
     return Status(now, queues, destinations)
-
-
-def render(status: Status) -> str:
-    """The status as a table for a terminal (pure)."""
-    lines = [f"{'queue':<32} {'waiting':>8} {'lag':>9} {'running':>8} {'retries':>8} {'failed':>7} {'workers':>8}"]
-    for q in status.queues:
-        lag = "-" if q.lag_seconds is None else f"{q.lag_seconds:.1f}s"
-        lines.append(f"{q.name:<32} {q.depth:>8} {lag:>9} {q.running:>8} {q.scheduled:>8} {q.failed:>7} {q.workers:>8}")
-    if status.destinations:
-        lines.append("")
-        lines.append(f"{'destination':<24} {'dlq':>7} {'dropped':>8}  this minute | last minute")
-        for d in status.destinations:
-            now = ", ".join(f"{k} {v}" for k, v in d.this_minute.items()) or "idle"
-            last = ", ".join(f"{k} {v}" for k, v in d.last_minute.items()) or "idle"
-            lines.append(f"{d.id:<24} {d.dlq:>7} {d.dlq_dropped:>8}  {now} | {last}")
-    return "\n".join(lines)

@@ -27,12 +27,12 @@ async def app(scope: dict[str, Any], receive: Callable, send: Callable) -> None:
 
 
 def main() -> None:
-    """`python -m trackpipe.bare --port P`: served with exactly the edge's uvicorn settings."""
+    """`python -m tooling.bare --port P`: served with exactly the edge's uvicorn settings."""
     import argparse
 
     import uvicorn
 
-    from trackpipe.serve import UVICORN_SETTINGS
+    from ingest.protocol import UVICORN_SETTINGS
 
     parser = argparse.ArgumentParser(description="the bare ASGI baseline for `trackpipe bench`")
     parser.add_argument("--host", default="127.0.0.1")

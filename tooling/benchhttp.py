@@ -23,8 +23,9 @@ from typing import Any
 
 import msgspec
 
-from trackpipe.bench import BENCH_KEY, BENCH_SITE, Measurement, bench_server, free_port, wait_http
-from trackpipe.examples import V2_EXAMPLE
+from tooling.bench import BENCH_KEY, BENCH_SITE, Measurement, bench_server
+from tooling.examples import V2_EXAMPLE
+from tooling.harness import free_port, wait_http
 
 CONNECTIONS = 64
 BATCH_EVENTS = 100
@@ -103,7 +104,7 @@ def _wrk(url: str, body: bytes, duration: float, tmp: Path) -> LoadFigures:
 
 
 def _builtin(url: str, body: bytes, duration: float) -> LoadFigures:
-    from trackpipe.loadgen import run_load
+    from tooling.loadgen import run_load
 
     result = asyncio.run(run_load(url, lambda _: body, connections=CONNECTIONS, duration=duration))
     return LoadFigures(ok=result.ok, other=result.sent - result.ok, seconds=result.seconds)
@@ -117,7 +118,7 @@ def _start(args: list[str], port: int) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz")
-    except RuntimeError:
+    except (RuntimeError, TimeoutError):
         proc.kill()
         raise
     return proc
@@ -157,9 +158,7 @@ def bench_http(kind: str, duration: float = 10.0, rounds: int = 2, generator: st
     """kind "edge": single v2 events to /events, at appendfsync always (the default, the measured
     value) and everysec; kind "batch": 100-event batches to /events/batch, at the default only."""
     from trackpipe.config import parse
-    from trackpipe.keys import bind_rq_prefix
 
-    bind_rq_prefix("trackpipe")
     body = single_body() if kind == "edge" else batch_body()
     per_request = 1 if kind == "edge" else BATCH_EVENTS
     route = "/events" if kind == "edge" else "/events/batch"
@@ -174,9 +173,9 @@ def bench_http(kind: str, duration: float = 10.0, rounds: int = 2, generator: st
         config_file.write_text(EDGE_CONFIG.format(redis_url=url, site=BENCH_SITE, key=BENCH_KEY))
         parse(config_file.read_text())  # a broken bench config should fail here, not as a dead edge
         edge_port, bare_port = free_port(), free_port()
-        edge = _start(["trackpipe.cli", "edge", "--config", str(config_file), "--port", str(edge_port)], edge_port)
+        edge = _start(["commands", "edge", "--config", str(config_file), "--port", str(edge_port)], edge_port)
         try:
-            bare = _start(["trackpipe.bare", "--port", str(bare_port)], bare_port)
+            bare = _start(["tooling.bare", "--port", str(bare_port)], bare_port)
         except BaseException:
             _stop(edge)
             raise

@@ -1,4 +1,4 @@
-"""The contract's v2 example event (CONTRACT §3), used by the demo's curl line and the benchmarks."""
+"""The contract's v2 example event (docs/CONTRACT.md §3), used by the demo's curl line and the benchmarks."""
 
 from __future__ import annotations
 

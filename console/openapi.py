@@ -1,0 +1,156 @@
+"""OpenAPI 3 description of the console's routes (served at /openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trackpipe import __version__
+
+_ERROR = {
+    "type": "object",
+    "required": ["status", "error"],
+    "properties": {"status": {"type": "string", "enum": ["error"]}, "error": {"type": "string"}},
+}
+_TIME = {"type": "string", "description": "epoch ms, epoch s or ISO-8601"}
+_LIMIT = {"type": "string", "description": "a whole number from 1 to 1000 (default 100; anything else: 400)"}
+_STATUSES = ["DUPLICATE", "INVALID_ACCEPTED", "INVALID_REJECTED", "VALID"]
+_COUNT = {"type": "integer", "minimum": 0}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+def _path(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+_WHY = {
+    "400": "a bad parameter or body, named in `error`",
+    "404": "no such source or destination in the config",
+    "503": "Redis unreachable or timed out",
+}
+
+
+def _admin(summary: str, params: list[dict[str, Any]], ok: dict[str, Any], *codes: str, **extra: Any) -> dict[str, Any]:
+    responses = {"200": _json(ok, "the answer"), "401": _json(_ERROR, "missing or wrong admin token")}
+    responses |= {code: _json(_ERROR, _WHY[code]) for code in codes}
+    return {"summary": summary, "security": [{"admin": []}], "parameters": params, "responses": responses, **extra}
+
+
+def spec() -> dict[str, Any]:
+    replay_body = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "to": {"type": "string", "description": "destination to send them to (default: the DLQ's own)"},
+            "dry_run": {"type": "boolean"},
+            "event": {"type": "string", "description": "event name"},
+            "reason": {"type": "string", "description": "substring of the reason"},
+            "since": _TIME,
+            "until": _TIME,
+            "limit": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+        },
+    }
+    replay_ok = {
+        "type": "object",
+        "required": ["status", "to"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ok"]},
+            "to": {"type": "string"},
+            "dry_run": {"type": "boolean"},
+            "replayed": _COUNT,
+            "would_replay": _COUNT,
+        },
+    }
+    counts = {k: _COUNT for k in ("queued", "delivered", "retried", "dead_lettered", "filtered")}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "trackpipe console (admin API)", "version": __version__},
+        "components": {"securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}}},
+        "paths": {
+            "/admin/sources/{source_id}/events": {
+                "get": _admin(
+                    "The live inspector: a source's recent events, newest first",
+                    [
+                        _path("source_id"),
+                        _query("limit", _LIMIT),
+                        _query("status", {"type": "string", "enum": _STATUSES}),
+                        _query("test_code", {"type": "string"}),
+                    ],
+                    {
+                        "type": "object",
+                        "required": ["source_id", "events"],
+                        "properties": {"source_id": {"type": "string"}, "events": {"type": "array"}},
+                    },
+                    "400",
+                    "404",
+                    "503",
+                )
+            },
+            "/admin/destinations/{destination_id}/delivery": {
+                "get": _admin(
+                    "A destination's last hour: counts, DLQ size, error details, per-minute trend",
+                    [_path("destination_id")],
+                    {
+                        "type": "object",
+                        "required": ["destination_id", "last_hour", "dlq", "errors", "trend"],
+                        "properties": {
+                            "destination_id": {"type": "string"},
+                            "last_hour": {"type": "object", "properties": counts},
+                            "dlq": _COUNT,
+                            "errors": {"type": "array"},
+                            "trend": {"type": "array"},
+                        },
+                    },
+                    "404",
+                    "503",
+                )
+            },
+            "/admin/dlq/{destination_id}": {
+                "get": _admin(
+                    "A destination's dead letters, newest first",
+                    [
+                        _path("destination_id"),
+                        _query("event", {"type": "string"}),
+                        _query("reason", {"type": "string"}),
+                        _query("since", _TIME),
+                        _query("until", _TIME),
+                        _query("limit", _LIMIT),
+                    ],
+                    {
+                        "type": "object",
+                        "required": ["destination_id", "dead_letters"],
+                        "properties": {"destination_id": {"type": "string"}, "dead_letters": {"type": "array"}},
+                    },
+                    "400",
+                    "404",
+                    "503",
+                )
+            },
+            "/admin/dlq/{destination_id}/replay": {
+                "post": _admin(
+                    "Send dead letters back to a delivery queue (as `trackpipe dlq replay`)",
+                    [_path("destination_id")],
+                    replay_ok,
+                    "400",
+                    "404",
+                    "503",
+                    requestBody={"required": False, "content": {"application/json": {"schema": replay_body}}},
+                )
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "process alive",
+                    "security": [],
+                    "responses": {
+                        "200": _json({"type": "object", "properties": {"status": {"type": "string"}}}, "alive")
+                    },
+                }
+            },
+        },
+    }
