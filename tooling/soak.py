@@ -664,10 +664,9 @@ class Chaos:
             self.windows.append((now - EXPLAIN_BEFORE, now + EXPLAIN_AFTER, slot.serves))
         self.note(what, f"{name} ({state})")
         if not slot.supervised:
-            if self.stop.wait(0.5):
-                return
-            # Restarted once Redis answers, as an operator would: a worker started while the server
-            # is down exits at once, which the role workers' supervisor already shows.
+            # Restarted even when the chaos is being stopped (a kill can land as the load ends): the
+            # report expects every worker alive. Once Redis answers, as an operator would.
+            self.stop.wait(0.5)
             _wait_for(self.pipeline.redis_answers, 60)
             self.pipeline.restart(name)
             self.note("worker restarted", name)
@@ -772,6 +771,23 @@ def run_soak(
                 faults.append(FaultRecord(round(time.monotonic() - started, 2), fault, detail))
                 log(f"{faults[-1].at:7.2f}s {fault} {detail}")
 
+            def server_outage(server: Any, kill: bool) -> Any:
+                """Stop the server (SIGKILL: no shutdown, no final AOF flush beyond what the setting
+                did; else a clean stop), keep it down for `redis_outage` s, start it on its AOF."""
+                if kill:
+                    server.terminate()
+                else:
+                    server.stop()
+                down = time.monotonic()
+                note("redis SIGKILLed" if kill else "redis stopped")
+                time.sleep(redis_outage)
+                up = time.monotonic()
+                server = start_server(tmp / "valkey", port=redis_port)
+                outage.append((down, up))
+                windows.append((down - EXPLAIN_BEFORE, time.monotonic() + EXPLAIN_BEFORE, DESTINATIONS))
+                note("redis started again after SIGKILL (AOF)" if kill else "redis started again (AOF)")
+                return server
+
             def at(fraction: float) -> None:
                 wait = started + duration * fraction - time.monotonic()
                 if wait > 0:
@@ -819,25 +835,9 @@ def run_soak(
             at(0.6)
             # A delivery in flight when Redis goes away reaches its destination but cannot be
             # settled: its re-run sends it again.
-            server.stop()
-            down = time.monotonic()
-            note("redis stopped")
-            time.sleep(redis_outage)
-            up = time.monotonic()
-            server = start_server(tmp / "valkey", port=redis_port)
-            outage.append((down, up))
-            windows.append((down - EXPLAIN_BEFORE, time.monotonic() + EXPLAIN_BEFORE, DESTINATIONS))
-            note("redis started again (AOF)")
+            server = server_outage(server, kill=False)
             at(0.7)
-            server.terminate()  # SIGKILL: no shutdown, no final AOF flush beyond what the setting did
-            down = time.monotonic()
-            note("redis SIGKILLed")
-            time.sleep(redis_outage)
-            up = time.monotonic()
-            server = start_server(tmp / "valkey", port=redis_port)
-            outage.append((down, up))
-            windows.append((down - EXPLAIN_BEFORE, time.monotonic() + EXPLAIN_BEFORE, DESTINATIONS))
-            note("redis started again after SIGKILL (AOF)")
+            server = server_outage(server, kill=True)
             at(0.8)
             pipeline.stop_edge()
             note("edge stopped (SIGTERM)")
