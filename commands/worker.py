@@ -69,7 +69,7 @@ def wait_for_redis(connection: Redis) -> bool:
     it instead of exiting. False when stopped (SIGTERM/SIGINT) while waiting."""
     from redis.exceptions import RedisError
 
-    from workers.claims import is_outage
+    from workers.claims import is_outage, reconnect_delay
 
     stopped = False
 
@@ -78,7 +78,7 @@ def wait_for_redis(connection: Redis) -> bool:
         stopped = True
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    wait = 0.5
+    attempt = 0
     try:
         while not stopped:
             try:
@@ -88,8 +88,8 @@ def wait_for_redis(connection: Redis) -> bool:
                 if not is_outage(exc):
                     raise
                 log.warning("worker: waiting for Redis: %s", exc)
-                time.sleep(wait)
-                wait = min(wait * 2, 5.0)
+                time.sleep(reconnect_delay(attempt))
+                attempt += 1
         return False
     finally:
         for sig, handler in previous.items():

@@ -54,31 +54,14 @@ def config_text(redis_url: str, mode: str = "compat", max_backlog: int = 20_000)
 
 
 @contextlib.contextmanager
-def running_edge(config_path: Path, *extra: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """`trackpipe edge` as a real process; yields its base URL; SIGTERM at the end."""
+def _running(
+    command: str, config_path: Path, *extra: str, env: dict[str, str] | None, log: Path | None
+) -> Iterator[str]:
+    """`trackpipe <command>` serving HTTP as a real process; yields its base URL; SIGTERM at the end."""
     port = free_port()
-    cmd = [sys.executable, "-m", "commands", "edge", "--config", str(config_path), "--port", str(port), *extra]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})})
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{base}/healthz", proc=proc)
-        yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@contextlib.contextmanager
-def running_console(config_path: Path, *, log: Path | None = None) -> Iterator[str]:
-    """`trackpipe console` (the admin API) as a real process; yields its base URL; SIGTERM at the end."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "commands", "console", "--config", str(config_path), "--port", str(port)]
+    cmd = [sys.executable, "-m", "commands", command, "--config", str(config_path), "--port", str(port), *extra]
     out = log.open("ab") if log is not None else None
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=out)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=out, stderr=out)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{base}/healthz", proc=proc)
@@ -94,7 +77,16 @@ def running_console(config_path: Path, *, log: Path | None = None) -> Iterator[s
             out.close()
 
 
-# -- reading what the edge stored (shared by the edge tests) ---------------------------------
+def running_edge(
+    config_path: Path, *extra: str, env: dict[str, str] | None = None
+) -> contextlib.AbstractContextManager[str]:
+    """`trackpipe edge` as a real process; yields its base URL; SIGTERM at the end."""
+    return _running("edge", config_path, *extra, env=env, log=None)
+
+
+def running_console(config_path: Path, *, log: Path | None = None) -> contextlib.AbstractContextManager[str]:
+    """`trackpipe console` (the admin API) as a real process; yields its base URL; SIGTERM at the end."""
+    return _running("console", config_path, env=None, log=log)
 
 
 def stored_job_ids(conn, prefix: str = "trackpipe") -> list[str]:

@@ -285,7 +285,7 @@ def test_a_destination_named_dropped_keeps_its_dead_letters(setup: tuple[Path, r
 
 
 def test_counts_left_at_the_old_key_are_kept_and_moved(setup: tuple[Path, redis.Redis]) -> None:
-    """An earlier version counted drops in P:dlq:dropped: status reads them until the next drop
+    """An earlier version counted drops in P:dlq:dropped: status reads them until a worker starts and
     folds them into the new hash, and a destination named `dropped` gets its DLQ back."""
     from trackpipe.queries import collect
 

@@ -280,17 +280,23 @@ def test_scheduler_rides_out_a_redis_outage_while_its_worker_lives(
         server.stop()
 
 
-def test_sigterm_while_redis_is_down_stops_the_scheduler(
-    setup: tuple[Path, str, Path], tmp_path: Path, valkey, valkey_client: redis.Redis, workers: list[subprocess.Popen]
-) -> None:
-    config_file, _, _ = setup
+def sigterm_while_redis_is_down(
+    config_file: Path, tmp_path: Path, valkey, valkey_client: redis.Redis, workers: list[subprocess.Popen]
+):
+    """A worker whose scheduler holds its lock; then the server stops and the worker gets SIGTERM."""
     worker = launch(KIND, config_file, "w1", tmp_path / "worker.log")
     workers.append(worker)
     scheduler = scheduler_of(worker)
     poll_until(lambda: lock_holder_pid(valkey_client, "retry:lake") == scheduler.pid, 20, "no lock taken")
-
     valkey.stop()
     worker.send_signal(signal.SIGTERM)
+    return worker, scheduler
+
+
+def test_sigterm_while_redis_is_down_stops_the_scheduler(
+    setup: tuple[Path, str, Path], tmp_path: Path, valkey, valkey_client: redis.Redis, workers: list[subprocess.Popen]
+) -> None:
+    worker, scheduler = sigterm_while_redis_is_down(setup[0], tmp_path, valkey, valkey_client, workers)
     try:
         poll_until(lambda: not scheduler.running(), 20, lambda: f"scheduler left behind: {scheduler.describe()}")
     finally:
@@ -301,14 +307,7 @@ def test_sigterm_while_redis_is_down_stops_the_scheduler(
 def test_sigterm_while_redis_is_down_stops_the_worker(
     setup: tuple[Path, str, Path], tmp_path: Path, valkey, valkey_client: redis.Redis, workers: list[subprocess.Popen]
 ) -> None:
-    config_file, _, _ = setup
-    worker = launch(KIND, config_file, "w1", tmp_path / "worker.log")
-    workers.append(worker)
-    scheduler = scheduler_of(worker)
-    poll_until(lambda: lock_holder_pid(valkey_client, "retry:lake") == scheduler.pid, 20, "no lock taken")
-
-    valkey.stop()
-    worker.send_signal(signal.SIGTERM)
+    worker, scheduler = sigterm_while_redis_is_down(setup[0], tmp_path, valkey, valkey_client, workers)
     poll_until(lambda: worker.poll() is not None, 15, "the worker did not stop while Redis was down")
     assert not scheduler.running()
 

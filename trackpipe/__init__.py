@@ -1,4 +1,4 @@
-"""trackpipe: shared core (config, Redis key layout, job messages, command line)."""
+"""trackpipe: the core (config, Redis key layout, jobs and messages, queries) every stage shares."""
 
 import os
 

@@ -143,6 +143,11 @@ return requeued
 )
 
 
+def reconnect_delay(attempt: int, longest: float = 5.0) -> float:
+    """Seconds to wait before reconnection attempt `attempt` + 1 (from 0): 0.5 s doubling, capped."""
+    return min(0.5 * 2 ** min(attempt, 16), longest)
+
+
 def is_outage(exc: BaseException) -> bool:
     """A Redis error that says nothing about the job: the server is unreachable, loading its data,
     or read-only (a replica after a failover). Follows the exception's causes."""

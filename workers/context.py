@@ -14,6 +14,7 @@ from trackpipe.jobs import DELIVER_FUNCTION, delivery_job_options, delivery_queu
 from trackpipe.keys import KeyLayout
 from trackpipe.openjob import OpenJobWriter, recording_connection
 from trackpipe.types import DestinationBase
+from workers.deadletter import fold_legacy_dropped
 from workers.dedup import Deduplicator
 
 if TYPE_CHECKING:
@@ -39,6 +40,9 @@ class WorkerContext:
         self.destinations: dict[str, DestinationBase] = {d.id: d for d in config.destinations}
         self._senders: dict[str, Sender] = {}
         self._delivery_writers: dict[str, OpenJobWriter] = {}
+        # Once per worker: counts an earlier version kept at the dropped-letter hash's old name move
+        # to the new one, so delivery never meets a hash where a destination `dropped` keeps its DLQ.
+        fold_legacy_dropped(connection, self.layout)
 
     def delivery_writer(self, destination_id: str) -> OpenJobWriter:
         """Adds fan-outs to the destination's open delivery job (see trackpipe.openjob)."""

@@ -31,11 +31,10 @@ from trackpipe.messages import (
     encode_delivery,
 )
 from trackpipe.openjob import seal_and_read_parts
-from trackpipe.queries import legacy_dropped_key
 from trackpipe.types import RetryConfig
 from workers import faults
 from workers.context import WorkerContext, current_context
-from workers.deadletter import error_kind, fold_legacy_dropped, record_dropped
+from workers.deadletter import error_kind
 from workers.retry import next_attempt_at
 
 log = logging.getLogger("trackpipe.deliver")
@@ -131,8 +130,6 @@ def commit_settlement(
     dlq_length_at = None
     if settled.dead:
         key = layout.dlq(dest)
-        if key == legacy_dropped_key(layout):
-            fold_legacy_dropped(connection, layout)  # an old counter hash at this name would refuse LPUSH
         pipe.lpush(key, *(_dead_letter(e, dest, reason, now_ms) for e, reason in settled.dead))
         dlq_length_at = len(pipe.command_stack) - 1  # position of LPUSH's reply in EXEC's answer
         pipe.ltrim(key, 0, ctx.config.dlq.max_events - 1)
@@ -162,7 +159,7 @@ def commit_settlement(
         length = int(replies[dlq_length_at])  # LPUSH answers the list's new length
         dropped = max(0, length - ctx.config.dlq.max_events)
         if dropped:
-            record_dropped(connection, layout, dest, dropped)
+            connection.hincrby(layout.dlq_dropped, dest, dropped)
             DLQ_DROPPED.labels(dest).inc(dropped)
             log.error(
                 "DLQ of %s is full (dlq.max_events=%d): dropped the %d oldest dead letters",

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from redis import Redis
@@ -22,7 +23,7 @@ from rq.worker import WorkerStatus
 from trackpipe.config import Config
 from trackpipe.jobs import MsgpackSerializer, SafeJob, make_queue
 from trackpipe.keys import INGEST_QUEUE, KeyLayout, deliver_queue, retry_queue
-from workers.claims import WAKE_POLL_SECONDS, Claims, Keeper, is_outage
+from workers.claims import WAKE_POLL_SECONDS, Claims, Keeper, is_outage, reconnect_delay
 from workers.context import WorkerContext, install
 from workers.scheduler import SchedulerMixin
 
@@ -157,15 +158,10 @@ class TrackpipeWorker(SchedulerMixin, SimpleWorker):
     # -- running jobs ---------------------------------------------------------------------------
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        try:
+        with self.riding_out_outages(f"job {job.id} was interrupted; it will run again"):
             if job.started_at is not None:  # a re-run: an earlier execution may have died with its worker
                 prune_dead_executions(job, self.connection)
             super().execute_job(job, queue)
-        except RedisError as exc:
-            if not is_outage(exc):
-                raise
-            log.warning("job %s: Redis went away while it ran (%s); it will run again", job.id, exc)
-            self.ride_out_outage()
 
     def _finalize_failure(self, job: Job, queue: Queue, execution: Any, exc_info: Any) -> None:
         """A job that failed because Redis went away did nothing wrong: it is not recorded as
@@ -180,7 +176,7 @@ class TrackpipeWorker(SchedulerMixin, SimpleWorker):
         """Wait until Redis answers (backoff up to `max_connection_wait_time`), then put back
         whatever this worker had taken and not finished."""
         assert self.claims is not None
-        wait = 0.5
+        attempt = 0
         while True:
             try:
                 self.connection.ping()
@@ -193,27 +189,31 @@ class TrackpipeWorker(SchedulerMixin, SimpleWorker):
                 if self._stop_requested:
                     log.warning("worker %s: stopping while Redis is unreachable", self.name)
                     return
+                wait = reconnect_delay(attempt, self.max_connection_wait_time)
                 log.warning("worker %s: Redis unreachable (%s); retrying in %.1f s", self.name, exc, wait)
                 time.sleep(wait)
-                wait = min(wait * 2, self.max_connection_wait_time)
+                attempt += 1
+
+    @contextlib.contextmanager
+    def riding_out_outages(self, what: str = "") -> Iterator[None]:
+        """Around the work loop's own Redis calls: an outage error waits for the server (and puts
+        back what this worker held) instead of ending the worker; any other error propagates."""
+        try:
+            yield
+        except RedisError as exc:
+            if not is_outage(exc):
+                raise
+            if what:
+                log.warning("worker %s: Redis went away (%s): %s", self.name, exc, what)
+            self.ride_out_outage()
 
     # -- the work loop's own Redis calls must not end the worker --------------------------------
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
-        if pipeline is not None:
+        with self.riding_out_outages():
             super().heartbeat(timeout, pipeline)
-            return
-        try:
-            super().heartbeat(timeout, pipeline)
-        except RedisError as exc:
-            if not is_outage(exc):
-                raise
-            self.ride_out_outage()
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
-        if pipeline is not None:
-            super().set_state(state, pipeline)
-            return
         try:
             super().set_state(state, pipeline)
         except RedisError as exc:
@@ -222,23 +222,14 @@ class TrackpipeWorker(SchedulerMixin, SimpleWorker):
             self._state = state  # only informational in Redis; kept locally meanwhile
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
-        while True:
-            try:
+        while not self._stop_requested:
+            with self.riding_out_outages():
                 return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
-            except RedisError as exc:
-                if not is_outage(exc):
-                    raise
-                self.ride_out_outage()
-                if self._stop_requested:
-                    return None
+        return None
 
     def check_for_suspension(self, burst: bool) -> None:
-        try:
+        with self.riding_out_outages():
             super().check_for_suspension(burst)
-        except RedisError as exc:
-            if not is_outage(exc):
-                raise
-            self.ride_out_outage()
 
     def run_maintenance_tasks(self) -> None:
         try:
@@ -291,7 +282,9 @@ class TrackpipeWorker(SchedulerMixin, SimpleWorker):
 
 def requeue_stuck_jobs(queue: Queue) -> int:
     """Put back on its queue a job a worker took (RQ moves it to `<queue>:intermediate`) but never
-    started, because the worker died or was stopped in between; returns how many.
+    started, because the worker died or was stopped in between; returns how many. trackpipe's
+    workers take jobs through claims and never use that list; this cleans up after workers of an
+    earlier version (or plain RQ workers) that did.
 
     RQ 3.0 hands such a job, after a minute, to its failure handling, which logs and swallows an
     error when the failure cannot be recorded, then removes the job from the intermediate list
