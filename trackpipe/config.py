@@ -7,6 +7,7 @@ Every problem is reported as ``ConfigError`` naming the key (``dedup.window_seco
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 import tomllib
@@ -20,6 +21,7 @@ import msgspec
 # config decodes (see tests/test_layers.py).
 from trackpipe.destination_settings import DESTINATION_SETTINGS
 from trackpipe.keys import PrefixMismatch, bind_rq_prefix
+from trackpipe.specification import SourceSpec
 from trackpipe.types import DestinationBase, Ident, PositiveInt, Strict
 
 CONFIG_ENV = "TRACKPIPE_CONFIG"
@@ -53,6 +55,9 @@ class EdgeConfig(Strict):
     header_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=600)] = 5.0
     # Open connections (and requests) per edge process above which new ones get 503 at once.
     max_connections: Annotated[int, msgspec.Meta(ge=16, le=1_000_000)] = 4_096
+    # Peers (CIDRs) whose X-Forwarded-For / Forwarded headers are believed for the client's address;
+    # from anyone else the peer address itself is the client's.
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
 
 
 class DedupConfig(Strict):
@@ -91,6 +96,16 @@ class SourceConfig(Strict):
     site_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     keys: Annotated[list[str], msgspec.Meta(min_length=1)]
     on_invalid: Literal["accept", "reject"] = "accept"
+    # Origins whose pages may post from a browser (CORS); ["*"] for any. None by default.
+    cors_origins: list[str] = msgspec.field(default_factory=list)
+    # The client address: kept, anonymized (last IPv4 octet, last 80 bits of IPv6 zeroed) or dropped,
+    # before anything is stored.
+    ip_mode: Literal["keep", "anonymize", "drop"] = "keep"
+    # Drop repeats of an event id (per source) within the window; None: `dedup.window_seconds`.
+    dedup: bool = True
+    dedup_window_seconds: PositiveInt | None = None
+    # The source's tracking plan (trackpipe.specification); None: standard-event checks only.
+    spec: SourceSpec | None = None
 
 
 # The config accepts the settings of any destination type (trackpipe.destination_settings).
@@ -161,6 +176,26 @@ def _check_key(key: str, where: str) -> list[str]:
     return []
 
 
+def _check_origin(origin: str, where: str) -> list[str]:
+    """`*`, or what a browser sends as Origin: scheme://host[:port], nothing after it."""
+    if origin == "*":
+        return []
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.netloc or origin != f"{parts.scheme}://{parts.netloc}":
+        return [f"{where}: {origin!r} is not an origin such as 'https://www.example.com' (or '*')"]
+    return []
+
+
+def _check_source(index: int, source: SourceConfig) -> list[str]:
+    where = f"sources[{index}]"
+    problems: list[str] = []
+    for j, origin in enumerate(source.cors_origins):
+        problems += _check_origin(origin, f"{where}.cors_origins[{j}]")
+    if source.spec is not None:
+        problems += source.spec.problems(f"{where}.spec")
+    return problems
+
+
 def _key_digest(key: str) -> str:
     if key.startswith("sha256:"):
         return key.removeprefix("sha256:")
@@ -182,12 +217,18 @@ def check(config: Config) -> list[str]:
     problems = _check_redis_url(config.redis_url, "redis_url")
     if config.admin_token is not None and len(config.admin_token) < MIN_PLAIN_KEY_LENGTH:
         problems.append(f"admin_token: needs at least {MIN_PLAIN_KEY_LENGTH} characters")
+    for i, cidr in enumerate(config.edge.trusted_proxies):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            problems.append(f"edge.trusted_proxies[{i}]: {cidr!r} is not an IP address or CIDR block")
     seen_sources: set[str] = set()
     keys_by_site: dict[tuple[str, str], str] = {}
     for i, source in enumerate(config.sources):
         if source.id in seen_sources:
             problems.append(f"sources[{i}].id: {source.id!r} is used by another source")
         seen_sources.add(source.id)
+        problems += _check_source(i, source)
         for j, key in enumerate(source.keys):
             where = f"sources[{i}].keys[{j}]"
             key_problems = _check_key(key, where)

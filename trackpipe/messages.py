@@ -13,6 +13,10 @@ class IngestRecord(msgspec.Struct, array_like=True, frozen=True):
     site_id: str
     received_at: int  # ms since the epoch, set by the edge
     events: list[bytes]  # each the raw JSON of one event (decompressed, checked to be an object)
+    # The client's address (after the source's ip_mode; None when dropped or unknown) and User-Agent,
+    # for events that do not carry their own. Last, with defaults: older records decode unchanged.
+    ip: str | None = None
+    user_agent: str | None = None
 
 
 class IngestBatch(msgspec.Struct, array_like=True, frozen=True):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
+
+import msgspec
 
 
 class EventStatus(StrEnum):
@@ -20,3 +23,13 @@ def quality_status(errors: list[str], warnings: list[str], on_invalid: str) -> E
     if warnings:
         return EventStatus.INVALID_REJECTED if on_invalid == "reject" else EventStatus.INVALID_ACCEPTED
     return EventStatus.VALID
+
+
+class Finding(msgspec.Struct, frozen=True):
+    """One thing an event check found, before the rules decide what becomes of it."""
+
+    path: str  # the property, from the event's root: "value", "items[0].product.price", "context.event_id"
+    message: str  # the warning or error text; names the path
+    # missing: a required property is absent; bad_value: present with a wrong type or value (the
+    # property can be removed); unspecified_event / unspecified_property: not in the source's plan.
+    kind: Literal["missing", "bad_value", "unspecified_event", "unspecified_property"]
