@@ -60,8 +60,10 @@ RECOVERY_TARGET_SECONDS = 30.0
 # The all-queue worker nothing restarts and no fault touches.
 UNTOUCHED = "all-2"
 # A batch a destination took while a fault hit its delivery job is sent again by the re-run: ids
-# that arrived from this long before the fault until this long after it explain their repeats.
-EXPLAIN_BEFORE, EXPLAIN_AFTER = 2.0, 1.0
+# that arrived from this long before the fault until this long after it explain their repeats. A
+# batch is in flight from its arrival until the answer is read (up to the webhook's 2 s read timeout)
+# and its settlement is written, which a loaded machine can delay by a second or two more.
+EXPLAIN_BEFORE, EXPLAIN_AFTER = 4.0, 1.0
 # What a random kill waits for in its victim: a job running, no job, or a job just taken off its
 # queue and not yet started (see Pipeline.kill).
 WANTS = ("popped", "busy", "idle")
@@ -138,6 +140,7 @@ class SoakReport(msgspec.Struct):
     # serving the destination killed, or Redis stopping before the job could settle.
     duplicates_explained: dict[str, int]
     duplicates_unexplained: dict[str, int]
+    unexplained_arrivals: dict[str, dict[str, list[float]]]
     # Failed sends per destination by kind: a timeout or dropped connection may also have reached
     # the destination (its answer was lost), which explains any further repeats.
     delivery_errors: dict[str, dict[str, int]]
@@ -900,6 +903,16 @@ def run_soak(
     explained = {d: sum(n - 1 for i, n in got.items() if n > 1 and i in resent[d]) for d, got in received.items()}
     unexpected = {d: len(set(got) - accepted) for d, got in received.items()}
     unexplained = {d: duplicates[d] - explained[d] for d in received}
+    # For a report that explains itself: the first unexplained repeats, each with its arrivals (s
+    # from the start), to set against the faults' times.
+    unexplained_arrivals = {
+        d: {
+            i: [round(seen - started, 2) for seen, ids in arrivals[d] if i in ids]
+            for i in sorted(i for i, n in got.items() if n > 1 and i not in resent[d])[:10]
+        }
+        for d, got in received.items()
+        if unexplained[d]
+    }
     recovery: dict[str, float | None] = {}
     last_delivery: dict[str, float | None] = {}
     fault_time = started + last_fault
@@ -926,6 +939,7 @@ def run_soak(
         duplicates=duplicates,
         duplicates_explained=explained,
         duplicates_unexplained=unexplained,
+        unexplained_arrivals=unexplained_arrivals,
         delivery_errors=errors,
         missing=missing,
         unexpected_ids=unexpected,

@@ -17,12 +17,20 @@ from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
 from rq.job import Job
 from rq.registry import clean_registries
+from rq.timeouts import JobTimeoutException
 from rq.utils import now as rq_now
 from rq.worker import WorkerStatus
 
 from trackpipe.config import Config
 from trackpipe.jobs import MsgpackSerializer, SafeJob, make_queue
-from trackpipe.keys import INGEST_QUEUE, KeyLayout, deliver_queue, retry_queue
+from trackpipe.keys import (
+    DELIVER_QUEUE_PREFIX,
+    INGEST_QUEUE,
+    RETRY_QUEUE_PREFIX,
+    KeyLayout,
+    deliver_queue,
+    retry_queue,
+)
 from workers.claims import WAKE_POLL_SECONDS, Claims, Keeper, is_outage, reconnect_delay
 from workers.context import WorkerContext, install
 from workers.scheduler import SchedulerMixin
@@ -44,6 +52,14 @@ WORKER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 def destination_queues(destination_id: str) -> list[str]:
     return [deliver_queue(destination_id), retry_queue(destination_id)]
+
+
+def destination_of_queue(queue_name: str | None) -> str | None:
+    """The destination a `deliver:<id>` or `retry:<id>` queue serves; None for other queues."""
+    for prefix in (DELIVER_QUEUE_PREFIX, RETRY_QUEUE_PREFIX):
+        if queue_name and queue_name.startswith(prefix):
+            return queue_name.removeprefix(prefix)
+    return None
 
 
 def all_queues(config: Config) -> list[str]:
@@ -170,7 +186,20 @@ class TrackpipeWorker(SchedulerMixin, SimpleWorker):
         exc = exc_info[1]
         if exc is not None and is_outage(exc):
             raise RedisConnectionError(f"job {job.id} interrupted: {exc}") from exc
+        destination = destination_of_queue(job.origin)
+        if destination is not None and exc is not None:
+            self._count_delivery_job_failure(destination, exc)
         super()._finalize_failure(job, queue, execution, exc_info)
+
+    def _count_delivery_job_failure(self, destination_id: str, exc: BaseException) -> None:
+        """A delivery job that stopped on an exception (its timeout, a bug) may have sent its batch
+        before: its re-run sends it again. Counted with the destination's errors, so an operator
+        sees it (`trackpipe status`) and can raise `worker.delivery_timeout_seconds`."""
+        kind = "job timeout" if isinstance(exc, JobTimeoutException) else f"job error {type(exc).__name__}"
+        pipe = self.connection.pipeline(transaction=False)
+        pipe.hincrby(self.layout.destination_errors(destination_id), kind, 1)
+        pipe.hset(self.layout.destination_errors_last(destination_id), kind, int(time.time() * 1000))
+        pipe.execute()
 
     def ride_out_outage(self) -> None:
         """Wait until Redis answers (backoff up to `max_connection_wait_time`), then put back
