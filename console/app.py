@@ -1,6 +1,8 @@
 """The admin API (docs/CONTRACT.md §9), behind `Authorization: Bearer <admin_token>`.
 
+- GET  /admin/sources                                                every source: events per status, duplicates
 - GET  /admin/sources/{source_id}/events?limit=&status=&test_code=   the live event inspector
+- GET  /admin/refused?site=&limit=                                   requests refused for their key, per site
 - GET  /admin/destinations/{destination_id}/delivery                 counts, error details, trend
 - GET  /admin/dlq/{destination_id}?event=&reason=&since=&until=&limit=
 - POST /admin/dlq/{destination_id}/replay   body: {"to", "dry_run", "event", "reason", "since", "until", "limit"}
@@ -10,7 +12,10 @@ It runs in its own process (`trackpipe console`), so its work never competes wit
 Redis call is a blocking redis-py call made on a thread: a DLQ listing may read and decode
 `dlq.max_events` records, and the event loop must stay free to answer meanwhile.
 
-Inspector records are stored with the IP already masked and without keys; nothing here reads a key.
+Inspector records are stored with the IP already masked and without keys. The inspector merges into
+them the deliveries that ended in a dead-letter queue (`destinations[d] = "FAILED"`, reason in
+`failures[d]`). Refused-request samples never held the key's parameter or header; keys a producer
+put in the body are masked before they are served (trackpipe.queries.mask_keys).
 """
 
 from __future__ import annotations
@@ -33,13 +38,14 @@ from starlette.routing import Route
 
 from console.openapi import spec
 from trackpipe.config import Config
-from trackpipe.keys import KeyLayout
+from trackpipe.keys import UNKNOWN_SITE_BUCKET, KeyLayout
 
 if TYPE_CHECKING:
     from trackpipe.dlq import Selection
+    from trackpipe.queries import DeliveryFailure
 
-# trackpipe.dlq imports RQ, which reads its key prefix once, at import: it is imported where used,
-# after create_app has bound the config's prefix.
+# trackpipe.dlq and trackpipe.queries import RQ, which reads its key prefix once, at import: they are
+# imported where used, after create_app has bound the config's prefix.
 
 log = logging.getLogger("trackpipe.console")
 
@@ -47,6 +53,9 @@ MAX_LIMIT = 1_000
 TREND_MINUTES = 60
 OUTCOMES = ("queued", "delivered", "retried", "dead_lettered", "filtered")
 STATUSES = {"VALID", "INVALID_ACCEPTED", "INVALID_REJECTED", "DUPLICATE"}
+# Statuses of events that went to destinations (only those can have FAILED for one).
+SENT_STATUSES = {"VALID", "INVALID_ACCEPTED"}
+REFUSED_DEFAULT_LIMIT = "20"
 # Bounded connect; reads may be long (a whole DLQ), but not endless.
 REDIS_TIMEOUTS = {"socket_connect_timeout": 3.0, "socket_timeout": 30.0}
 _json = msgspec.json.Encoder()
@@ -71,13 +80,48 @@ def raw_json(data: bytes) -> Response:
     return Response(data, media_type="application/json")
 
 
-def _limit(request: Request) -> int | Response:
-    text = request.query_params.get("limit", "100")
+def _limit(request: Request, default: str = "100") -> int | Response:
+    text = request.query_params.get("limit", default)
     # isascii: str.isdigit also accepts digits such as "²" that int() refuses; the length check
     # keeps int() away from its 4,300-digit limit.
     if not (text.isascii() and text.isdigit() and len(text) <= 9) or not 1 <= int(text) <= MAX_LIMIT:
         return error(400, f"limit: {text!r} is not a whole number from 1 to {MAX_LIMIT}")
     return int(text)
+
+
+def _failures_by_event(failures: list[DeliveryFailure]) -> dict[str, list[DeliveryFailure]]:
+    """Event id -> its failures, newest first (the list is)."""
+    by_event: dict[str, list[DeliveryFailure]] = {}
+    for failure in failures:
+        by_event.setdefault(failure.event_id, []).append(failure)
+    return by_event
+
+
+def merge_failures(record: dict[str, Any], failures: list[DeliveryFailure]) -> bool:
+    """Mark the record's destinations whose delivery was dead-lettered as FAILED, with the reason
+    in `failures`; the newest failure per destination wins. True if the record changed. A failure
+    of another event with the same id (a reused id, received at another time) is not this one's."""
+    if record.get("status") not in SENT_STATUSES:
+        return False
+    destinations = record.get("destinations")
+    if not isinstance(destinations, dict):
+        return False
+    shown: dict[str, Any] = {}
+    for failure in failures:
+        if failure.received_at is not None and failure.received_at != record.get("received_at"):
+            continue
+        if failure.destination_id in shown:
+            continue
+        shown[failure.destination_id] = {"reason": failure.reason, "at": failure.at}
+        destinations[failure.destination_id] = "FAILED"
+    if not shown:
+        return False
+    record["failures"] = shown
+    return True
+
+
+def _counts(raw: dict[bytes, bytes]) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in sorted(raw.items())}
 
 
 def _selection(event: str | None, reason: str | None, since: str | None, until: str | None) -> Selection:
@@ -117,7 +161,9 @@ class Console:
 
     def routes(self) -> list[Route]:
         return [
+            Route("/admin/sources", self.guard(self.sources)),
             Route("/admin/sources/{source_id}/events", self.guard(self.inspector)),
+            Route("/admin/refused", self.guard(self.refused)),
             Route("/admin/destinations/{destination_id}/delivery", self.guard(self.delivery)),
             Route("/admin/dlq/{destination_id}", self.guard(self.dlq_list)),
             Route("/admin/dlq/{destination_id}/replay", self.guard(self.dlq_replay), methods=["POST"]),
@@ -156,23 +202,73 @@ class Console:
         if status is not None and status not in STATUSES:
             return error(400, f"status: {status!r} is not one of {', '.join(sorted(STATUSES))}")
         test_code = request.query_params.get("test_code")
-        picked = await asyncio.to_thread(self._inspector_pick, source_id, limit, status, test_code)
-        return raw_json(b'{"source_id":' + _json.encode(source_id) + b',"events":[' + b",".join(picked) + b"]}")
+        counts, picked = await asyncio.to_thread(self._inspector_pick, source_id, limit, status, test_code)
+        head = {"source_id": source_id, "counts": counts, "duplicates": counts.get("DUPLICATE", 0)}
+        return raw_json(_json.encode(head)[:-1] + b',"events":[' + b",".join(picked) + b"]}")
 
-    def _inspector_pick(self, source_id: str, limit: int, status: str | None, test_code: str | None) -> list[bytes]:
-        raw = self.redis.lrange(self.layout.inspector(source_id), 0, -1)
+    def _inspector_pick(
+        self, source_id: str, limit: int, status: str | None, test_code: str | None
+    ) -> tuple[dict[str, int], list[bytes]]:
+        """The source's status counts, and its newest records that match, failures merged in."""
+        from trackpipe.queries import decode_failures
+
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.layout.source_stats(source_id))
+        pipe.lrange(self.layout.inspector(source_id), 0, -1)
+        pipe.lrange(self.layout.inspector_failures(source_id), 0, -1)
+        stats, raw, failed = pipe.execute()
+        failures = _failures_by_event(decode_failures(failed))
         picked: list[bytes] = []
         for item in raw:
-            if status is not None or test_code is not None:
+            if status is not None or test_code is not None or failures:
                 record = msgspec.json.decode(item)
                 if status is not None and record.get("status") != status:
                     continue
                 if test_code is not None and record.get("test_code") != test_code:
                     continue
+                of_event = failures.get(record.get("event_id"))
+                if of_event and merge_failures(record, of_event):
+                    item = _json.encode(record)
             picked.append(item)
             if len(picked) >= limit:
                 break
-        return picked
+        return _counts(stats), picked
+
+    # -- sources and refused requests -----------------------------------------------------------
+
+    async def sources(self, request: Request) -> Response:
+        return JSONResponse({"sources": await asyncio.to_thread(self._sources_view)})
+
+    def _sources_view(self) -> list[dict[str, Any]]:
+        from trackpipe.queries import source_statuses
+
+        settings = {s.id: s for s in self.config.sources}
+        return [
+            {
+                "id": found.id,
+                "site_id": settings[found.id].site_id,
+                "processed": found.processed,
+                "duplicates": found.duplicates,
+                "by_status": found.by_status,
+                "dedup": settings[found.id].dedup,
+                "dedup_window_seconds": settings[found.id].dedup_window_seconds or self.config.dedup.window_seconds,
+            }
+            for found in source_statuses(self.config, self.redis)
+        ]
+
+    async def refused(self, request: Request) -> Response:
+        limit = _limit(request, REFUSED_DEFAULT_LIMIT)
+        if isinstance(limit, Response):
+            return limit
+        site = request.query_params.get("site")
+        if site is not None and site != UNKNOWN_SITE_BUCKET and site not in {s.site_id for s in self.config.sources}:
+            return error(404, f"site: no source has site id {site!r} (other sites are under {UNKNOWN_SITE_BUCKET!r})")
+        return raw_json(await asyncio.to_thread(self._refused_view, limit, site))
+
+    def _refused_view(self, limit: int, site: str | None) -> bytes:
+        from trackpipe.queries import refused_sites
+
+        return _json.encode({"sites": refused_sites(self.config, self.redis, limit, site)})
 
     # -- delivery view ----------------------------------------------------------------------
 

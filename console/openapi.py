@@ -15,6 +15,11 @@ _TIME = {"type": "string", "description": "epoch ms, epoch s or ISO-8601"}
 _LIMIT = {"type": "string", "description": "a whole number from 1 to 1000 (default 100; anything else: 400)"}
 _STATUSES = ["DUPLICATE", "INVALID_ACCEPTED", "INVALID_REJECTED", "VALID"]
 _COUNT = {"type": "integer", "minimum": 0}
+_STATUS_COUNTS = {
+    "type": "object",
+    "description": "status -> events processed since the counters began",
+    "additionalProperties": _COUNT,
+}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -31,7 +36,7 @@ def _path(name: str) -> dict[str, Any]:
 
 _WHY = {
     "400": "a bad parameter or body, named in `error`",
-    "404": "no such source or destination in the config",
+    "404": "no such source, destination or site in the config",
     "503": "Redis unreachable or timed out",
 }
 
@@ -68,11 +73,102 @@ def spec() -> dict[str, Any]:
         },
     }
     counts = {k: _COUNT for k in ("queued", "delivered", "retried", "dead_lettered", "filtered")}
+    inspector_record = {
+        "type": "object",
+        "properties": {
+            "received_at": {"type": "integer"},
+            "status": {"type": "string", "enum": _STATUSES},
+            "event_id": {"type": "string", "nullable": True},
+            "event_name": {"type": "string", "nullable": True},
+            "warnings": {"type": "array", "items": {"type": "string"}},
+            "errors": {"type": "array", "items": {"type": "string"}},
+            "destinations": {
+                "type": "object",
+                "description": "destination id -> queued, FILTERED, or FAILED (its delivery ended in the DLQ)",
+                "additionalProperties": {"type": "string"},
+            },
+            "failures": {
+                "type": "object",
+                "description": "destination id -> why its delivery was dead-lettered (only when one was)",
+                "additionalProperties": {
+                    "type": "object",
+                    "properties": {"reason": {"type": "string"}, "at": {"type": "integer"}},
+                },
+            },
+            "test_code": {"type": "string", "nullable": True},
+            "payload": {},
+        },
+    }
+    source_view = {
+        "type": "object",
+        "required": ["id", "processed", "duplicates", "by_status"],
+        "properties": {
+            "id": {"type": "string"},
+            "site_id": {"type": "string"},
+            "processed": _COUNT,
+            "duplicates": _COUNT,
+            "by_status": _STATUS_COUNTS,
+            "dedup": {"type": "boolean"},
+            "dedup_window_seconds": {"type": "integer", "minimum": 1},
+        },
+    }
+    refused_sample = {
+        "type": "object",
+        "properties": {
+            "received_at": {"type": "integer", "description": "epoch ms"},
+            "reason": {"type": "string", "description": "missing key, unknown key or missing tc_s"},
+            "route": {"type": "string", "description": "the path, never the query string"},
+            "body": {"type": "string", "description": "the start of the body (2 KB), anything key-like masked"},
+            "body_bytes": _COUNT,
+        },
+    }
+    refused_site = {
+        "type": "object",
+        "required": ["site_id", "total", "by_reason", "latest"],
+        "properties": {
+            "site_id": {"type": "string", "description": "a configured site, or _unknown_site for any other tc_s"},
+            "total": _COUNT,
+            "by_reason": {"type": "object", "additionalProperties": _COUNT},
+            "latest": {"type": "array", "items": refused_sample, "description": "newest first"},
+        },
+    }
     return {
         "openapi": "3.0.3",
         "info": {"title": "trackpipe console (admin API)", "version": __version__},
         "components": {"securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}}},
         "paths": {
+            "/admin/sources": {
+                "get": _admin(
+                    "Every source: events per status, duplicates (a producer reusing event ids), dedup settings",
+                    [],
+                    {
+                        "type": "object",
+                        "required": ["sources"],
+                        "properties": {"sources": {"type": "array", "items": source_view}},
+                    },
+                    "503",
+                )
+            },
+            "/admin/refused": {
+                "get": _admin(
+                    "Requests the edge refused for a missing or unknown key, per site: counts and the latest samples",
+                    [
+                        _query("site", {"type": "string", "description": "one site id (or _unknown_site)"}),
+                        _query(
+                            "limit",
+                            {"type": "string", "description": "samples per site, 1 to 1000 (default 20)"},
+                        ),
+                    ],
+                    {
+                        "type": "object",
+                        "required": ["sites"],
+                        "properties": {"sites": {"type": "array", "items": refused_site}},
+                    },
+                    "400",
+                    "404",
+                    "503",
+                )
+            },
             "/admin/sources/{source_id}/events": {
                 "get": _admin(
                     "The live inspector: a source's recent events, newest first",
@@ -84,8 +180,13 @@ def spec() -> dict[str, Any]:
                     ],
                     {
                         "type": "object",
-                        "required": ["source_id", "events"],
-                        "properties": {"source_id": {"type": "string"}, "events": {"type": "array"}},
+                        "required": ["source_id", "counts", "duplicates", "events"],
+                        "properties": {
+                            "source_id": {"type": "string"},
+                            "counts": _STATUS_COUNTS,
+                            "duplicates": {**_COUNT, "description": "events found DUPLICATE, since counters began"},
+                            "events": {"type": "array", "items": inspector_record},
+                        },
                     },
                     "400",
                     "404",

@@ -1,9 +1,11 @@
 """The edge application.
 
-`POST /events` and `POST /events/batch` are served by a plain ASGI handler in front of Starlette:
-they are the hot path, and Starlette's routing and Request objects cost a third of its ceiling.
-Everything else (health, readiness, metrics, OpenAPI) is ordinary Starlette. The admin API is not
-here: it is the console's (`console/`, its own process).
+`/events` and `/events/batch` (also with a trailing slash) are served by a plain ASGI handler in front
+of Starlette: they are the hot path, and Starlette's routing and Request objects cost a third of its
+ceiling. The handler takes `POST` (JSON events), `GET /events` (the Pixel Tracking API: the event in
+the query, a GIF back) and `OPTIONS` (CORS preflights). Everything else (health, readiness, metrics,
+OpenAPI) is ordinary Starlette. The admin API is not here: it is the console's (`console/`, its own
+process).
 """
 
 from __future__ import annotations
@@ -23,26 +25,37 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ingest import metrics
+from ingest import metrics, pixel
 from ingest.body import ClientDisconnected, content_coding, parse_content_length, read_body
+from ingest.client import TrustedProxies, apply_ip_mode, client_address, scrub_event_ip, user_agent
 from ingest.commit import GroupCommitter, StorageUnavailable
+from ingest.cors import NOBODY, CorsPolicy, preflight
 from ingest.openapi import spec
-from ingest.problems import Problem, RequestRejected, unsupported
+from ingest.problems import Problem, RequestRejected, invalid, too_large, unsupported
 from ingest.store import AsyncIngestStore, RedisPyCommands
 from ingest.unauthorized import AuthFailure, UnauthorizedSample
 from ingest.validate import MAX_BATCH_BYTES, MAX_EVENT_BYTES, check_batch, check_event
 from ingest.wire import WireConnection
 from trackpipe.auth import KeyRing
 from trackpipe.config import Config, SourceConfig
-from trackpipe.keys import KeyLayout
+from trackpipe.keys import UNKNOWN_SITE_BUCKET, KeyLayout
 from trackpipe.messages import IngestRecord
 
 log = logging.getLogger("trackpipe.edge")
 
 SINGLE_ROUTE = "/events"
 BATCH_ROUTE = "/events/batch"
+PIXEL_SAMPLE_ROUTE = "GET /events"
+# Served paths -> the route they are (and are counted as): a trailing slash changes nothing.
+INGEST_PATHS = {
+    SINGLE_ROUTE: SINGLE_ROUTE,
+    SINGLE_ROUTE + "/": SINGLE_ROUTE,
+    BATCH_ROUTE: BATCH_ROUTE,
+    BATCH_ROUTE + "/": BATCH_ROUTE,
+}
+METHODS = {SINGLE_ROUTE: ("POST", "GET", "OPTIONS"), BATCH_ROUTE: ("POST", "OPTIONS")}
+ALLOW = {route: [(b"allow", ", ".join(methods).encode())] for route, methods in METHODS.items()}
 OK_BODY = b'{"status":"ok"}'
-UNKNOWN_SITE_BUCKET = "_unknown_site"
 BACKLOG_POLL_SECONDS = 1.0
 WWW_AUTHENTICATE = [(b"www-authenticate", b'Bearer realm="trackpipe"')]
 REDIS_TIMEOUTS = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
@@ -62,16 +75,25 @@ def error_body(reason: str) -> bytes:
 
 
 def parse_query(raw: bytes) -> dict[str, str]:
-    """First value of each query parameter (the edge only reads `tc_s` and `token`)."""
+    """First value of each query parameter (the edge only reads `tc_s` and `token`); names and values
+    percent-decoded (`tc%5Fs` is `tc_s`, as for the vendor)."""
     out: dict[str, str] = {}
     if not raw:
         return out
     for part in raw.decode("latin-1").split("&"):
         name, _, value = part.partition("=")
+        if "%" in name or "+" in name:
+            name = unquote_plus(name, errors="replace")
         if "%" in value or "+" in value:
             value = unquote_plus(value, errors="replace")
         out.setdefault(name, value)
     return out
+
+
+def redacted_query(raw: bytes) -> bytes:
+    """The query without its `token` (a sample of a refused pixel hit must not hold the key)."""
+    kept = [p for p in raw.split(b"&") if parse_query(p.partition(b"=")[0]).keys() != {"token"}]
+    return b"&".join(kept)
 
 
 def bearer_key(header: str | None) -> str | None:
@@ -94,6 +116,10 @@ class RequestHeaders(msgspec.Struct):
     content_encoding: str | None = None
     content_length: str | None = None
     authorization: str | None = None
+    user_agent: bytes | None = None  # decoded only when a record is stored
+    origin: str | None = None
+    forwarded: str | None = None
+    x_forwarded_for: str | None = None
 
     @classmethod
     def of(cls, raw: list[tuple[bytes, bytes]]) -> RequestHeaders:
@@ -107,11 +133,38 @@ class RequestHeaders(msgspec.Struct):
                 headers.content_length = value.decode("latin-1")
             elif name == b"authorization":
                 headers.authorization = value.decode("latin-1")
+            elif name == b"user-agent":
+                headers.user_agent = value
+            elif name == b"origin":
+                headers.origin = value.decode("latin-1")
+            elif name == b"x-forwarded-for":  # several header lines make one list (RFC 9110 5.3)
+                text = value.decode("latin-1")
+                before = headers.x_forwarded_for
+                headers.x_forwarded_for = text if before is None else f"{before},{text}"
+            elif name == b"forwarded":
+                text = value.decode("latin-1")
+                before = headers.forwarded
+                headers.forwarded = text if before is None else f"{before},{text}"
         return headers
 
 
+def header_value(raw: list[tuple[bytes, bytes]], wanted: bytes) -> str | None:
+    for name, value in raw:
+        if name == wanted:
+            return value.decode("latin-1")
+    return None
+
+
+Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
+JSON_HEADER = (b"content-type", b"application/json")
+
+
 async def respond(send: Callable, status: int, body: bytes, extra: list[tuple[bytes, bytes]] = ()) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
+    """A JSON answer; `extra` may name another content type (the GIF), which then replaces JSON's."""
+    if status == 204 or (extra and extra[0][0] == b"content-type"):
+        headers = list(extra)
+    else:
+        headers = [JSON_HEADER, (b"content-length", str(len(body)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -130,6 +183,8 @@ class Edge:
         self.layout = KeyLayout(config.key_prefix)
         self.keyring = KeyRing(config.sources)
         self.known_sites = {s.site_id for s in config.sources}
+        self.cors = CorsPolicy(config.sources)
+        self.trusted = TrustedProxies(config.edge.trusted_proxies)
         self.strict = config.edge.status_mode == "strict"
         self.retry_after = [(b"retry-after", str(config.edge.retry_after_seconds).encode())]
         self._async_redis = async_redis or (lambda: AsyncRedis.from_url(config.redis_url, **REDIS_TIMEOUTS))
@@ -147,7 +202,9 @@ class Edge:
         """Apply a re-read config's sources and keys (SIGHUP): key rotation without a restart.
         Other settings need a restart; a changed one is named in the log."""
         keyring = KeyRing(config.sources)  # built first: a failure here changes nothing
+        cors = CorsPolicy(config.sources)
         self.keyring = keyring
+        self.cors = cors
         self.known_sites = {s.site_id for s in config.sources}
         for name in ("redis_url", "key_prefix", "edge", "worker"):
             if getattr(config, name) != getattr(self.config, name):
@@ -210,38 +267,86 @@ class Edge:
 
     # -- the hot path ----------------------------------------------------------------------
 
-    async def handle_ingest(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
-        route = scope["path"]
-        batch = route == BATCH_ROUTE
-        status, body, extra = await self._ingest(scope, receive, batch)
+    async def handle_ingest(self, scope: dict[str, Any], receive: Callable, send: Callable, route: str) -> None:
+        method = scope["method"]
+        headers = RequestHeaders.of(scope["headers"])
+        if method == "POST" or (method == "GET" and route == SINGLE_ROUTE):
+            received_at = time.time_ns() // 1_000_000
+            query = parse_query(scope.get("query_string", b""))
+            site_id = query.get("tc_s") or None
+            key = query.get("token") or bearer_key(headers.authorization)
+            source = self.keyring.resolve(site_id, key)
+            failure: AuthFailure | None = None
+            if source is None:
+                failure = (
+                    AuthFailure.MISSING_KEY
+                    if not key
+                    else AuthFailure.MISSING_SITE
+                    if not site_id
+                    else AuthFailure.UNKNOWN_KEY
+                )
+                metrics.UNAUTHORIZED.labels(failure.value).inc()
+            if method == "POST":
+                status, body, extra = await self._ingest(
+                    scope, receive, headers, route == BATCH_ROUTE, source, site_id, failure, received_at
+                )
+            else:
+                status, body, extra = await self._pixel(scope, headers, source, site_id, failure, received_at)
+            if headers.origin is not None and status:
+                extra = self._cors_headers(headers.origin, source, site_id, extra)
+        elif method == "OPTIONS":
+            status, body, extra = self._options(scope, route)
+        else:
+            methods = " or ".join(METHODS[route][:-1])
+            status, body, extra = 405, error_body(f"method not allowed: use {methods}"), ALLOW[route]
+            if headers.origin is not None:
+                site_id = parse_query(scope.get("query_string", b"")).get("tc_s") or None
+                extra = self._cors_headers(headers.origin, None, site_id, extra)
         if status:
             metrics.count_request(route, status)
             await respond(send, status, body, extra)
 
-    async def _ingest(self, scope: dict[str, Any], receive: Callable, batch: bool):
-        received_at = time.time_ns() // 1_000_000
-        if scope["method"] != "POST":
-            return 405, error_body("method not allowed: use POST"), [(b"allow", b"POST")]
-        query = parse_query(scope.get("query_string", b""))
-        headers = RequestHeaders.of(scope["headers"])
-        site_id = query.get("tc_s") or None
-        key = query.get("token") or bearer_key(headers.authorization)
-        source = self.keyring.resolve(site_id, key)
-        failure: AuthFailure | None = None
-        if source is None:
-            failure = (
-                AuthFailure.MISSING_KEY
-                if not key
-                else AuthFailure.MISSING_SITE
-                if not site_id
-                else AuthFailure.UNKNOWN_KEY
-            )
-            metrics.UNAUTHORIZED.labels(failure.value).inc()
+    def _cors_headers(
+        self, origin: str, source: SourceConfig | None, site_id: str | None, extra: list[tuple[bytes, bytes]]
+    ) -> list[tuple[bytes, bytes]]:
+        """`extra` plus the CORS headers of an allowed origin: the source's list when the key is good,
+        else the site's (so that a page can read even a refusal)."""
+        origins = self.cors.for_source(source.id) if source is not None else self.cors.for_site(site_id) or NOBODY
+        granted = origins.answer(origin)
+        return [*extra, *granted] if granted else extra
+
+    def _options(self, scope: dict[str, Any], route: str) -> Answer:
+        """A CORS preflight (contract §2), or a plain OPTIONS (the allowed methods)."""
+        raw = scope["headers"]
+        origin = header_value(raw, b"origin")
+        method = header_value(raw, b"access-control-request-method")
+        if origin is None or method is None:
+            return 204, b"", ALLOW[route]
+        site_id = parse_query(scope.get("query_string", b"")).get("tc_s") or None
+        verdict = preflight(
+            self.cors, site_id, origin, method, header_value(raw, b"access-control-request-headers"), METHODS[route]
+        )
+        if verdict.refusal is not None:
+            return verdict.status, error_body(verdict.refusal), verdict.headers
+        return verdict.status, b"", verdict.headers
+
+    async def _ingest(
+        self,
+        scope: dict[str, Any],
+        receive: Callable,
+        headers: RequestHeaders,
+        batch: bool,
+        source: SourceConfig | None,
+        site_id: str | None,
+        failure: AuthFailure | None,
+        received_at: int,
+    ) -> Answer:
+        json_type = is_json_content_type(headers.content_type)
         try:
             if failure is not None and self.strict:
                 # Refused before the body is read: unauthenticated traffic costs little.
                 raise RequestRejected(Problem.UNAUTHORIZED, failure.value)
-            if not is_json_content_type(headers.content_type):
+            if not json_type and self.strict:
                 raise unsupported(f"Content-Type must be application/json, got {headers.content_type!r}")
             if source is not None and self.committer and self.committer.backlog > self.config.edge.max_backlog:
                 return 503, error_body("ingest backlog is full, retry later"), self.retry_after
@@ -259,11 +364,18 @@ class Edge:
                     Problem.BODY_TIMEOUT,
                     f"body not received within {self.config.edge.body_timeout_seconds:g} s",
                 ) from None
-            if batch:
-                checked = check_batch(body)
-                events, rejected = checked.accepted, checked.rejected
-            else:
-                events, rejected = [check_event(body)], []
+            try:
+                if batch:
+                    checked = check_batch(body)
+                    events, rejected = checked.accepted, checked.rejected
+                else:
+                    events, rejected = [check_event(body)], []
+            except RequestRejected as refused:
+                if json_type:
+                    raise
+                # compat takes JSON whatever its declared type (sendBeacon sends text/plain); what is
+                # not JSON gets the usual 400, saying what it was declared as.
+                raise unsupported(f"{refused.reason} (sent as Content-Type {headers.content_type!r})") from None
         except RequestRejected as refused:
             status = refused.problem.status("strict" if self.strict else "compat")
             # A refused request's body may still be on its way (refused before or while reading it):
@@ -271,43 +383,111 @@ class Edge:
             extra = [*(WWW_AUTHENTICATE if status == 401 else ()), (b"connection", b"close")]
             return status, error_body(refused.reason), extra
         except ClientDisconnected:
-            return 0, b"", ()
+            return 0, b"", []
         if source is None:
-            return self._dropped(site_id or "", failure or AuthFailure.MISSING_KEY, received_at, batch, body)
-        return await self._store(source, site_id or "", received_at, events, rejected, batch)
+            route = BATCH_ROUTE if batch else SINGLE_ROUTE
+            self._sample(site_id or "", failure or AuthFailure.MISSING_KEY, received_at, route, body)
+            if batch:
+                return 200, _json.encode(BatchAnswer("ok", 0, [])), []
+            return 200, OK_BODY, []
+        status, extra = await self._store(scope, headers, source, site_id or "", received_at, events)
+        metrics.count_events(source.id, "rejected", len(rejected))
+        if status != 200:
+            return status, error_body("storage unavailable, nothing was stored"), extra
+        if batch:
+            return 200, _json.encode(BatchAnswer("ok", len(events), rejected)), extra
+        return 200, OK_BODY, extra
 
-    def _dropped(self, site_id: str, failure: AuthFailure, received_at: int, batch: bool, body: bytes):
+    async def _pixel(
+        self,
+        scope: dict[str, Any],
+        headers: RequestHeaders,
+        source: SourceConfig | None,
+        site_id: str | None,
+        failure: AuthFailure | None,
+        received_at: int,
+    ) -> Answer:
+        """`GET /events`, the Pixel Tracking API: the event is in the query (ingest/pixel.py); the answer is
+        a 1x1 GIF. Same keys, size limit and status modes as a POST; compat answers the GIF even to a bad
+        key or a query that makes no event, strict the same JSON errors as a POST."""
+        raw = scope.get("query_string", b"")
+        event = b""
+        try:
+            if failure is not None and self.strict:
+                raise RequestRejected(Problem.UNAUTHORIZED, failure.value)
+            if len(raw) > MAX_EVENT_BYTES:
+                raise too_large(f"query of {len(raw)} bytes is over the limit of {MAX_EVENT_BYTES} bytes")
+            if source is not None and self.committer and self.committer.backlog > self.config.edge.max_backlog:
+                return 503, error_body("ingest backlog is full, retry later"), self.retry_after
+            try:
+                event = pixel.event_from_query(raw).event
+            except pixel.PixelError as exc:
+                raise invalid(f"query is not an event: {exc}") from None
+            if len(event) > MAX_EVENT_BYTES:
+                raise too_large(f"event of {len(event)} bytes is over the limit of {MAX_EVENT_BYTES} bytes")
+        except RequestRejected as refused:
+            if self.strict:
+                status = refused.problem.status("strict")
+                return status, error_body(refused.reason), list(WWW_AUTHENTICATE if status == 401 else ())
+            if source is not None:
+                metrics.count_events(source.id, "rejected", 1)
+                return 200, pixel.GIF, list(pixel.GIF_HEADERS)
+        if source is None:  # compat: a missing or unknown key is counted and sampled, as for a POST
+            sample = event or redacted_query(raw)
+            self._sample(site_id or "", failure or AuthFailure.MISSING_KEY, received_at, PIXEL_SAMPLE_ROUTE, sample)
+            return 200, pixel.GIF, list(pixel.GIF_HEADERS)
+        status, extra = await self._store(scope, headers, source, site_id or "", received_at, [event])
+        if status != 200:
+            return status, error_body("storage unavailable, nothing was stored"), extra
+        return 200, pixel.GIF, [*pixel.GIF_HEADERS, *extra]
+
+    def _sample(self, site_id: str, failure: AuthFailure, received_at: int, route: str, body: bytes) -> None:
         """compat mode: a missing/unknown key gets 200, its events are only counted and sampled."""
         if self.committer is not None:
             bucket = site_id if site_id in self.known_sites else UNKNOWN_SITE_BUCKET
-            self.committer.add_sample(
-                UnauthorizedSample.of(bucket, failure, received_at, BATCH_ROUTE if batch else SINGLE_ROUTE, body)
-            )
-        if batch:
-            return 200, _json.encode(BatchAnswer("ok", 0, [])), ()
-        return 200, OK_BODY, ()
+            self.committer.add_sample(UnauthorizedSample.of(bucket, failure, received_at, route, body))
+
+    def _client_ip(self, scope: dict[str, Any], headers: RequestHeaders, source: SourceConfig) -> str | None:
+        """The client's address as the source keeps it (ingest/client.py); the peer's by default."""
+        mode = source.ip_mode
+        if mode == "drop":
+            return None
+        peer = scope.get("client")
+        address = client_address(peer[0] if peer else None, headers.forwarded, headers.x_forwarded_for, self.trusted)
+        if mode == "keep" and address is not None and not address.startswith("::ffff:"):
+            return address  # the peer as the socket reports it: already a plain address
+        return apply_ip_mode(address, mode)
 
     async def _store(
         self,
+        scope: dict[str, Any],
+        headers: RequestHeaders,
         source: SourceConfig,
         site_id: str,
         received_at: int,
         events: list[bytes],
-        rejected: list[Any],
-        batch: bool,
-    ):
+    ) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """Stores the request's accepted events (one IngestRecord, through the group commit): (200, [])
+        once stored, (503, Retry-After) when storage failed."""
         if events:
             assert self.committer is not None, "edge not started"
+            if source.ip_mode != "keep":  # an address the event carries goes the way of the client's
+                events = [scrub_event_ip(e, source.ip_mode) for e in events]
+            record = IngestRecord(
+                source.id,
+                site_id,
+                received_at,
+                events,
+                self._client_ip(scope, headers, source),
+                user_agent(headers.user_agent),
+            )
             try:
-                await self.committer.submit(IngestRecord(source.id, site_id, received_at, events))
+                await self.committer.submit(record)
             except StorageUnavailable:
                 metrics.count_events(source.id, "unavailable", len(events))
-                return 503, error_body("storage unavailable, nothing was stored"), self.retry_after
+                return 503, self.retry_after
         metrics.count_events(source.id, "accepted", len(events))
-        metrics.count_events(source.id, "rejected", len(rejected))
-        if batch:
-            return 200, _json.encode(BatchAnswer("ok", len(events), rejected)), ()
-        return 200, OK_BODY, ()
+        return 200, []
 
     # -- the other routes ------------------------------------------------------------------
 
@@ -359,9 +539,11 @@ class EdgeApp:
         )
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
-        if scope["type"] == "http" and scope["path"] in (SINGLE_ROUTE, BATCH_ROUTE):
-            await self.edge.handle_ingest(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            route = INGEST_PATHS.get(scope["path"])
+            if route is not None:
+                await self.edge.handle_ingest(scope, receive, send, route)
+                return
         await self.starlette(scope, receive, send)
 
 

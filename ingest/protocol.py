@@ -31,6 +31,9 @@ UVICORN_SETTINGS: dict[str, Any] = {
     "backlog": 2048,
     "access_log": False,
     "timeout_graceful_shutdown": 30,
+    # The edge reads X-Forwarded-For / Forwarded itself, from edge.trusted_proxies only (ingest/client.py);
+    # uvicorn's own rewrite of the peer would trust any local process.
+    "proxy_headers": False,
 }
 
 

@@ -80,7 +80,7 @@ def filled(tmp_path: Path, valkey_url: str, valkey_client: redis.Redis) -> str:
     events = [
         {
             "event_name": "sign_up",
-            "user": {"id": "1", "consent_categories": ["1"]},
+            "user": {"id": "1", "consistent_anonymous_id": "anon-1", "consent_categories": ["1"]},
             "context": {"event_id": "a-1", "event_timestamp": 1, "device": {"ip": "203.0.113.77"}},
         },
         {"context": {"event_id": "a-2"}},  # no event_name: rejected
@@ -107,7 +107,9 @@ def filled(tmp_path: Path, valkey_url: str, valkey_client: redis.Redis) -> str:
 
 
 ROUTES = [
+    ("GET", "/admin/sources"),
     ("GET", "/admin/sources/shop-web/events"),
+    ("GET", "/admin/refused"),
     ("GET", "/admin/destinations/crm/delivery"),
     ("GET", "/admin/dlq/crm"),
     ("POST", "/admin/dlq/crm/replay"),
@@ -211,7 +213,9 @@ def test_the_console_answers_healthz_and_describes_the_admin_routes(filled: str)
 
 
 ROUTES_TEMPLATES = [
+    ("GET", "/admin/sources"),
     ("GET", "/admin/sources/{source_id}/events"),
+    ("GET", "/admin/refused"),
     ("GET", "/admin/destinations/{destination_id}/delivery"),
     ("GET", "/admin/dlq/{destination_id}"),
     ("POST", "/admin/dlq/{destination_id}/replay"),
@@ -383,3 +387,118 @@ def test_console_on_a_taken_port_says_so_and_exits_2(tmp_path: Path, valkey_url:
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert f"--port {port}" in done.stderr and "in use" in done.stderr and "Traceback" not in done.stderr
     assert ADMIN not in done.stderr
+
+
+# -- duplicates per source, FAILED per destination, refused requests ---------------------------
+
+
+def test_sources_and_the_inspector_count_duplicates_per_source(filled: str, valkey_client: redis.Redis) -> None:
+    """A producer reusing event ids shows: the same events again are DUPLICATE, counted per source."""
+    config = parse(filled)
+    again = [{"event_name": "sign_up", "user": {"id": "1"}, "context": {"event_id": f"a-{n}"}} for n in (1, 3)]
+    payload = encode_batch(
+        IngestBatch([IngestRecord("shop-web", "29", int(time.time() * 1000), [json.dumps(e).encode() for e in again])])
+    )
+    process_ingest(WorkerContext(config, valkey_client), valkey_client, "job-b", "trackpipe:rq:job:job-b", payload)
+
+    async def test(client: httpx.AsyncClient) -> None:
+        inspected = (await client.get("/admin/sources/shop-web/events", headers=AUTH)).json()
+        assert inspected["duplicates"] == 2
+        assert inspected["counts"]["DUPLICATE"] == 2 and sum(inspected["counts"].values()) == 5
+        assert [e["event_id"] for e in inspected["events"] if e["status"] == "DUPLICATE"] == ["a-3", "a-1"]
+        (source,) = (await client.get("/admin/sources", headers=AUTH)).json()["sources"]
+        assert source["id"] == "shop-web" and source["site_id"] == "29"
+        assert (source["processed"], source["duplicates"]) == (5, 2)
+        assert (source["dedup"], source["dedup_window_seconds"]) == (True, 86_400)
+
+    run(filled, test)
+
+
+def test_a_dead_lettered_delivery_shows_failed_for_its_destination(filled: str, valkey_client: redis.Redis) -> None:
+    """The delivery job records the dead letter for its source in its settlement's MULTI; the
+    inspector shows that destination FAILED with the reason, the others as they were."""
+    from destinations.base import Rejected
+    from trackpipe.types import RetryConfig
+    from workers.deliver import commit_settlement, settle
+
+    config = parse(filled)
+    ctx = WorkerContext(config, valkey_client)
+    (job,) = delivery_queue("crm", valkey_client).jobs
+    (batch,) = delivery_batches_of(valkey_client, job)
+    assert sorted(e.event_id for e in batch.events) == ["a-1", "a-3"]
+    outcomes = [Rejected(f"HTTP 400: no {e.event_id} token=secret-value") for e in batch.events]
+    now = time.time()
+    settled = settle(batch.events, outcomes, RetryConfig(), now)
+    commit_settlement(ctx, valkey_client, batch, settled, job.key, now)
+    stored = [json.loads(r) for r in valkey_client.lrange(LAYOUT.inspector_failures("shop-web"), 0, -1)]
+    assert {(f["event_id"], f["destination_id"]) for f in stored} == {("a-1", "crm"), ("a-3", "crm")}
+    assert all("secret-value" not in f["reason"] for f in stored)
+
+    async def test(client: httpx.AsyncClient) -> None:
+        events = (await client.get("/admin/sources/shop-web/events", headers=AUTH)).json()["events"]
+        by_id = {e["event_id"]: e for e in events}
+        assert by_id["a-1"]["destinations"] == {"crm": "FAILED", "lake": "queued"}
+        assert by_id["a-1"]["failures"]["crm"]["reason"] == "HTTP 400: no a-1 token=***"
+        assert by_id["a-3"]["destinations"]["crm"] == "FAILED"
+        rejected = [e for e in events if e["status"] == "INVALID_REJECTED"]
+        assert rejected and all("failures" not in e for e in rejected)
+        # Filters still apply to the merged records.
+        only = await client.get("/admin/sources/shop-web/events", params={"test_code": "qa-7"}, headers=AUTH)
+        assert [e["destinations"]["crm"] for e in only.json()["events"]] == ["FAILED"]
+
+    run(filled, test)
+
+
+def test_failures_are_merged_only_into_the_event_they_belong_to() -> None:
+    from console.app import merge_failures
+    from trackpipe.queries import DeliveryFailure
+
+    def record(status: str = "VALID", received_at: int = 100) -> dict[str, Any]:
+        return {"status": status, "received_at": received_at, "destinations": {"crm": "queued", "lake": "queued"}}
+
+    newest = DeliveryFailure("e", "crm", "HTTP 422: new", 3, 100)
+    older = DeliveryFailure("e", "crm", "HTTP 500: old", 2, 100)
+    other_copy = DeliveryFailure("e", "lake", "disk full", 2, 999)  # the same id, received another time
+    merged = record()
+    assert merge_failures(merged, [newest, older, other_copy])
+    assert merged["destinations"] == {"crm": "FAILED", "lake": "queued"}
+    assert merged["failures"] == {"crm": {"reason": "HTTP 422: new", "at": 3}}
+    for untouched in (record("DUPLICATE"), record("INVALID_REJECTED"), record(received_at=5)):
+        before = json.dumps(untouched)
+        assert not merge_failures(untouched, [newest])
+        assert json.dumps(untouched) == before
+    # An entry that does not know the receive time matches by event id alone.
+    anyhow = record(received_at=5)
+    assert merge_failures(anyhow, [DeliveryFailure("e", "lake", "x", 1)])
+    assert anyhow["destinations"]["lake"] == "FAILED"
+
+
+def test_refused_requests_are_listed_per_site_without_keys(filled: str, valkey_client: redis.Redis) -> None:
+    from tests.test_status import LEAKED, store_refused
+
+    store_refused(valkey_client)
+
+    async def test(client: httpx.AsyncClient) -> None:
+        response = await client.get("/admin/refused", headers=AUTH)
+        assert response.status_code == 200, response.text
+        sites = response.json()["sites"]
+        assert [(s["site_id"], s["total"], s["by_reason"]) for s in sites] == [
+            ("29", 2, {"unknown key": 2}),
+            ("_unknown_site", 1, {"missing key": 1}),
+        ]
+        newest = sites[0]["latest"][0]
+        assert set(newest) == {"received_at", "reason", "route", "body", "body_bytes"}
+        assert (newest["route"], newest["received_at"]) == ("/events/batch", 1_700_000_001_000)
+        assert '"token":"***"' in newest["body"] and "token=***" in newest["body"]
+        assert LEAKED not in response.text and TEST_KEY not in response.text
+        one = (await client.get("/admin/refused", params={"site": "29", "limit": "1"}, headers=AUTH)).json()
+        assert [(s["site_id"], len(s["latest"])) for s in one["sites"]] == [("29", 1)]
+        assert one["sites"][0]["total"] == 2
+        unknown = await client.get("/admin/refused", params={"site": "_unknown_site"}, headers=AUTH)
+        assert unknown.json()["sites"][0]["latest"][0]["reason"] == "missing key"
+        missing = await client.get("/admin/refused", params={"site": "31"}, headers=AUTH)
+        assert missing.status_code == 404 and "31" in missing.json()["error"]
+        bad = await client.get("/admin/refused", params={"limit": "x"}, headers=AUTH)
+        assert bad.status_code == 400 and "limit" in bad.json()["error"]
+
+    run(filled, test)

@@ -226,3 +226,147 @@ def test_fakeredis_gives_the_same_verdicts_as_valkey(conn: redis.Redis) -> None:
         assert sorted(remembered_fields(fake)) == sorted(remembered_fields(conn))
     finally:
         fake.close()
+
+
+# --- per-source windows and dedup = false ------------------------------------------------------
+
+LONG = 60  # seconds: a source's own window, six times the default's
+
+
+def test_sources_with_their_own_window_live_in_keys_apart_from_the_default(
+    dedup: Deduplicator, conn: redis.Redis
+) -> None:
+    """Slots are window-long: with one namespace, a 60 s source's slot 28333333 would share keys (and
+    the default's 80 s expiry) with the 10 s default's slot of that number, hours away."""
+    items = [
+        (dedup.key_for("short", "a"), T0),
+        (dedup.key_for("long", "a", LONG), T0),
+        (dedup.key_for("same", "a", WINDOW), T0),  # a window equal to the default: its namespace
+    ]
+    claim(dedup, conn, "warm-up", ["w"], source="warm-up")  # loads the script on the server
+    CountingConnection.sent = 0
+    assert dedup.claim(conn, job_key("mixed"), items) == [True, True, True]
+    assert CountingConnection.sent == 1
+    default_keys = sorted(conn.scan_iter(LAYOUT.dedup_pattern))
+    own_keys = sorted(conn.scan_iter(LAYOUT.dedup_window_pattern))
+    slot_default, slot_long = slot_of(T0, WINDOW), slot_of(T0, LONG)
+    expected = {("warm-up", "w"), ("short", "a"), ("same", "a")}
+    assert default_keys == sorted(
+        {LAYOUT.dedup_bucket(slot_default, dedup.key_for(*ids).bucket).encode() for ids in expected}
+    )
+    bucket = dedup.key_for("long", "a", LONG).bucket
+    assert own_keys == [LAYOUT.dedup_window_bucket(LONG, slot_long, bucket).encode()]
+    assert 2 * LONG <= conn.ttl(own_keys[0]) <= 2 * LONG + 60
+    for key in default_keys:
+        assert 2 * WINDOW <= conn.ttl(key) <= 2 * WINDOW + 60
+    assert conn.exists(f"{LAYOUT.dedup_window_slot_marker_prefix}{LONG}:{slot_long}")
+    assert conn.exists(f"{LAYOUT.dedup_slot_marker_prefix}{slot_default}")
+
+
+def test_each_source_is_deduplicated_within_its_own_window(dedup: Deduplicator, conn: redis.Redis) -> None:
+    """Two sources, windows of 10 s (the default) and 60 s: an id seen again 25 s later is a
+    duplicate for the 60 s source only; 2 s later, for both; 3 minutes later, for neither. The
+    sources' ids mix in each claim, and each claim is one round trip."""
+    start = SLOT_START
+    claim(dedup, conn, "warm-up", ["w"], source="warm-up")  # loads the script on the server
+
+    def both(job: str, ids: str, at: int) -> list[bool] | None:
+        items = [(dedup.key_for("short", ids), at), (dedup.key_for("long", ids, LONG), at)]
+        CountingConnection.sent = 0
+        verdicts = dedup.claim(conn, job_key(job), items)
+        assert CountingConnection.sent == 1
+        return verdicts
+
+    assert both("first", "id", start) == [True, True]
+    assert both("2s", "id", start + 2_000) == [False, False]
+    assert both("25s", "id", start + 25_000) == [True, False]  # the 10 s source forgot it; the 60 s one did not
+    # (the 25 s claim re-marked the short source's id) 3 min after that: past both windows.
+    assert both("3min", "id", start + 25_000 + 180_000) == [True, True]
+    # A copy of a 60 s id received 59 s before: still a duplicate, in whatever order jobs run.
+    assert dedup.claim(conn, job_key("late"), [(dedup.key_for("long", "late", LONG), start + 59_000)]) == [True]
+    assert dedup.claim(conn, job_key("early"), [(dedup.key_for("long", "late", LONG), start)]) == [False]
+
+
+def test_a_window_equal_to_the_default_shares_the_default_memory(dedup: Deduplicator, conn: redis.Redis) -> None:
+    assert dedup.claim(conn, job_key("j1"), [(dedup.key_for("s", "x"), T0)]) == [True]
+    # The same source, now configured with an explicit window equal to the default: still known.
+    assert dedup.claim(conn, job_key("j2"), [(dedup.key_for("s", "x", WINDOW), T0 + 1)]) == [False]
+    assert list(conn.scan_iter(LAYOUT.dedup_window_pattern)) == []
+
+
+def test_mixed_windows_give_the_same_verdicts_on_fakeredis(conn: redis.Redis) -> None:
+    fake = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    try:
+        outcomes = []
+        for client in (conn, fake):
+            dedup = Deduplicator(client, LAYOUT, WINDOW, BUCKETS)
+            keys = [dedup.key_for("short", "m"), dedup.key_for("long", "m", LONG), dedup.key_for("mid", "m", 30)]
+            outcomes.append(
+                [dedup.claim(client, job_key(f"m{n}"), [(k, SLOT_START + n * 25_000) for k in keys]) for n in range(4)]
+            )
+        assert outcomes[0] == outcomes[1]
+        assert outcomes[0][0] == [True, True, True]
+        assert outcomes[0][1] == [True, False, False]  # 25 s later: only the 10 s source forgot
+    finally:
+        fake.close()
+
+
+def test_the_ingest_job_honours_each_source_s_dedup_settings(valkey_url: str, valkey_client: redis.Redis) -> None:
+    """Through the ingest job: `dedup = false` never claims (a reused id is VALID twice and nothing
+    is remembered for that source), a source's own window is used, and DUPLICATE is counted per source."""
+    import json
+    import time
+
+    from trackpipe.config import parse
+    from trackpipe.messages import IngestBatch, IngestRecord, encode_batch
+    from workers.context import WorkerContext
+    from workers.ingest import process_ingest
+
+    config = parse(
+        f"""
+redis_url = "{valkey_url}"
+[dedup]
+window_seconds = 10
+[[sources]]
+id = "plain"
+site_id = "1"
+keys = ["plain-key-0123"]
+[[sources]]
+id = "off"
+site_id = "1"
+keys = ["off-key-01234"]
+dedup = false
+[[sources]]
+id = "long"
+site_id = "1"
+keys = ["long-key-0123"]
+dedup_window_seconds = 3600
+"""
+    )
+    ctx = WorkerContext(config, valkey_client)
+    event = json.dumps({"event_name": "login", "user": {"id": "1"}, "context": {"event_id": "same-id"}}).encode()
+    now = int(time.time() * 1000)
+
+    def duplicates(job: str, at: int) -> dict[str, int]:
+        """Source -> events of the job that were DUPLICATE (the others' status depends on warnings)."""
+        records = [IngestRecord(s, "1", at, [event, event]) for s in ("plain", "off", "long")]
+        outcome = process_ingest(ctx, valkey_client, job, job_key(job), encode_batch(IngestBatch(records)))
+        assert outcome.events == 6 and "INVALID_REJECTED" not in outcome.by_status
+        found = {s: 0 for s in ("plain", "off", "long")}
+        for raw in (r for s in found for r in valkey_client.lrange(LAYOUT.inspector(s), 0, -1)):
+            record = json.loads(raw)
+            if record["status"] == "DUPLICATE" and record["received_at"] == at:
+                found[record["payload"]["context"]["source_id"]] += 1
+        return found
+
+    assert duplicates("j1", now) == {"plain": 1, "off": 0, "long": 1}  # the second copy
+    # 25 s later: the 10 s window has passed for `plain`; `long` still knows the id; `off` never does.
+    assert duplicates("j2", now + 25_000) == {"plain": 1, "off": 0, "long": 2}
+    stats = {s: valkey_client.hgetall(LAYOUT.source_stats(s)) for s in ("plain", "off", "long")}
+    assert {s: int(v.get(b"DUPLICATE", 0)) for s, v in stats.items()} == {"plain": 2, "off": 0, "long": 3}
+    assert {s: sum(map(int, v.values())) for s, v in stats.items()} == {"plain": 4, "off": 4, "long": 4}
+    assert ctx.dedup.key_for("off", "same-id").field not in remembered_fields(valkey_client)
+    long_field = ctx.dedup.key_for("long", "same-id", 3600).field
+    assert long_field not in remembered_fields(valkey_client)  # not in the default's namespace ...
+    own = [f for k in valkey_client.scan_iter(LAYOUT.dedup_window_pattern) for f in valkey_client.hkeys(k)]
+    assert own == [long_field]  # ... but in its window's

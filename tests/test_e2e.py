@@ -199,7 +199,8 @@ def test_v1_and_v2_arrive_normalized_once_each(tmp_path: Path, valkey_url: str) 
         v1 = by_id["e2e-v1"]
         assert "properties" not in v1 and v1["value"] == 20 and v1["user"] == {"id": "7"}
         assert v1["context"]["page"] == {"url": "https://x/p"}
-        assert v1["context"]["device"] == {"ip": "198.51.100.4"}
+        # The event's own IP is kept; the user agent it lacked is the request's (contract §3, rule 7).
+        assert v1["context"]["device"] == {"ip": "198.51.100.4", "user_agent": f"python-httpx/{httpx.__version__}"}
         assert v1["context"]["source_id"] == "shop-web" and isinstance(v1["context"]["received_at"], int)
         v2 = by_id["e2e-v2"]
         assert {k: v for k, v in v2.items() if k != "context"} == {k: v for k, v in V2.items() if k != "context"}

@@ -85,18 +85,22 @@ def ev(**fields: Any) -> bytes:
 PURCHASE = {**V2_EXAMPLE, "context": {**V2_EXAMPLE["context"], "event_id": "buy-1", "event_timestamp": T0}}
 PURCHASE_NO_CONSENT = {
     **PURCHASE,
-    "user": {"id": "8", "consent_categories": [1]},
+    "user": {"id": "8", "consistent_anonymous_id": "ca-8", "consent_categories": [1]},
     "context": {"event_id": "buy-2", "event_timestamp": T0},
 }
 V1_EVENT = {
     "event_name": "v1_custom",
     "event_id": "e-v1",
     "event_timestamp": T0,
-    "properties": {"value": 20, "currency": "EUR"},
+    "properties": {"value": 20, "currency": "EUR", "user": {"consistent_anonymous_id": "ca-1"}},
     "page": {"location": "https://x/p"},
     "device": {"ip": "198.51.100.4"},
 }
-CUSTOM = {"event_name": "custom", "context": {"event_id": "c-1", "event_timestamp": T0}}
+CUSTOM = {
+    "event_name": "custom",
+    "user": {"consistent_anonymous_id": "ca-1"},
+    "context": {"event_id": "c-1", "event_timestamp": T0},
+}
 PAGE_VIEW_INCOMPLETE = {"event_name": "page_view", "context": {"event_id": "pv-1", "event_timestamp": T0}}
 NO_NAME = {"context": {"event_id": "nn-1", "event_timestamp": T0}}
 NO_ID = {"event_name": "custom", "context": {"event_timestamp": T0}}
@@ -254,6 +258,7 @@ def test_one_delivery_job_per_destination_holding_the_normalized_events(ctx: Wor
         "event_name": "v1_custom",
         "value": 20,
         "currency": "EUR",
+        "user": {"consistent_anonymous_id": "ca-1"},
         "context": {
             "event_id": "e-v1",
             "event_timestamp": T0,
@@ -299,7 +304,16 @@ def test_a_later_job_with_a_seen_event_id_is_a_duplicate_and_delivered_nowhere(
             ("shop-web", ev(**CUSTOM)),
             ("shop-web", ev(**NO_ID)),  # no id: never a duplicate
             ("shop-web", ev(**NO_ID)),
-            ("strict-app", ev(**{**PAGE_VIEW_INCOMPLETE, "page_type": "home", "user": {"consent_categories": []}})),
+            (
+                "strict-app",
+                ev(
+                    **{
+                        **PAGE_VIEW_INCOMPLETE,
+                        "page_type": "home",
+                        "user": {"consistent_anonymous_id": "ca-9", "consent_categories": []},
+                    }
+                ),
+            ),
         ],
     )
     # pv-1 was rejected on strict-app the first time: a rejected event is not remembered.
@@ -347,14 +361,15 @@ def test_running_a_job_again_after_it_finished_changes_nothing(ctx: WorkerContex
 def sampled_job(n: int, tag: str) -> list[tuple[str, bytes]]:
     """50 events: 40 ordinary, 5 rejected (no event_name), 5 carrying a test_code."""
     events = []
+    user = {"consistent_anonymous_id": "ca-1"}
     for i in range(n):
         context = {"event_id": f"{tag}-{i}", "event_timestamp": T0}
         if i % 10 == 3:
             events.append(("shop-web", ev(context=context)))
         elif i % 10 == 7:
-            events.append(("shop-web", ev(event_name="custom", test_code=f"tc-{i}", context=context)))
+            events.append(("shop-web", ev(event_name="custom", test_code=f"tc-{i}", user=user, context=context)))
         else:
-            events.append(("shop-web", ev(event_name="custom", context=context)))
+            events.append(("shop-web", ev(event_name="custom", user=user, context=context)))
     return events
 
 

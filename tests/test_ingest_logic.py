@@ -47,7 +47,7 @@ path = "/tmp/trackpipe-lake"
 sources = ["shop-web"]
 """
 
-USER = {"id": "7", "consent_categories": ["1", "3"]}
+USER = {"id": "7", "consistent_anonymous_id": "ca-7", "consent_categories": ["1", "3"]}
 PURCHASE = {
     "event_name": "purchase",
     "id": "O-1",
@@ -259,14 +259,16 @@ def test_v1_event_is_normalized_and_checked() -> None:
         "page": {"location": "https://x/p"},
     }
     item = process(v1)
-    assert item.status is EventStatus.INVALID_ACCEPTED  # add_to_cart without items, user without consent
+    # add_to_cart without items, user without consent categories nor consistent_anonymous_id
+    assert item.status is EventStatus.INVALID_ACCEPTED
     assert item.event_id == "e-1"
     assert item.dedupable is True
     assert item.event is not None
     assert item.event["context"]["page"] == {"url": "https://x/p"}
-    assert len(item.warnings) == 2
+    assert len(item.warnings) == 3
     assert any("'items'" in w for w in item.warnings)
     assert any("consent_categories" in w for w in item.warnings)
+    assert any("user.consistent_anonymous_id" in w for w in item.warnings)
 
 
 @pytest.mark.parametrize(

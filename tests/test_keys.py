@@ -22,9 +22,8 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.app import UNKNOWN_SITE_BUCKET
 from trackpipe.config import Config, SourceConfig
-from trackpipe.keys import DELIVER_QUEUE_PREFIX, INGEST_QUEUE, RETRY_QUEUE_PREFIX, KeyLayout
+from trackpipe.keys import DELIVER_QUEUE_PREFIX, INGEST_QUEUE, RETRY_QUEUE_PREFIX, UNKNOWN_SITE_BUCKET, KeyLayout
 from trackpipe.types import ID_PATTERN
 
 
@@ -164,10 +163,15 @@ BUILDERS: dict[str, Key | Namespace | Pattern | RqNamespace] = {
     "dedup_bucket_prefix": Namespace((INT, INT), owner="dedup_bucket"),
     "dedup_slot_marker_prefix": Namespace((INT,)),
     "dedup_pattern": Pattern("dedup_bucket"),
+    "dedup_window_bucket": Key((INT, INT, INT)),
+    "dedup_window_bucket_prefix": Namespace((INT, INT, INT), owner="dedup_window_bucket"),
+    "dedup_window_slot_marker_prefix": Namespace((INT, INT)),
+    "dedup_window_pattern": Pattern("dedup_window_bucket"),
     "open_job": Key((QUEUE,)),
     "job_parts_prefix": Namespace((JOB,), owner="job_parts"),
     "job_parts": Key((JOB,)),
     "inspector": Key((ID,)),
+    "inspector_failures": Key((ID,)),
     "source_stats": Key((ID,)),
     "destination_stats": Key((ID, INT)),
     "dlq": Key((ID,)),
@@ -362,3 +366,13 @@ def test_namespaces_patterns_and_rq_hold_only_their_own_keys(data: st.DataObject
     for kind, (_, key) in chosen.items():
         # The prefix holds no ':', so two installations with different prefixes never share a key.
         assert key.startswith(layout.prefix + ":"), (kind, key)
+
+
+def test_dedup_slots_of_different_windows_never_share_a_key() -> None:
+    """Slot numbers mean a different time span for each window length: the default window's keys,
+    and each other window's, are apart (also for the same slot and bucket numbers)."""
+    layout = KeyLayout()
+    keys = {layout.dedup_bucket(7, 3)} | {layout.dedup_window_bucket(w, 7, 3) for w in (60, 600, 86_400)}
+    assert len(keys) == 4
+    assert layout.dedup_window_bucket(60, 7, 3).startswith(layout.dedup_window_bucket_prefix + "60:")
+    assert not any(fnmatch.fnmatchcase(k, layout.dedup_pattern) for k in keys - {layout.dedup_bucket(7, 3)})

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from workers.normalize import Normalized, normalize
+from workers.normalize import Normalized, fill_client, normalize
 
 RECEIVED = 1_700_000_500_000  # the edge's receive time, ms
 SOURCE = "shop-web"
@@ -589,6 +589,7 @@ MUTATION_INPUTS = [
     {"event_name": "x", "user": {"consent_categories": [None]}, "context": {"event_id": 42}},
     {"event_name": "x", "a": 1, "properties": {"a": 2, "user": {"consent_categories": [3]}}, "page": {"location": "u"}},
     {"event_name": "x", "context": "not an object", "event_timestamp": "nonsense"},
+    {"event_name": "x", "event_id": "e", "page": {"location": "u"}, "device": {"ip": "1"}, "app": {"n": 1}},
 ]
 
 
@@ -600,3 +601,133 @@ def test_input_is_not_mutated(raw: dict[str, Any]) -> None:
     # The output shares no mutable container the normalizer changed with the input.
     result.event["context"]["mutated"] = True
     assert raw == before
+
+
+# --- rule 1 without `properties`: v1 by its root metadata --------------------------------------------
+
+V1_WITHOUT_PROPERTIES = {
+    "event_name": "search",
+    "event_id": "v1-np",
+    "event_timestamp": TS,
+    "search_term": "t-shirts",
+    "user": {"id": "12345"},
+    "page": {"title": "Search page", "location": "https://shop.com/search?q=..."},
+    "device": {"ip": "102.3.4.56", "user_agent": "Mozilla/5.0"},
+    "app": {"name": "shop", "version": "1.2"},
+}
+
+
+def test_rule1_v1_without_properties_is_detected_by_its_root_metadata() -> None:
+    result = norm(V1_WITHOUT_PROPERTIES)
+    assert result.version == 1
+    assert result.event == out(
+        {"event_name": "search", "search_term": "t-shirts", "user": {"id": "12345"}},
+        {
+            "event_id": "v1-np",
+            "event_timestamp": TS,
+            "page": {"title": "Search page", "url": "https://shop.com/search?q=..."},
+            "device": {"ip": "102.3.4.56", "user_agent": "Mozilla/5.0"},
+            "app": {"name": "shop", "version": "1.2"},
+        },
+    )
+    assert result.warnings == []
+    assert result.errors == []
+
+
+@pytest.mark.parametrize("key", ["page", "device", "app"])
+def test_rule1_any_one_root_metadata_object_makes_v1(key: str) -> None:
+    result = norm({"event_name": "x", "event_id": "e", "event_timestamp": TS, key: {"k": "v"}})
+    assert result.version == 1
+    assert key not in result.event
+    assert result.event["context"][key] == {"k": "v"}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param({"event_name": "x", "page": "home"}, id="page-a-string"),
+        pytest.param({"event_name": "x", "device": ["ios"]}, id="device-a-list"),
+        pytest.param({"event_name": "x", "app": None}, id="app-null"),
+        pytest.param({"event_name": "x", "screen": {"w": 1}}, id="other-object"),
+    ],
+)
+def test_rule1_root_metadata_must_be_an_object_to_make_v1(raw: dict[str, Any]) -> None:
+    result = norm({**raw, "event_id": "e", "event_timestamp": TS})
+    assert result.version == 2
+    for key, value in raw.items():
+        assert result.event[key] == value
+
+
+def test_rule1_a_context_that_is_not_an_object_does_not_hide_v1_metadata() -> None:
+    result = norm({"event_name": "x", "event_id": "e", "event_timestamp": TS, "context": 5, "page": {"location": "u"}})
+    assert result.version == 1
+    assert result.event["context"]["page"] == {"url": "u"}
+    assert len(result.warnings) == 1 and "context" in result.warnings[0]
+
+
+# --- missing metadata warnings name their path ---------------------------------------------------------
+
+
+def test_missing_metadata_warnings_name_the_context_path() -> None:
+    result = norm({"event_name": "x"})
+    assert len(result.warnings) == 2
+    assert result.warnings[0].startswith("context.event_timestamp is missing")
+    assert result.warnings[1].startswith("context.event_id is missing")
+
+
+def test_unreadable_timestamp_warning_names_the_path_and_is_short() -> None:
+    result = norm({"event_name": "x", "context": {"event_id": "e", "event_timestamp": "y" * 5000}})
+    [warning] = result.warnings
+    assert warning.startswith("context.event_timestamp ")
+    assert len(warning) < 200
+
+
+# --- fill_client: the request's IP and user agent where the event has none --------------------------------
+
+IP = "203.0.113.9"
+UA = "Mozilla/5.0 (X11; Linux x86_64)"
+
+
+def event_with(device: Any = MISSING) -> dict[str, Any]:
+    context: dict[str, Any] = {"event_id": "e"}
+    if device is not MISSING:
+        context["device"] = device
+    return {"event_name": "x", "context": context}
+
+
+FILLS = [
+    pytest.param(MISSING, {"ip": IP, "user_agent": UA}, id="no-device"),
+    pytest.param(None, {"ip": IP, "user_agent": UA}, id="device-null"),
+    pytest.param({}, {"ip": IP, "user_agent": UA}, id="device-empty"),
+    pytest.param({"lang": "fr"}, {"lang": "fr", "ip": IP, "user_agent": UA}, id="other-keys-kept"),
+    pytest.param({"ip": "198.51.100.4"}, {"ip": "198.51.100.4", "user_agent": UA}, id="event-ip-kept"),
+    pytest.param({"user_agent": "App/1"}, {"user_agent": "App/1", "ip": IP}, id="event-ua-kept"),
+    pytest.param(
+        {"ip": "198.51.100.4", "user_agent": "App/1"}, {"ip": "198.51.100.4", "user_agent": "App/1"}, id="both-kept"
+    ),
+    pytest.param({"ip": None, "user_agent": ""}, {"ip": IP, "user_agent": UA}, id="null-and-empty-filled"),
+    pytest.param("a string", "a string", id="device-not-an-object-untouched"),
+]
+
+
+@pytest.mark.parametrize(("device", "expected"), FILLS)
+def test_fill_client(device: Any, expected: Any) -> None:
+    event = event_with(device)
+    before = copy.deepcopy(event)
+    filled = fill_client(event, IP, UA)
+    assert filled["context"]["device"] == expected
+    assert filled["context"]["event_id"] == "e" and filled["event_name"] == "x"
+    assert event == before, "the input is not changed"
+
+
+@pytest.mark.parametrize(("ip", "ua"), [(None, None), ("", ""), (None, UA), (IP, None)])
+def test_fill_client_without_request_values_fills_only_what_it_has(ip: str | None, ua: str | None) -> None:
+    filled = fill_client(event_with(), ip, ua)
+    expected = {k: v for k, v in (("ip", ip), ("user_agent", ua)) if v}
+    assert filled["context"].get("device", {}) == expected
+
+
+def test_fill_client_returns_the_event_itself_when_nothing_changes() -> None:
+    event = event_with({"ip": "1.2.3.4", "user_agent": "x"})
+    assert fill_client(event, IP, UA) is event
+    assert fill_client(event_with(), None, None)["context"] == {"event_id": "e"}

@@ -347,10 +347,12 @@ BAD_CREDENTIALS: list[tuple[dict[str, str], dict[str, str]]] = [  # (headers, qu
 ]
 
 
-def test_the_admin_routes_are_the_documented_four() -> None:
+def test_the_admin_routes_are_the_documented_ones() -> None:
     assert ROUTES == [
         ("GET", "/admin/destinations/{destination_id}/delivery"),
         ("GET", "/admin/dlq/{destination_id}"),
+        ("GET", "/admin/refused"),
+        ("GET", "/admin/sources"),
         ("GET", "/admin/sources/{source_id}/events"),
         ("POST", "/admin/dlq/{destination_id}/replay"),
     ]

@@ -136,3 +136,78 @@ def test_a_destination_named_dropped_has_its_own_dlq_in_status_and_metrics(
     }
     assert gauges[("trackpipe_dlq_events", ("dropped",))] == 3
     assert gauges[("trackpipe_queue_jobs", ("deliver:dropped",))] == 0
+
+
+LEAKED = "leaked-key-0123456789"
+
+
+def store_refused(client: redis.Redis, ring_size: int = 500) -> None:
+    """Refused requests as the edge stores them (ingest.store): two for site 29, one for an unknown site."""
+    from ingest.unauthorized import AuthFailure, UnauthorizedSample
+    from trackpipe.config import WorkerConfig
+
+    store = IngestStore(client, LAYOUT, ring_size, WorkerConfig())
+    samples = [
+        UnauthorizedSample.of("29", AuthFailure.UNKNOWN_KEY, 1_700_000_000_000, "/events", b'{"event_name":"a"}'),
+        UnauthorizedSample.of(
+            "29",
+            AuthFailure.UNKNOWN_KEY,
+            1_700_000_001_000,
+            "/events/batch",
+            # Keys a producer put in its body: a JSON member, a pasted query string, a plain key.
+            f'{{"token":"{LEAKED}","batch":[{{"url":"https://x/?tc_s=29&token={LEAKED}","k":"{TEST_KEY}"}}]}}'.encode(),
+        ),
+        UnauthorizedSample.of(
+            "_unknown_site", AuthFailure.MISSING_KEY, 1_700_000_002_000, "/events", b"\x1b[2J\n{not json"
+        ),
+    ]
+    store.write(None, samples)
+
+
+def test_status_shows_duplicates_per_source_and_refused_requests_without_keys(
+    tmp_path: Path, valkey_url: str, valkey_client: redis.Redis
+) -> None:
+    text = config_text(valkey_url, tmp_path / "lake")
+    config = parse(text)
+    valkey_client.hset(LAYOUT.source_stats("shop-web"), mapping={"VALID": 5, "INVALID_ACCEPTED": 2, "DUPLICATE": 3})
+    store_refused(valkey_client)
+
+    status = collect(config, valkey_client, per_source=True)
+    (source,) = status.sources
+    assert (source.id, source.processed, source.duplicates) == ("shop-web", 10, 3)
+    assert source.by_status == {"DUPLICATE": 3, "INVALID_ACCEPTED": 2, "VALID": 5}
+    by_site = {site.site_id: site for site in status.refused}
+    assert list(by_site) == ["29", "_unknown_site"]
+    assert (by_site["29"].total, by_site["29"].by_reason) == (2, {"unknown key": 2})
+    newest, oldest = by_site["29"].latest
+    assert (newest.route, newest.reason, newest.received_at) == ("/events/batch", "unknown key", 1_700_000_001_000)
+    assert oldest.body == '{"event_name":"a"}'
+    assert LEAKED not in newest.body and TEST_KEY not in newest.body
+    assert newest.body.startswith('{"token":"***"') and "token=***" in newest.body
+    assert by_site["_unknown_site"].by_reason == {"missing key": 1}
+    # The metrics scrape does not read them.
+    assert collect(config, valkey_client).sources == []
+
+    table = render(status)
+    assert "duplicates" in table
+    (line,) = [ln for ln in table.splitlines() if ln.startswith("shop-web")]
+    assert line.split()[:4] == ["shop-web", "10", "3", "30.0"]
+    assert "site '29': 2 (unknown key 2)" in table
+    assert "/events/batch" in table and "\x1b" not in table
+    assert LEAKED not in table and TEST_KEY not in table
+
+    config_file = tmp_path / "trackpipe.toml"
+    config_file.write_text(text)
+    as_json = run_status(config_file, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    data = json.loads(as_json.stdout)
+    assert [(s["id"], s["duplicates"]) for s in data["sources"]] == [("shop-web", 3)]
+    assert [(s["site_id"], s["total"], len(s["latest"])) for s in data["refused"]] == [
+        ("29", 2, 2),
+        ("_unknown_site", 1, 1),
+    ]
+    as_table = run_status(config_file)
+    assert as_table.returncode == 0, as_table.stderr
+    assert "refused for their key" in as_table.stdout and "30.0" in as_table.stdout
+    for output in (as_json.stdout, as_table.stdout):
+        assert LEAKED not in output and TEST_KEY not in output

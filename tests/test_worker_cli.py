@@ -73,7 +73,9 @@ def write_config(tmp_path: Path, redis_url: str) -> Path:
 def store_job(conn: redis.Redis, config_file: Path, event_id: str) -> str:
     """One ingest job, stored as the edge stores it; returns its id."""
     config = parse(config_file.read_text(), env={})
-    event = json.dumps({"event_name": "custom", "context": {"event_id": event_id, "event_timestamp": 1}}).encode()
+    user = {"consistent_anonymous_id": "ca-1"}
+    event = json.dumps({"event_name": "custom", "user": user, "context": {"event_id": event_id, "event_timestamp": 1}})
+    event = event.encode()
     batch = IngestBatch([IngestRecord("shop-web", "29", int(time.time() * 1000), [event])])
     IngestStore(conn, LAYOUT, 10, config.worker, max_events=1).write(batch, [])  # its own job
     return conn.lrange(LAYOUT.queue("ingest"), -1, -1)[0].decode()

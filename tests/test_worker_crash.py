@@ -77,7 +77,7 @@ def purchase(event_id: str) -> dict[str, Any]:
         "type": "online",
         "payment_method": "card",
         "status": "pending",
-        "user": {"id": "7", "consent_categories": ["1", "3"]},
+        "user": {"id": "7", "consistent_anonymous_id": "ca-7", "consent_categories": ["1", "3"]},
         "items": [{"id": "SKU-9", "quantity": 1, "product": {"name": "Mug", "price": 35}}],
         "context": {"event_id": event_id, "event_timestamp": T0, "device": {"ip": "198.51.100.4"}},
     }
@@ -87,7 +87,7 @@ def custom(event_id: str | None) -> dict[str, Any]:
     context: dict[str, Any] = {"event_timestamp": T0}
     if event_id is not None:
         context["event_id"] = event_id
-    return {"event_name": "custom", "context": context}
+    return {"event_name": "custom", "user": {"consistent_anonymous_id": "ca-1"}, "context": context}
 
 
 PAGE_VIEW = {"event_name": "page_view", "context": {"event_id": "pv-1", "event_timestamp": T0}}  # no page_type

@@ -13,7 +13,7 @@ V2_EXAMPLE: dict[str, Any] = {
     "type": "online",
     "payment_method": "card",
     "status": "pending",
-    "user": {"id": "7", "consent_categories": ["1", "3"]},
+    "user": {"id": "7", "consistent_anonymous_id": "67892", "consent_categories": ["1", "3"]},
     "items": [{"id": "SKU-9", "quantity": 1, "product": {"name": "Mug", "price": 35}}],
     "context": {
         "event_id": "c0ffee-1",

@@ -15,12 +15,19 @@ Layout (``P`` is ``key_prefix`` from the config, default ``trackpipe``):
     P:errors:dest:<dest>:last        hash error kind -> last seen (ms)
     P:dd:<slot>:<bucket>             dedup: hash of 8-byte id digests seen in window slot <slot>
     P:ddslot:<slot>                  dedup: marker that slot <slot> holds any id
+    P:ddw:<window>:<slot>:<bucket>   dedup of sources whose window (seconds) differs from
+                                     dedup.window_seconds: their slots are <window> long, so they
+                                     live apart from the default's
+    P:ddwslot:<window>:<slot>        their slot markers
     P:open:<queue>                   id of the job on <queue> that new payloads join while it
                                      waits (see trackpipe.openjob)
     P:parts:<job_id>                 the payloads (edge writes, fan-outs) a job holds, in order
     P:rq:job:<job_id>                RQ's job hash; trackpipe adds fields: events held, dedup
                                      verdicts and the done mark (see workers.ingest)
     P:inspect:<source>               recent processed events of a source (capped list)
+    P:inspectfail:<source>           recent dead-lettered deliveries of a source's events (capped
+                                     list: event id, destination, reason), merged into the
+                                     inspector's records as FAILED
     P:stats:source:<source>          hash status -> events
     P:stats:dest:<dest>:<minute>     hash outcome -> events, per minute (expires)
     P:claims:<worker>                jobs a worker has taken and not yet finished (list; see
@@ -43,6 +50,9 @@ RQ_PREFIX_ENV = "RQ_KEY_PREFIX"
 INGEST_QUEUE = "ingest"
 DELIVER_QUEUE_PREFIX = "deliver:"
 RETRY_QUEUE_PREFIX = "retry:"
+# Refused requests naming a site no source has share one sample ring and count under this name, so
+# random `tc_s` values cannot create keys (the edge writes it; status and the console read it).
+UNKNOWN_SITE_BUCKET = "_unknown_site"
 
 
 def deliver_queue(destination_id: str) -> str:
@@ -91,6 +101,25 @@ class KeyLayout(msgspec.Struct, frozen=True):
     def dedup_pattern(self) -> str:
         return f"{self.prefix}:dd:*"
 
+    # Sources with a window of their own (SourceConfig.dedup_window_seconds): slot numbers only mean
+    # something for one window length, so each length has its own namespace.
+    def dedup_window_bucket(self, window_seconds: int, slot: int, bucket: int) -> str:
+        return f"{self.dedup_window_bucket_prefix}{window_seconds}:{slot}:{bucket}"
+
+    @property
+    def dedup_window_bucket_prefix(self) -> str:
+        """The dedup script builds `<this><window>:<slot>:<bucket>` itself (see workers.dedup)."""
+        return f"{self.prefix}:ddw:"
+
+    @property
+    def dedup_window_slot_marker_prefix(self) -> str:
+        """The dedup script builds `<this><window>:<slot>` itself."""
+        return f"{self.prefix}:ddwslot:"
+
+    @property
+    def dedup_window_pattern(self) -> str:
+        return f"{self.prefix}:ddw:*"
+
     def open_job(self, queue_name: str) -> str:
         return f"{self.prefix}:open:{queue_name}"
 
@@ -104,6 +133,9 @@ class KeyLayout(msgspec.Struct, frozen=True):
 
     def inspector(self, source_id: str) -> str:
         return f"{self.prefix}:inspect:{source_id}"
+
+    def inspector_failures(self, source_id: str) -> str:
+        return f"{self.prefix}:inspectfail:{source_id}"
 
     def source_stats(self, source_id: str) -> str:
         return f"{self.prefix}:stats:source:{source_id}"

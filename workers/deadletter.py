@@ -1,16 +1,62 @@
-"""Dead letters on the worker side: grouping their reasons, and the count of dead letters dropped
-because a destination's DLQ was full. The record itself is `trackpipe.messages.DeadLetter`."""
+"""Dead letters on the worker side: grouping their reasons, the count of dead letters dropped
+because a destination's DLQ was full, and what the inspector learns of them (FAILED for that
+destination). The record itself is `trackpipe.messages.DeadLetter`."""
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import TYPE_CHECKING
 
-from trackpipe.queries import legacy_dropped_key
+import msgspec
+
+from trackpipe.logs import redact
+from trackpipe.queries import DeliveryFailure, legacy_dropped_key
 
 if TYPE_CHECKING:
     from redis import Redis
 
     from trackpipe.keys import KeyLayout
+    from trackpipe.messages import DeliveryEvent
+
+# The reason as the inspector shows it: the DLQ keeps the whole one.
+FAILURE_REASON_CHARS = 500
+
+
+class _Context(msgspec.Struct):
+    source_id: str | None = None
+    received_at: int | None = None
+
+
+class _Origin(msgspec.Struct):
+    """The part of a normalized event that says where it came from (the rest is skipped unread)."""
+
+    context: _Context | None = None
+
+
+_origin_decoder = msgspec.json.Decoder(_Origin)
+_json = msgspec.json.Encoder()
+
+
+def failures_by_source(
+    dead: list[tuple[DeliveryEvent, str]], destination_id: str, now_ms: int, sources: Container[str]
+) -> dict[str, list[bytes]]:
+    """Source id -> `DeliveryFailure` entries (JSON) of the dead-lettered events, for the inspector.
+    The source is the event's `context.source_id`; events of sources no longer configured (or whose
+    body does not say) are left out."""
+    found: dict[str, list[bytes]] = {}
+    for event, reason in dead:
+        try:
+            context = _origin_decoder.decode(event.body).context
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        if context is None or context.source_id is None or context.source_id not in sources:
+            continue
+        received_at = context.received_at or event.received_at or None
+        entry = DeliveryFailure(
+            event.event_id, destination_id, redact(reason)[:FAILURE_REASON_CHARS], now_ms, received_at
+        )
+        found.setdefault(context.source_id, []).append(_json.encode(entry))
+    return found
 
 
 def error_kind(reason: str) -> str:

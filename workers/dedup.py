@@ -2,10 +2,12 @@
 
 Memory: each remembered id is an 8-byte digest field in one of `dedup.buckets` small hashes per
 window slot (`P:dd:<slot>:<bucket>`), which Valkey keeps as compact listpacks. Slots are
-`window_seconds` long, by receive time; an id is looked up in its slot and both neighbours and
-inserted in its own, so a copy received less than one window earlier or later is found whatever
-order the jobs run in (a crashed job re-runs after newer ones). A slot's hashes expire two windows
-after creation.
+`window_seconds` long, by receive time (a source with a window of its own keeps its ids under
+`P:ddw:<window>:<slot>:<bucket>`: a slot number means a different time span for each length); an
+id is looked up in its slot and both neighbours and inserted in its own, so a copy received less
+than one window earlier or later is found whatever order the jobs run in (a crashed job re-runs
+after newer ones). A slot's hashes expire two windows after creation. One job's ids may belong to
+sources of several windows: they are still claimed in one script call.
 
 Crash safety: the verdicts of a job are stored in the job's own RQ hash by the same Lua script that
 marks the ids, so a re-run of a killed job reads its verdicts back instead of seeing its own marks
@@ -31,41 +33,48 @@ VERDICT_TTL_SECONDS = 8 * 86_400
 class DedupKey(msgspec.Struct, frozen=True):
     field: bytes
     bucket: int
+    # The source's own window (SourceConfig.dedup_window_seconds); None: the config's default.
+    window_seconds: int | None = None
 
 
-def dedup_key(source_id: str, event_id: str, buckets: int) -> DedupKey:
+def dedup_key(source_id: str, event_id: str, buckets: int, window_seconds: int | None = None) -> DedupKey:
     digest = hashlib.blake2b(f"{source_id}\0{event_id}".encode(), digest_size=12).digest()
-    return DedupKey(digest[:DIGEST_FIELD_BYTES], int.from_bytes(digest[DIGEST_FIELD_BYTES:], "big") % buckets)
+    return DedupKey(
+        digest[:DIGEST_FIELD_BYTES], int.from_bytes(digest[DIGEST_FIELD_BYTES:], "big") % buckets, window_seconds
+    )
 
 
 def slot_of(received_at_ms: int, window_seconds: int) -> int:
     return received_at_ms // (window_seconds * 1000)
 
 
-# KEYS[1]: the job hash. ARGV: verdict ttl, bucket ttl, done field, verdict field, bucket key
-# prefix ("P:dd:"), one blob, slot marker prefix ("P:ddslot:"). The blob holds, per id, 16 bytes:
-# the 8-byte field, the 4-byte slot and the 4-byte bucket (big-endian). One blob instead of three
+# KEYS[1]: the job hash. ARGV: verdict ttl, done field, verdict field, one blob, then per namespace
+# (one per window length in the job) three values: its bucket key prefix ("P:dd:", or
+# "P:ddw:<window>:"), its slot marker prefix ("P:ddslot:", or "P:ddwslot:<window>:") and its bucket
+# ttl (two windows + 60 s). The blob holds, per id, 18 bytes: the 8-byte field, the 4-byte slot, the
+# 4-byte bucket and the 2-byte namespace number (big-endian, from 0). One blob instead of several
 # arguments per id keeps the call cheap to build and to parse. Bucket keys are built here:
 # trackpipe, like RQ, does not run on Cluster.
 # Returns "done" when the job's fan-out was already committed, else "v" + one "1" (first seen)
 # or "0" (duplicate) per id.
 CLAIM_SCRIPT = """
-if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 1 then return 'done' end
-local verdict = redis.call('HGET', KEYS[1], ARGV[4])
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then return 'done' end
+local verdict = redis.call('HGET', KEYS[1], ARGV[3])
 if verdict then return verdict end
-local blob = ARGV[6]
-local prefix = ARGV[5]
+local blob = ARGV[4]
+local spaces = {}
+for n = 5, #ARGV, 3 do
+  spaces[#spaces + 1] = {bucket = ARGV[n], marker = ARGV[n + 1], ttl = ARGV[n + 2], present = {}, filled = {}}
+end
 local out = {}
 local touched = {}
-local filled = {}
-local present = {}
 -- Whether a slot holds any id at all (its marker key): most lookups in a neighbouring slot
 -- (above all the next one, which only exists when jobs run out of order) can then be skipped.
-local function slot_present(slot)
-  local known = present[slot]
+local function slot_present(space, slot)
+  local known = space.present[slot]
   if known == nil then
-    known = redis.call('EXISTS', ARGV[7] .. slot) == 1
-    present[slot] = known
+    known = redis.call('EXISTS', space.marker .. slot) == 1
+    space.present[slot] = known
   end
   return known
 end
@@ -73,29 +82,36 @@ local function u32(p)
   local a, b, c, d = string.byte(blob, p, p + 3)
   return ((a * 256 + b) * 256 + c) * 256 + d
 end
-for i = 0, #blob / 16 - 1 do
-  local p = i * 16 + 1
+for i = 0, #blob / 18 - 1 do
+  local p = i * 18 + 1
   local field = string.sub(blob, p, p + 7)
   local slot = u32(p + 8)
   local bucket = u32(p + 12)
+  local hi, lo = string.byte(blob, p + 16, p + 17)
+  local space = spaces[hi * 256 + lo + 1]
+  local prefix = space.bucket
   local current = prefix .. slot .. ':' .. bucket
-  if (slot_present(slot - 1) and redis.call('HEXISTS', prefix .. (slot - 1) .. ':' .. bucket, field) == 1)
-     or (slot_present(slot + 1) and redis.call('HEXISTS', prefix .. (slot + 1) .. ':' .. bucket, field) == 1) then
+  if (slot_present(space, slot - 1)
+      and redis.call('HEXISTS', prefix .. (slot - 1) .. ':' .. bucket, field) == 1)
+     or (slot_present(space, slot + 1)
+      and redis.call('HEXISTS', prefix .. (slot + 1) .. ':' .. bucket, field) == 1) then
     out[i + 1] = '0'
   elseif redis.call('HSETNX', current, field, '') == 1 then
     out[i + 1] = '1'
-    touched[current] = true
-    filled[slot] = true
-    present[slot] = true
+    touched[current] = space.ttl
+    space.filled[slot] = true
+    space.present[slot] = true
   else
     out[i + 1] = '0'
   end
 end
-for key in pairs(touched) do redis.call('EXPIRE', key, ARGV[2], 'NX') end
+for key, ttl in pairs(touched) do redis.call('EXPIRE', key, ttl, 'NX') end
 -- Refreshed on every insertion, so a slot's marker outlives every bucket key of that slot.
-for slot in pairs(filled) do redis.call('SET', ARGV[7] .. slot, '1', 'EX', ARGV[2]) end
+for _, space in ipairs(spaces) do
+  for slot in pairs(space.filled) do redis.call('SET', space.marker .. slot, '1', 'EX', space.ttl) end
+end
 verdict = 'v' .. table.concat(out)
-redis.call('HSET', KEYS[1], ARGV[4], verdict)
+redis.call('HSET', KEYS[1], ARGV[3], verdict)
 redis.call('EXPIRE', KEYS[1], ARGV[1], 'NX')
 return verdict
 """
@@ -108,24 +124,39 @@ class Deduplicator:
         self._buckets = buckets
         self._script = connection.register_script(CLAIM_SCRIPT)
 
-    def key_for(self, source_id: str, event_id: str) -> DedupKey:
-        return dedup_key(source_id, event_id, self._buckets)
+    def key_for(self, source_id: str, event_id: str, window_seconds: int | None = None) -> DedupKey:
+        """The id's key; `window_seconds` is the source's own window (None or the default: the
+        default's namespace, so a source whose window equals the default shares its memory)."""
+        own = None if window_seconds is None or window_seconds == self._window else window_seconds
+        return dedup_key(source_id, event_id, self._buckets, own)
+
+    def _namespace(self, window_seconds: int | None) -> list[str | int]:
+        """Bucket prefix, slot marker prefix and bucket ttl of one window length."""
+        if window_seconds is None:
+            return [self._layout.dedup_bucket_prefix, self._layout.dedup_slot_marker_prefix, 2 * self._window + 60]
+        return [
+            f"{self._layout.dedup_window_bucket_prefix}{window_seconds}:",
+            f"{self._layout.dedup_window_slot_marker_prefix}{window_seconds}:",
+            2 * window_seconds + 60,
+        ]
 
     def claim(self, connection: Redis, job_key: str, items: list[tuple[DedupKey, int]]) -> list[bool] | None:
-        """First-seen flags for (key, received_at) items, or None if the job's fan-out is done."""
-        blob = b"".join(
-            key.field + slot_of(received_at, self._window).to_bytes(4, "big") + key.bucket.to_bytes(4, "big")
-            for key, received_at in items
-        )
-        args = [
-            VERDICT_TTL_SECONDS,
-            2 * self._window + 60,
-            DONE_FIELD,
-            VERDICT_FIELD,
-            self._layout.dedup_bucket_prefix,
-            blob,
-            self._layout.dedup_slot_marker_prefix,
-        ]
+        """First-seen flags for (key, received_at) items, or None if the job's fan-out is done.
+        Items of any windows mix in one call (one round trip)."""
+        spaces: dict[int | None, int] = {}
+        parts = []
+        for key, received_at in items:
+            space = spaces.setdefault(key.window_seconds, len(spaces))
+            window = key.window_seconds or self._window
+            parts.append(
+                key.field
+                + slot_of(received_at, window).to_bytes(4, "big")
+                + key.bucket.to_bytes(4, "big")
+                + space.to_bytes(2, "big")
+            )
+        args: list[bytes | str | int] = [VERDICT_TTL_SECONDS, DONE_FIELD, VERDICT_FIELD, b"".join(parts)]
+        for window in spaces:
+            args += self._namespace(window)
         reply = self._script(keys=[job_key], args=args, client=connection)
         text = reply.decode() if isinstance(reply, bytes) else str(reply)
         if text == "done":

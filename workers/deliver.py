@@ -1,6 +1,7 @@
 """The delivery job: send a batch to its destination, then settle every event in one MULTI/EXEC:
 delivered ones are counted, retryable ones go to the destination's retry queue after their backoff,
-refused ones and those out of attempts go to its dead-letter queue.
+refused ones and those out of attempts go to its dead-letter queue (and to their source's list of
+failures, which the inspector shows as FAILED for this destination).
 
 A job killed after its MULTI/EXEC is not sent again (its done mark is in its own hash); killed
 between sending and EXEC, it is sent again when re-run: delivery is at least once, and only an
@@ -34,7 +35,7 @@ from trackpipe.openjob import seal_and_read_parts
 from trackpipe.types import RetryConfig
 from workers import faults
 from workers.context import WorkerContext, current_context
-from workers.deadletter import error_kind
+from workers.deadletter import error_kind, failures_by_source
 from workers.retry import next_attempt_at
 
 log = logging.getLogger("trackpipe.deliver")
@@ -133,6 +134,14 @@ def commit_settlement(
         pipe.lpush(key, *(_dead_letter(e, dest, reason, now_ms) for e, reason in settled.dead))
         dlq_length_at = len(pipe.command_stack) - 1  # position of LPUSH's reply in EXEC's answer
         pipe.ltrim(key, 0, ctx.config.dlq.max_events - 1)
+        # The inspector shows these events FAILED for this destination (console/app.py merges the
+        # entries into its records); bounded like the inspector itself.
+        inspector_size = ctx.config.inspector.events_per_source
+        if inspector_size:
+            for source_id, entries in failures_by_source(settled.dead, dest, now_ms, ctx.sources).items():
+                failed = layout.inspector_failures(source_id)
+                pipe.lpush(failed, *entries)
+                pipe.ltrim(failed, 0, inspector_size - 1)
     stats = layout.destination_stats(dest, now_ms // 60_000)
     for field, n in (
         ("delivered", len(settled.delivered)),

@@ -35,9 +35,10 @@ from workers import faults
 from workers.context import WorkerContext, current_context
 from workers.dedup import Deduplicator
 from workers.inspector import InspectorRecord, always_kept, encode_record, masked_payload, test_code_of
-from workers.normalize import normalize
+from workers.normalize import fill_client, normalize
 from workers.routing import FanOut, accepts
-from workers.standard import check_standard_event
+from workers.specification import judge
+from workers.standard import check_common, check_standard_event
 from workers.status import EventStatus, quality_status
 
 _event_decoder = msgspec.json.Decoder()
@@ -68,8 +69,18 @@ class IngestOutcome(msgspec.Struct):
     already_done: bool = False
 
 
-def process_event(raw: bytes, source: SourceConfig, site_received_at: int, id_seed: str) -> ProcessedEvent:
-    """Decode, normalize and check one event (pure)."""
+def process_event(
+    raw: bytes,
+    source: SourceConfig,
+    site_received_at: int,
+    id_seed: str,
+    ip: str | None = None,
+    user_agent: str | None = None,
+) -> ProcessedEvent:
+    """Decode, normalize and check one event (pure). `ip` / `user_agent` are the request's (the
+    edge's record), filled into `context.device` where the event has none. The checks' findings go
+    through the source's rules (workers.specification.judge): the event kept is the judged one, with
+    the properties they removed gone."""
     try:
         try:
             decoded = _event_decoder.decode(raw)
@@ -80,24 +91,29 @@ def process_event(raw: bytes, source: SourceConfig, site_received_at: int, id_se
             source.id, site_received_at, EventStatus.INVALID_REJECTED, None, [], [f"not valid JSON: {exc}"], raw
         )
     result = normalize(decoded, received_at=site_received_at, source_id=source.id, id_seed=id_seed)
-    warnings = result.warnings
-    if not result.errors:
-        warnings = warnings + check_standard_event(result.event)
+    event = fill_client(result.event, ip, user_agent) if result.event else result.event
+    warnings = list(result.warnings)
     errors = list(result.errors)
+    if not errors:
+        judged = judge(event, check_standard_event(event) + check_common(event), source.spec)
+        event = judged.event
+        warnings += judged.warnings
+        errors += judged.errors
     status = quality_status(errors, warnings, source.on_invalid)
     if status is EventStatus.INVALID_REJECTED and not errors:
         errors.append("rejected: the source rejects invalid events (on_invalid = reject)")
-    event_id = result.event.get("context", {}).get("event_id") if result.event else None
+    event_id = event.get("context", {}).get("event_id") if event else None
     return ProcessedEvent(
         source.id,
         site_received_at,
         status,
-        result.event or None,
+        event or None,
         warnings,
         errors,
         raw,
         event_id,
-        dedupable=status is not EventStatus.INVALID_REJECTED and not result.generated_id,
+        # `dedup = false` (per source): repeats are delivered, no id is remembered.
+        dedupable=status is not EventStatus.INVALID_REJECTED and not result.generated_id and source.dedup,
     )
 
 
@@ -114,7 +130,9 @@ def decode_and_normalize(
     for r, record in enumerate(records):
         source = sources.get(record.source_id) or msgspec.structs.replace(DEFAULT_SOURCE, id=record.source_id)
         for e, raw in enumerate(record.events):
-            processed.append(process_event(raw, source, record.received_at, f"{job_id}:{r}:{e}"))
+            processed.append(
+                process_event(raw, source, record.received_at, f"{job_id}:{r}:{e}", record.ip, record.user_agent)
+            )
     return processed
 
 
@@ -249,12 +267,23 @@ def _process_ingest(ctx: WorkerContext, connection: Redis, job_id: str, job_key:
     parts = seal_and_read_parts(connection, ctx.layout, INGEST_QUEUE, job_id)
     events = decode_and_normalize([payload, *parts], job_id, ctx.sources)
     faults.point("ingest:after_decode")
-    candidates = [i for i, item in enumerate(events) if item.dedupable]
+    # A source with `dedup = false` never has its ids claimed (its events are not dedupable either;
+    # checked here too, as this is where ids get remembered). Each source claims in its own window.
+    sources = ctx.sources
+    candidates = [
+        i
+        for i, item in enumerate(events)
+        if item.dedupable and (item.source_id not in sources or sources[item.source_id].dedup)
+    ]
+    windows = {s.id: s.dedup_window_seconds for s in sources.values()}  # None: dedup.window_seconds
     dedup: Deduplicator = ctx.dedup
     verdicts = dedup.claim(
         connection,
         job_key,
-        [(dedup.key_for(events[i].source_id, str(events[i].event_id)), events[i].received_at) for i in candidates],
+        [
+            (dedup.key_for(item.source_id, str(item.event_id), windows.get(item.source_id)), item.received_at)
+            for item in (events[i] for i in candidates)
+        ],
     )
     if verdicts is None:
         return IngestOutcome(len(events), {}, {}, already_done=True)

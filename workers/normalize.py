@@ -13,6 +13,8 @@ from typing import Any
 import msgspec
 
 V1_CONTEXT_KEYS = ("event_id", "event_timestamp", "page", "device", "app")
+# v1 metadata objects: at the root only in v1 (v2 keeps them in `context`).
+V1_ROOT_OBJECTS = ("page", "device", "app")
 V2_ROOT_CONTEXT_KEYS = ("event_id", "event_timestamp")
 # Numbers below this are read as seconds, not milliseconds (1e11 ms is March 1973).
 SECONDS_THRESHOLD = 100_000_000_000
@@ -99,7 +101,9 @@ def normalize(raw: Any, *, received_at: int, source_id: str, id_seed: str) -> No
     errors: list[str] = []
     version = 2
 
-    # Rule 1: v1 — properties to the root, metadata into context.
+    # Rule 1: v1 — properties to the root, metadata into context. v1 is a `properties` object, or,
+    # without one, no `context` object and a root page/device/app object (v1 metadata; v2 puts them
+    # in `context`): some v1 producers leave `properties` out and send their data at the root.
     properties = event.get("properties")
     if isinstance(properties, dict):
         version = 1
@@ -108,6 +112,8 @@ def normalize(raw: Any, *, received_at: int, source_id: str, id_seed: str) -> No
             if key in event and event[key] != value:
                 warnings.append(f"v1 property {key!r} replaced the root key of the same name")
             event[key] = value
+    elif not isinstance(event.get("context"), dict) and any(isinstance(event.get(k), dict) for k in V1_ROOT_OBJECTS):
+        version = 1
     context = event.get("context")
     if not isinstance(context, dict):
         if context is not None:
@@ -130,10 +136,11 @@ def normalize(raw: Any, *, received_at: int, source_id: str, id_seed: str) -> No
     if "event_timestamp" in context:
         millis = parse_timestamp(context["event_timestamp"])
         if millis is None:
-            warnings.append(f"event_timestamp {context['event_timestamp']!r} is not a time; receive time used")
+            shown = repr(context["event_timestamp"])[:60]
+            warnings.append(f"context.event_timestamp {shown} is not a time; receive time used")
             millis = received_at
     else:
-        warnings.append("event_timestamp missing; receive time used")
+        warnings.append("context.event_timestamp is missing; receive time used")
         millis = received_at
     context["event_timestamp"] = millis
 
@@ -157,7 +164,7 @@ def normalize(raw: Any, *, received_at: int, source_id: str, id_seed: str) -> No
     if not isinstance(event_id, str) or not event_id.strip():
         context["event_id"] = str(uuid.uuid5(GENERATED_ID_NAMESPACE, id_seed))
         generated = True
-        warnings.append("event_id missing; generated (this event cannot be deduplicated)")
+        warnings.append("context.event_id is missing; generated (this event cannot be deduplicated)")
 
     # Rule 7: what trackpipe adds.
     context["received_at"] = received_at
@@ -169,3 +176,27 @@ def normalize(raw: Any, *, received_at: int, source_id: str, id_seed: str) -> No
         errors.append("event_name is missing" if name is None else "event_name is not a non-empty string")
 
     return Normalized(event, warnings, errors, version, generated)
+
+
+def _lacks(device: dict[str, Any], key: str) -> bool:
+    value = device.get(key)
+    return value is None or value == ""
+
+
+def fill_client(event: dict[str, Any], ip: str | None, user_agent: str | None) -> dict[str, Any]:
+    """The event with `context.device.ip` / `context.device.user_agent` set from the request that
+    carried it (the edge's `IngestRecord.ip` / `.user_agent`) where the event has none (absent, null
+    or ""). What the event carries is never replaced; a `device` that is not an object is left
+    alone. Pure: a changed event is a new dict (its context and device copied), the input is kept."""
+    context = event.get("context")
+    if not isinstance(context, dict):
+        return event
+    device = context.get("device")
+    if device is None:
+        device = {}
+    elif not isinstance(device, dict):
+        return event
+    fills = {key: value for key, value in (("ip", ip), ("user_agent", user_agent)) if value and _lacks(device, key)}
+    if not fills:
+        return event
+    return {**event, "context": {**context, "device": {**device, **fills}}}
