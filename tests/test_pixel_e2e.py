@@ -9,9 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from ingest.pixel import GIF
 from tests.support import TEST_KEY, HookServer, poll_until, running_edge, start_worker, stop_worker
+
+# Real processes end to end: part of the full suite, not the fast set.
+pytestmark = pytest.mark.slow
 
 DEADLINE = 60.0
 # The vendor page's "objects and arrays" example, with its `items` example folded in.

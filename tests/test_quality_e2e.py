@@ -10,9 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.support import TEST_KEY, HookServer, poll_until, running_console, running_edge, start_worker, stop_worker
 from tooling.examples import V2_EXAMPLE
+
+# Real processes end to end: part of the full suite, not the fast set.
+pytestmark = pytest.mark.slow
 
 ADMIN_TOKEN = "admin-token-0123456789"
 DEADLINE = 60.0
