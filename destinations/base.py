@@ -1,14 +1,16 @@
-"""What every destination type shares: what `send` reports per event.
+"""What every destination type shares: the events a sender gets and what `send` reports per event.
 
 A destination type is one module with a settings Struct (a tagged `trackpipe.types.DestinationBase`) and a
 `Sender` whose `send(events)` reports, for each event, delivered, retry (with an optional earliest
-time) or rejected (with a reason). `destinations.TYPES` maps the config's `type` to the module.
+time), rejected (with a reason: a dead letter) or skipped (the destination cannot map the event: it
+counts as FILTERED for this destination, with the reason). `destinations.TYPES` maps the config's
+`type` to the module. HTTP destinations build on `destinations.http`.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -28,13 +30,47 @@ class Rejected(msgspec.Struct, frozen=True):
     reason: str
 
 
-Outcome = Delivered | Retry | Rejected
+class Skipped(msgspec.Struct, frozen=True):
+    """Not for this destination after all (it cannot map the event, or a dry run): FILTERED, not a dead letter."""
+
+    reason: str
+
+
+Outcome = Delivered | Retry | Rejected | Skipped
 DELIVERED = Delivered()
 
 
+class OutgoingEvent(msgspec.Struct):
+    """One normalized event as a sender gets it: decoded once by the delivery job."""
+
+    event_id: str
+    event_name: str
+    event: dict[str, Any]  # the normalized v2 event (senders must not change it)
+    body: bytes  # the same event as JSON, for senders that forward it unchanged
+
+
+class Exchange(msgspec.Struct):
+    """One request a destination was sent (or, in a dry run, would have been) and its answer, secrets
+    masked and bodies cut: what the destination inspector shows."""
+
+    at: int  # ms
+    method: str
+    url: str
+    request_body: str
+    events: int  # how many events the request carried
+    status: int | None = None  # None: no answer (dry run, timeout, connection error)
+    response_body: str | None = None
+    error: str | None = None
+    dry_run: bool = False
+
+
 class Sender(Protocol):
-    def send(self, bodies: list[bytes]) -> list[Outcome]:
-        """Deliver the normalized events (JSON bytes each); one outcome per event, in order."""
+    def send(self, events: list[OutgoingEvent]) -> list[Outcome]:
+        """Deliver the events; one outcome per event, in order."""
+        ...
+
+    def take_exchanges(self) -> list[Exchange]:
+        """The exchanges since the last call (HTTP senders record them; others return [])."""
         ...
 
     def close(self) -> None: ...

@@ -209,6 +209,8 @@ def _check_destination(index: int, dest: DestinationBase, source_ids: set[str]) 
         for i, source in enumerate(dest.sources or [])
         if source not in source_ids
     ]
+    if dest.filters is not None:
+        problems += dest.filters.problems(f"{where}.filters")
     return problems + dest.problems(where)
 
 
