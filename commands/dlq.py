@@ -11,6 +11,7 @@ import msgspec
 
 from trackpipe.config import load_from
 from trackpipe.keys import KeyLayout
+from trackpipe.logs import masked_url
 
 _json = msgspec.json.Encoder()
 
@@ -86,7 +87,7 @@ def run_dlq(args: argparse.Namespace) -> int:
                 chosen = dlq.select(connection, layout, args.destination, selection, args.limit)
             return _act(args, connection, config, chosen, target)
     except RedisError as exc:
-        print(f"trackpipe dlq: cannot reach {config.redis_url}: {exc}", file=sys.stderr)
+        print(f"trackpipe dlq: cannot reach {masked_url(config.redis_url)}: {exc}", file=sys.stderr)
         return 1
 
 

@@ -11,6 +11,7 @@ import sys
 from datetime import UTC, datetime
 
 from trackpipe.config import load_from
+from trackpipe.logs import masked_url
 from trackpipe.queries import RefusedSample, Status
 
 # Of a refused request's body, this much is shown on its line (the JSON form has the sampled 2 KB).
@@ -69,7 +70,7 @@ def run_status(args: argparse.Namespace) -> int:
         with Redis.from_url(config.redis_url, socket_connect_timeout=3, socket_timeout=10) as connection:
             status = collect(config, connection, per_source=True)
     except RedisError as exc:
-        print(f"trackpipe status: cannot read {config.redis_url}: {exc}", file=sys.stderr)
+        print(f"trackpipe status: cannot read {masked_url(config.redis_url)}: {exc}", file=sys.stderr)
         return 1
     print(msgspec.json.encode(status).decode() if args.json else render(status))
     return 0

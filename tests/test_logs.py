@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from tests.support import ROOT, TEST_KEY, config_text, free_port, wait_for_http
-from trackpipe.logs import JsonFormatter, redact
+from trackpipe.logs import JsonFormatter, masked_url, redact
 
 
 def test_a_record_becomes_one_json_line_with_its_ids() -> None:
@@ -59,3 +59,30 @@ def test_the_edge_logs_json_and_no_key(tmp_path: Path, valkey_url: str) -> None:
         assert {"ts", "level", "logger", "msg"} <= set(entry)
     assert TEST_KEY not in stderr and "wrong-key-0123456789" not in stderr
     assert "admin-token-0123456789" not in stderr
+
+
+def test_a_redis_password_is_masked_in_urls() -> None:
+    assert masked_url("redis://:s3cret@db:6379/0") == "redis://:***@db:6379/0"
+    assert masked_url("rediss://app:s3cret@db/1") == "rediss://app:***@db/1"
+    assert masked_url("redis://s3cret@db/1") == "redis://***@db/1"
+    assert masked_url("redis://db:6379/0") == "redis://db:6379/0"
+    assert masked_url("unix:///run/valkey.sock") == "unix:///run/valkey.sock"
+
+
+def test_status_and_dlq_never_print_the_redis_password(tmp_path: Path) -> None:
+    config = tmp_path / "trackpipe.toml"
+    config.write_text(
+        f'redis_url = "redis://app:pa55-word-xyz@127.0.0.1:{free_port()}/0"\n'
+        '[[destinations]]\nid = "crm"\ntype = "file"\npath = "out"\n'
+    )
+    for command in (["status"], ["dlq", "list", "--destination", "crm"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "commands", *command, "--config", str(config)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode != 0
+        assert "pa55-word-xyz" not in done.stdout + done.stderr
+        assert "app:***@127.0.0.1" in done.stderr, done.stderr

@@ -22,6 +22,18 @@ def redact(text: str) -> str:
     return _SECRETS.sub(lambda m: m.group(1) + "***", text)
 
 
+def masked_url(url: str) -> str:
+    """A Redis URL fit to print: its password (`redis://user:secret@host`) replaced by ***."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    credentials, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = credentials.partition(":")
+    return f"{scheme}://{user}:***@{host}" if colon else f"{scheme}://***@{host}"
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
