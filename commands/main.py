@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_dlq_parser(commands, _positive)
 
+    from commands.requests import add_parser as add_requests_parser
+
+    add_requests_parser(commands, _positive)
+
     bench = commands.add_parser("bench", help="measure the hot paths against their baselines")
     bench.add_argument("what", nargs="?", default="all", choices=["edge", "batch", "worker", "e2e", "dedup", "all"])
     bench.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -161,6 +165,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "console": ("commands.console", "run_console_command"),
     "status": ("commands.status", "run_status"),
     "dlq": ("commands.dlq", "run_dlq"),
+    "requests": ("commands.requests", "run_requests"),
     "keys": ("commands.keys", "run_keys"),
     "bench": ("commands.bench", "run_bench"),
     "soak": ("commands.soak", "run_soak"),

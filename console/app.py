@@ -4,6 +4,7 @@
 - GET  /admin/sources/{source_id}/events?limit=&status=&test_code=   the live event inspector
 - GET  /admin/refused?site=&limit=                                   requests refused for their key, per site
 - GET  /admin/destinations/{destination_id}/delivery                 counts, error details, trend
+- GET  /admin/destinations/{destination_id}/requests?limit=          the destination inspector
 - GET  /admin/dlq/{destination_id}?event=&reason=&since=&until=&limit=
 - POST /admin/dlq/{destination_id}/replay   body: {"to", "dry_run", "event", "reason", "since", "until", "limit"}
 - GET  /healthz, GET /openapi.json (no token)
@@ -14,8 +15,9 @@ Redis call is a blocking redis-py call made on a thread: a DLQ listing may read 
 
 Inspector records are stored with the IP already masked and without keys. The inspector merges into
 them the deliveries that ended in a dead-letter queue (`destinations[d] = "FAILED"`, reason in
-`failures[d]`). Refused-request samples never held the key's parameter or header; keys a producer
-put in the body are masked before they are served (trackpipe.queries.mask_keys).
+`failures[d]`) and those a destination skipped (`"FILTERED"`, reason in `failures[d]` too).
+Refused-request samples never held the key's parameter or header; keys a producer put in the body
+are masked before they are served (trackpipe.queries.mask_keys).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from starlette.routing import Route
 
 from console.openapi import spec
 from trackpipe.config import Config
-from trackpipe.keys import UNKNOWN_SITE_BUCKET, KeyLayout
+from trackpipe.keys import DESTINATION_REQUESTS_KEPT, UNKNOWN_SITE_BUCKET, KeyLayout
 
 if TYPE_CHECKING:
     from trackpipe.dlq import Selection
@@ -98,9 +100,10 @@ def _failures_by_event(failures: list[DeliveryFailure]) -> dict[str, list[Delive
 
 
 def merge_failures(record: dict[str, Any], failures: list[DeliveryFailure]) -> bool:
-    """Mark the record's destinations whose delivery was dead-lettered as FAILED, with the reason
-    in `failures`; the newest failure per destination wins. True if the record changed. A failure
-    of another event with the same id (a reused id, received at another time) is not this one's."""
+    """Mark the record's destinations whose delivery was dead-lettered as FAILED (or that skipped
+    the event as FILTERED), with the reason in `failures`; the newest failure per destination wins.
+    True if the record changed. A failure of another event with the same id (a reused id, received
+    at another time) is not this one's."""
     if record.get("status") not in SENT_STATUSES:
         return False
     destinations = record.get("destinations")
@@ -113,7 +116,7 @@ def merge_failures(record: dict[str, Any], failures: list[DeliveryFailure]) -> b
         if failure.destination_id in shown:
             continue
         shown[failure.destination_id] = {"reason": failure.reason, "at": failure.at}
-        destinations[failure.destination_id] = "FAILED"
+        destinations[failure.destination_id] = failure.status  # FAILED, or FILTERED by the destination
     if not shown:
         return False
     record["failures"] = shown
@@ -165,6 +168,7 @@ class Console:
             Route("/admin/sources/{source_id}/events", self.guard(self.inspector)),
             Route("/admin/refused", self.guard(self.refused)),
             Route("/admin/destinations/{destination_id}/delivery", self.guard(self.delivery)),
+            Route("/admin/destinations/{destination_id}/requests", self.guard(self.destination_requests)),
             Route("/admin/dlq/{destination_id}", self.guard(self.dlq_list)),
             Route("/admin/dlq/{destination_id}/replay", self.guard(self.dlq_replay), methods=["POST"]),
             Route("/healthz", self.healthz),
@@ -310,6 +314,22 @@ class Console:
             "errors": details,
             "trend": trend,
         }
+
+    # -- destination inspector --------------------------------------------------------------
+
+    async def destination_requests(self, request: Request) -> Response:
+        """The last requests sent to the destination (or built, in a dry run), newest first; the
+        worker masked the destination's secrets before storing them."""
+        destination_id = request.path_params["destination_id"]
+        if destination_id not in {d.id for d in self.config.destinations}:
+            return error(404, f"no destination {destination_id!r}")
+        limit = _limit(request, str(DESTINATION_REQUESTS_KEPT))
+        if isinstance(limit, Response):
+            return limit
+        key = self.layout.destination_requests(destination_id)
+        stored = await asyncio.to_thread(self.redis.lrange, key, 0, limit - 1)
+        body = b'{"destination_id":' + _json.encode(destination_id) + b',"requests":[' + b",".join(stored) + b"]}"
+        return raw_json(body)
 
     # -- dead letters -----------------------------------------------------------------------
 

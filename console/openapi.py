@@ -84,12 +84,14 @@ def spec() -> dict[str, Any]:
             "errors": {"type": "array", "items": {"type": "string"}},
             "destinations": {
                 "type": "object",
-                "description": "destination id -> queued, FILTERED, or FAILED (its delivery ended in the DLQ)",
+                "description": "destination id -> queued, FILTERED (by routing, or skipped by the destination), "
+                "or FAILED (its delivery ended in the DLQ)",
                 "additionalProperties": {"type": "string"},
             },
             "failures": {
                 "type": "object",
-                "description": "destination id -> why its delivery was dead-lettered (only when one was)",
+                "description": "destination id -> why its delivery was dead-lettered, or why the destination "
+                "skipped the event (only when one was)",
                 "additionalProperties": {
                     "type": "object",
                     "properties": {"reason": {"type": "string"}, "at": {"type": "integer"}},
@@ -97,6 +99,21 @@ def spec() -> dict[str, Any]:
             },
             "test_code": {"type": "string", "nullable": True},
             "payload": {},
+        },
+    }
+    exchange = {
+        "type": "object",
+        "required": ["at", "method", "url", "request_body", "events"],
+        "properties": {
+            "at": {"type": "integer", "description": "epoch ms"},
+            "method": {"type": "string"},
+            "url": {"type": "string", "description": "secrets masked as ***"},
+            "request_body": {"type": "string", "description": "the start of the body (4 KB), secrets masked"},
+            "events": _COUNT,
+            "status": {"type": "integer", "nullable": True, "description": "null: no answer (dry run, timeout)"},
+            "response_body": {"type": "string", "nullable": True},
+            "error": {"type": "string", "nullable": True},
+            "dry_run": {"type": "boolean"},
         },
     }
     source_view = {
@@ -208,6 +225,28 @@ def spec() -> dict[str, Any]:
                             "trend": {"type": "array"},
                         },
                     },
+                    "404",
+                    "503",
+                )
+            },
+            "/admin/destinations/{destination_id}/requests": {
+                "get": _admin(
+                    "The destination inspector: the last requests sent to a destination, newest first",
+                    [
+                        _path("destination_id"),
+                        _query(
+                            "limit", {"type": "string", "description": "a whole number from 1 to 1000 (default 50)"}
+                        ),
+                    ],
+                    {
+                        "type": "object",
+                        "required": ["destination_id", "requests"],
+                        "properties": {
+                            "destination_id": {"type": "string"},
+                            "requests": {"type": "array", "items": exchange},
+                        },
+                    },
+                    "400",
                     "404",
                     "503",
                 )

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from destinations import file, webhook
+from destinations import file, ga4, meta_capi, snapchat_capi, tiktok, webhook
 from destinations.base import Sender
 from trackpipe.types import DestinationBase
 
 # config `type` -> module with `Settings` (a tagged DestinationBase) and `open_sender(settings)`.
-TYPES: dict[str, ModuleType] = {"webhook": webhook, "file": file}
+TYPES: dict[str, ModuleType] = {
+    "ga4": ga4,
+    "webhook": webhook,
+    "file": file,
+    "meta_capi": meta_capi,
+    "tiktok": tiktok,
+    "snapchat_capi": snapchat_capi,
+}
 
 
 def open_sender(settings: DestinationBase) -> Sender:

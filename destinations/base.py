@@ -10,11 +10,14 @@ counts as FILTERED for this destination, with the reason). `destinations.TYPES` 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any, Protocol
+from urllib.parse import quote, quote_plus
 
 import msgspec
 
 _SAFE_REASON = re.compile(r"[\x00-\x1f\x7f]+")
+MASK = "***"
 
 
 class Delivered(msgspec.Struct, frozen=True):
@@ -80,3 +83,32 @@ def short_reason(text: str, limit: int = 300) -> str:
     """A reason fit for a log line and a DLQ record: one line, bounded."""
     text = _SAFE_REASON.sub(" ", text).strip()
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def mask_values(secrets: Iterable[str]) -> list[str]:
+    """The strings to mask for these secrets: each as it is and URL-encoded, longest first (so a
+    secret that contains another is masked whole)."""
+    values: set[str] = set()
+    for secret in secrets:
+        if secret:
+            values.update({secret, quote(secret, safe=""), quote(secret), quote_plus(secret)})
+    return sorted((v for v in values if v), key=len, reverse=True)
+
+
+def mask(text: str, values: list[str]) -> str:
+    """`text` with each of `values` (from mask_values) replaced by `***`."""
+    for value in values:
+        if value in text:
+            text = text.replace(value, MASK)
+    return text
+
+
+def masked_outcome(outcome: Outcome, values: list[str]) -> Outcome:
+    """The outcome with secrets masked in its reason and the reason made one bounded line."""
+    if isinstance(outcome, Delivered):
+        return outcome
+    # Mask before cutting: a cut could leave part of a secret that no longer matches.
+    reason = short_reason(mask(outcome.reason, values)) if values else outcome.reason
+    if isinstance(outcome, Retry):
+        return Retry(reason, outcome.not_before)
+    return type(outcome)(reason)

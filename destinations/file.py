@@ -1,6 +1,7 @@
 """`file`: normalized events as JSON lines, one file per hour: `<path>/<YYYY-MM-DDTHH>.jsonl` (UTC).
 
-Each batch is appended with a single write of whole lines and fsynced before it counts as
+With a `mapping` (destinations.mapping), each event is reshaped first; without one, its stored JSON
+is written byte for byte. Each batch is appended with a single write of whole lines and fsynced before it counts as
 delivered. If an earlier crash left a partial last line, a newline is written first, so the torn
 line stays on its own and never joins the next event.
 """
@@ -14,8 +15,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from destinations.base import DELIVERED, Outcome, Retry, short_reason
+import msgspec
+
+from destinations.base import DELIVERED, Exchange, Outcome, OutgoingEvent, Retry, short_reason
+from destinations.mapping import apply
 from trackpipe.destination_settings import FileDestination
+
+_encoder = msgspec.json.Encoder()
 
 
 def hour_file(directory: Path, at: float) -> Path:
@@ -33,11 +39,15 @@ class FileSender:
         self.directory = Path(settings.path)
         self._clock = clock
 
-    def send(self, bodies: list[bytes]) -> list[Outcome]:
-        if not bodies:
+    def _line(self, event: OutgoingEvent) -> bytes:
+        mapping = self.settings.mapping
+        return (event.body if mapping is None else _encoder.encode(apply(mapping, event.event))) + b"\n"
+
+    def send(self, events: list[OutgoingEvent]) -> list[Outcome]:
+        if not events:
             return []
         target = hour_file(self.directory, self._clock())
-        data = b"".join(body + b"\n" for body in bodies)
+        data = b"".join(self._line(e) for e in events)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd = os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)  # read: to see a torn end
@@ -54,8 +64,11 @@ class FileSender:
             finally:
                 os.close(fd)
         except OSError as exc:
-            return [Retry(short_reason(f"cannot write {target}: {exc.strerror or exc}"))] * len(bodies)
-        return [DELIVERED] * len(bodies)
+            return [Retry(short_reason(f"cannot write {target}: {exc.strerror or exc}"))] * len(events)
+        return [DELIVERED] * len(events)
+
+    def take_exchanges(self) -> list[Exchange]:
+        return []  # no requests: the files are what was sent
 
     def close(self) -> None:
         pass

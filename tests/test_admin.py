@@ -111,6 +111,7 @@ ROUTES = [
     ("GET", "/admin/sources/shop-web/events"),
     ("GET", "/admin/refused"),
     ("GET", "/admin/destinations/crm/delivery"),
+    ("GET", "/admin/destinations/crm/requests"),
     ("GET", "/admin/dlq/crm"),
     ("POST", "/admin/dlq/crm/replay"),
 ]
@@ -217,6 +218,7 @@ ROUTES_TEMPLATES = [
     ("GET", "/admin/sources/{source_id}/events"),
     ("GET", "/admin/refused"),
     ("GET", "/admin/destinations/{destination_id}/delivery"),
+    ("GET", "/admin/destinations/{destination_id}/requests"),
     ("GET", "/admin/dlq/{destination_id}"),
     ("POST", "/admin/dlq/{destination_id}/replay"),
 ]

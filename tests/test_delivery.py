@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 
-import destinations.webhook
+import destinations.http
 from tests.support import HookServer, Reply, closed_url, poll_until, start_worker, stop_worker
 from trackpipe.config import Config, parse
 from trackpipe.jobs import (
@@ -79,7 +79,7 @@ secret = "hook-secret-0123"
 connect_timeout_seconds = 2
 read_timeout_seconds = 0.3
 batch_size = {batch_size}
-
+{hook_extra}
 [destinations.retry]
 max_attempts = 3
 backoff_seconds = [1, 2]
@@ -87,9 +87,15 @@ backoff_seconds = [1, 2]
 
 
 def config_text(
-    redis_url: str, lake: Path, hook_url: str | None, *, max_events: int = 1000, batch_size: int = 100
+    redis_url: str,
+    lake: Path,
+    hook_url: str | None,
+    *,
+    max_events: int = 1000,
+    batch_size: int = 100,
+    hook_extra: str = "",
 ) -> str:
-    hook = HOOK_CONFIG.format(url=hook_url, batch_size=batch_size) if hook_url is not None else ""
+    hook = HOOK_CONFIG.format(url=hook_url, batch_size=batch_size, hook_extra=hook_extra) if hook_url else ""
     return CONFIG.format(redis_url=redis_url, max_events=max_events, hook=hook, lake=lake)
 
 
@@ -340,7 +346,7 @@ def test_retry_is_never_due_before_what_was_asked(
 ) -> None:
     """The failure happens at a fractional second: the retry may be late, never early."""
     failed_at = 1_700_000_000.2
-    monkeypatch.setattr(destinations.webhook, "time", types.SimpleNamespace(time=lambda: failed_at))
+    monkeypatch.setattr(destinations.http, "time", types.SimpleNamespace(time=lambda: failed_at))
     with HookServer(reply) as server:
         env.configure(server.url)
         env.run(payload_for(HOOK, make_events(1)), failed_at)
@@ -481,6 +487,165 @@ def test_events_for_a_removed_destination_are_dead_lettered(env: Env, now: float
         assert record.destination_id == HOOK
     assert scheduled(env.conn) == []
     assert minute_stats(env.conn, now) == {"dead_lettered": 2}
+
+
+# -- skipped by the destination, secrets, the destination inspector's requests --------------------------
+
+SOURCE = "shop-web"
+URL_SECRET = "ga-api-secret-4242"
+
+
+def sourced_events(n: int) -> list[DeliveryEvent]:
+    """Events that say which source they came from (the inspector's failure list is per source)."""
+    found = []
+    for i in range(n):
+        event = {"event_name": "purchase", "id": f"O-{i}", "context": {"event_id": f"e{i}", "source_id": SOURCE}}
+        found.append(DeliveryEvent(f"e{i}", "purchase", json.dumps(event).encode(), received_at=1_700_000_000_000))
+    return found
+
+
+def inspector_entries(conn: redis.Redis) -> list[dict[str, Any]]:
+    return [json.loads(raw) for raw in conn.lrange(LAYOUT.inspector_failures(SOURCE), 0, -1)]
+
+
+def stored_requests(conn: redis.Redis, destination: str = HOOK) -> list[dict[str, Any]]:
+    return [json.loads(raw) for raw in conn.lrange(LAYOUT.destination_requests(destination), 0, -1)]
+
+
+def everything_stored(conn: redis.Redis) -> bytes:
+    """Every value in the database, as bytes: where a secret must not be."""
+    found = []
+    for key in conn.scan_iter("*"):
+        kind = conn.type(key)
+        if kind == b"string":
+            found.append(conn.get(key) or b"")
+        elif kind == b"list":
+            found += conn.lrange(key, 0, -1)
+        elif kind == b"hash":
+            found += [k + b"=" + v for k, v in conn.hgetall(key).items()]
+        elif kind == b"zset":
+            found += [m for m, _ in conn.zrange(key, 0, -1, withscores=True)]
+        elif kind == b"set":
+            found += list(conn.smembers(key))
+        found.append(key)
+    return b"\n".join(found)
+
+
+def test_dry_run_sends_nothing_counts_filtered_and_keeps_the_request(env: Env, now: float) -> None:
+    with HookServer(Reply(200)) as server:
+        env.configure(server.url, hook_extra="dry_run = true")
+        settled = env.run(payload_for(HOOK, sourced_events(3)), now)
+        assert server.requests() == []
+    assert settled is not None and [e.event_id for e, _ in settled.skipped] == ["e0", "e1", "e2"]
+    assert minute_stats(env.conn, now) == {"filtered": 3}
+    assert dead_letters(env.conn) == [] and scheduled(env.conn) == [] and errors(env.conn) == ({}, {})
+    [request] = stored_requests(env.conn)
+    assert request["dry_run"] is True and request["status"] is None and request["events"] == 3
+    assert [e["context"]["event_id"] for e in json.loads(request["request_body"])["batch"]] == ["e0", "e1", "e2"]
+    entries = inspector_entries(env.conn)
+    assert {(e["event_id"], e["destination_id"], e["status"]) for e in entries} == {
+        (f"e{i}", HOOK, "FILTERED") for i in range(3)
+    }
+    assert all(e["reason"] == "dry run: request recorded, not sent" for e in entries)
+
+
+def test_a_skipped_event_is_filtered_not_failed(env: Env, now: float) -> None:
+    from destinations.base import DELIVERED, Skipped
+
+    class Picky:
+        def send(self, events: list) -> list:
+            return [Skipped(f"no mapping for {e.event_id}") if e.event_id == "e1" else DELIVERED for e in events]
+
+        def take_exchanges(self) -> list:
+            return []
+
+        def close(self) -> None:
+            pass
+
+    env.configure("http://127.0.0.1:9/unused")
+    assert env.ctx is not None
+    env.ctx._senders[HOOK] = Picky()
+    env.run(payload_for(HOOK, sourced_events(3)), now)
+    assert minute_stats(env.conn, now) == {"delivered": 2, "filtered": 1}
+    assert dead_letters(env.conn) == [] and scheduled(env.conn) == []
+    [entry] = inspector_entries(env.conn)
+    assert (entry["event_id"], entry["status"], entry["reason"]) == ("e1", "FILTERED", "no mapping for e1")
+
+
+def test_a_secret_in_the_url_is_masked_in_everything_stored(env: Env, now: float) -> None:
+    echo = f"bad request to /hook?api_secret={URL_SECRET}".encode()
+    with HookServer(Reply(500, echo), Reply(400, echo)) as server:
+        env.configure(f"{server.url}?api_secret={URL_SECRET}")
+        env.run(payload_for(HOOK, sourced_events(1)), now)  # 500: a retry job holds the reason
+        env.run(payload_for(HOOK, sourced_events(2)), now + 1)  # 400: dead letters, inspector entries
+        assert all(URL_SECRET in r.path for r in server.requests())  # the receiver got the real URL
+    [retry] = scheduled(env.conn)
+    assert retry[2].events[0].last_error == "HTTP 500: bad request to /hook?api_secret=***"
+    assert {d.reason for d in dead_letters(env.conn)} == {"HTTP 400: bad request to /hook?api_secret=***"}
+    assert {e["status"] for e in inspector_entries(env.conn)} == {"FAILED"}
+    requests = stored_requests(env.conn)
+    assert [r["status"] for r in requests] == [400, 500]  # newest first
+    assert requests[0]["url"].endswith("/hook?api_secret=***")
+    assert URL_SECRET.encode() not in everything_stored(env.conn)
+    assert b"hook-secret-0123" not in everything_stored(env.conn)  # nor the signing secret
+
+
+def test_reasons_from_any_sender_are_masked_with_the_destinations_secrets(env: Env, now: float) -> None:
+    from destinations.base import Rejected
+
+    class Leaky:  # not an HttpSender: the delivery job masks what it reports all the same
+        def send(self, events: list) -> list:
+            return [Rejected(f"refused with signing key hook-secret-0123 for {e.event_id}") for e in events]
+
+        def take_exchanges(self) -> list:
+            return []
+
+        def close(self) -> None:
+            pass
+
+    env.configure("http://127.0.0.1:9/unused")
+    assert env.ctx is not None
+    env.ctx._senders[HOOK] = Leaky()
+    env.run(payload_for(HOOK, sourced_events(1)), now)
+    [letter] = dead_letters(env.conn)
+    assert letter.reason == "refused with signing key *** for e0"
+    assert b"hook-secret-0123" not in everything_stored(env.conn)
+
+
+def test_a_damaged_stored_event_is_dead_lettered_and_the_others_sent(env: Env, now: float) -> None:
+    events = make_events(3)
+    events[1] = DeliveryEvent("e1", "purchase", b'{"event_name": "purch')
+    with HookServer(Reply(200)) as server:
+        env.configure(server.url)
+        env.run(payload_for(HOOK, events), now)
+        [got] = server.requests()
+    assert ids_in(got.body) == ["e0", "e2"]
+    [letter] = dead_letters(env.conn)
+    assert letter.event_id == "e1" and letter.reason.startswith("stored event is not a JSON object")
+    assert json.loads(bytes(letter.event)) == '{"event_name": "purch'  # kept, as a string: the record stays JSON
+    assert minute_stats(env.conn, now) == {"delivered": 2, "dead_lettered": 1}
+
+
+def test_the_destination_keeps_its_last_requests_newest_first(env: Env, now: float) -> None:
+    from trackpipe.keys import DESTINATION_REQUESTS_KEPT
+
+    with HookServer(Reply(200, b'{"ok":true}')) as server:
+        env.configure(server.url, batch_size=1)
+        for round_ in range(DESTINATION_REQUESTS_KEPT // 3 + 2):
+            env.run(payload_for(HOOK, make_events(3, start=3 * round_)), now)
+        total = len(server.requests())
+    assert total > DESTINATION_REQUESTS_KEPT
+    requests = stored_requests(env.conn)
+    assert len(requests) == DESTINATION_REQUESTS_KEPT
+    newest = [json.loads(r["request_body"])["batch"][0]["context"]["event_id"] for r in requests[:3]]
+    assert newest == [f"e{total - 1}", f"e{total - 2}", f"e{total - 3}"]
+    assert requests[0]["status"] == 200 and requests[0]["response_body"] == '{"ok":true}'
+
+
+def test_the_file_destination_keeps_no_requests(env: Env, now: float) -> None:
+    env.configure(None)
+    env.run(payload_for(LAKE, make_events(2)), now)
+    assert stored_requests(env.conn, LAKE) == []
 
 
 # -- a real worker process ------------------------------------------------------------------------------

@@ -175,6 +175,7 @@ BUILDERS: dict[str, Key | Namespace | Pattern | RqNamespace] = {
     "source_stats": Key((ID,)),
     "destination_stats": Key((ID, INT)),
     "dlq": Key((ID,)),
+    "destination_requests": Key((ID,)),
     "dlq_dropped": Key(),
     "destination_errors": Key((ID,)),
     "destination_errors_last": Key((ID,)),

@@ -1,4 +1,5 @@
-"""workers.routing.accepts (docs/CONTRACT.md §6 filters) and the inspector's pure helpers (docs/CONTRACT.md §9)."""
+"""workers.routing.accepts and why_filtered (docs/CONTRACT.md §6 filters), the fan-out's filtered counts,
+and the inspector's pure helpers (docs/CONTRACT.md §9)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,18 @@ import copy
 import json
 from typing import Any
 
+import msgspec
 import pytest
 
 from destinations.file import FileDestination
 from destinations.webhook import WebhookDestination
+from trackpipe.config import Config
+from trackpipe.types import Filters
+from workers import filters as filters_module
 from workers import inspector
+from workers.ingest import ProcessedEvent, plan_fan_out
 from workers.inspector import always_kept, mask_ip, masked_payload
-from workers.routing import accepts, consent_categories
+from workers.routing import accepts, consent_categories, why_filtered
 from workers.status import EventStatus
 
 
@@ -21,6 +27,19 @@ def event(name: str = "purchase", categories: Any = ("1", "3")) -> dict[str, Any
     if categories is not None:
         user["consent_categories"] = list(categories) if isinstance(categories, tuple) else categories
     return {"event_name": name, "user": user, "context": {"event_id": "e-1"}}
+
+
+def conditions(*items: dict[str, Any], match: str = "all") -> Filters:
+    return msgspec.convert({"match": match, "conditions": list(items)}, Filters)
+
+
+BIG = {"path": "value", "op": "greater_than", "value": 100}
+SMALL = {"path": "value", "op": "less_than", "value": 100}
+ACME = {"path": "items[].product.brand", "op": "equals", "value": "Acme"}
+
+
+def priced(value: Any, brand: str = "Acme", name: str = "purchase", categories: Any = ("1", "3")) -> dict[str, Any]:
+    return {**event(name, categories), "value": value, "items": [{"product": {"brand": brand}}]}
 
 
 def webhook(**filters: Any) -> WebhookDestination:
@@ -86,6 +105,38 @@ ACCEPTS = [
         False,
         id="all-but-consent",
     ),
+    # filters on any property, after the others
+    pytest.param({"filters": conditions(BIG)}, "shop-web", priced(150), True, id="filters-pass"),
+    pytest.param({"filters": conditions(BIG)}, "shop-web", priced(50), False, id="filters-fail"),
+    pytest.param({"filters": conditions(BIG)}, "shop-web", event(), False, id="filters-missing-property"),
+    pytest.param({"filters": conditions(BIG, ACME)}, "shop-web", priced(150, "Zed"), False, id="filters-all"),
+    pytest.param(
+        {"filters": conditions(BIG, ACME, match="any")}, "shop-web", priced(50, "Acme"), True, id="filters-any"
+    ),
+    pytest.param(
+        {"filters": conditions(BIG), "sources": ["shop-web"]}, "app", priced(150), False, id="filters-pass-source-not"
+    ),
+    pytest.param(
+        {"filters": conditions(BIG), "events": ["purchase"]},
+        "shop-web",
+        priced(150, name="refund"),
+        False,
+        id="filters-pass-event-not",
+    ),
+    pytest.param(
+        {"filters": conditions(BIG), "consent_category": "3"},
+        "shop-web",
+        priced(150, categories=("1",)),
+        False,
+        id="filters-pass-consent-not",
+    ),
+    pytest.param(
+        {"filters": conditions(BIG), "sources": ["shop-web"], "events": ["purchase"], "consent_category": "3"},
+        "shop-web",
+        priced(150),
+        True,
+        id="filters-and-all-others-pass",
+    ),
 ]
 
 
@@ -93,6 +144,116 @@ ACCEPTS = [
 @pytest.mark.parametrize("make", [webhook, lake], ids=["webhook", "file"])
 def test_accepts(make: Any, filters: dict[str, Any], source_id: str, evt: dict[str, Any], expected: bool) -> None:
     assert accepts(make(**filters), source_id, evt) is expected
+
+
+WHY = [
+    pytest.param({}, "shop-web", event(), None, id="accepted"),
+    pytest.param(
+        {"sources": ["shop-web"]}, "app", event(), "source 'app' is not in the destination's sources", id="source"
+    ),
+    pytest.param(
+        {"events": ["purchase"]},
+        "shop-web",
+        event("login"),
+        "the event name is not in the destination's events",
+        id="event",
+    ),
+    pytest.param(
+        {"consent_category": "3"},
+        "shop-web",
+        event(categories=("1",)),
+        "consent category '3' not given (user.consent_categories)",
+        id="consent",
+    ),
+    pytest.param(
+        {"filters": conditions(BIG, ACME)},
+        "shop-web",
+        priced(150, "Zed"),
+        'filters: conditions[1] (items[].product.brand equals "Acme") not met',
+        id="filters-all",
+    ),
+    pytest.param(
+        {"filters": conditions(BIG, ACME, match="any")},
+        "shop-web",
+        priced(50, "Zed"),
+        "filters: none of its 2 conditions met (match = any)",
+        id="filters-any",
+    ),
+    pytest.param({"filters": conditions(BIG)}, "shop-web", priced(150), None, id="filters-pass"),
+]
+
+
+@pytest.mark.parametrize(("filters", "source_id", "evt", "expected"), WHY)
+def test_why_filtered_agrees_with_accepts(
+    filters: dict[str, Any], source_id: str, evt: dict[str, Any], expected: str | None
+) -> None:
+    destination = webhook(**filters)
+    assert why_filtered(destination, source_id, evt) == expected
+    assert accepts(destination, source_id, evt) is (expected is None)
+
+
+@pytest.mark.parametrize(("filters", "source_id", "evt", "expected"), ACCEPTS)
+def test_why_filtered_has_a_reason_for_every_refusal(
+    filters: dict[str, Any], source_id: str, evt: dict[str, Any], expected: bool
+) -> None:
+    assert (why_filtered(webhook(**filters), source_id, evt) is None) is expected
+
+
+def test_destinations_without_filters_never_reach_the_filters(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any) -> bool:
+        raise AssertionError("filters evaluated for a destination without filters")
+
+    monkeypatch.setattr(filters_module, "passes", refuse)
+    assert accepts(webhook(), "shop-web", priced(5)) is True
+    assert accepts(webhook(events=["purchase"]), "shop-web", priced(5)) is True
+
+
+def test_filters_are_not_evaluated_for_an_event_the_cheaper_checks_refuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[Any] = []
+    real = filters_module.passes
+    monkeypatch.setattr(filters_module, "passes", lambda f, e: calls.append(e) or real(f, e))
+    destination = webhook(events=["purchase"], filters=conditions(BIG))
+    assert accepts(destination, "shop-web", priced(500, name="login")) is False
+    assert calls == []
+    assert accepts(destination, "shop-web", priced(500)) is True
+    assert len(calls) == 1
+
+
+def test_fan_out_counts_filtered_events_per_destination() -> None:
+    config = Config(
+        destinations=[
+            webhook(filters=conditions(BIG)),
+            lake(filters=conditions(SMALL, ACME)),
+            FileDestination(id="all", path="/tmp/all"),
+        ]
+    )
+    values = [150, 50, 20, "500", None]
+    events = [
+        ProcessedEvent(
+            "shop-web", 1, EventStatus.VALID, {**priced(v), "context": {"event_id": f"e{i}"}}, [], [], b"", f"e{i}"
+        )
+        for i, v in enumerate(values)
+    ]
+    events[2].event["items"][0]["product"]["brand"] = "Zed"  # type: ignore[index]
+    plan = plan_fan_out(events, config)
+    assert [e.event_id for e in plan.deliveries["crm-hook"]] == ["e0", "e3"]  # "500" holds a number
+    assert [e.event_id for e in plan.deliveries["lake"]] == ["e1"]
+    assert [e.event_id for e in plan.deliveries["all"]] == ["e0", "e1", "e2", "e3", "e4"]
+    assert plan.filtered == {"crm-hook": 3, "lake": 4}
+    assert [routes["crm-hook"] for routes in plan.destinations_of] == [
+        "queued",
+        "FILTERED",
+        "FILTERED",
+        "queued",
+        "FILTERED",
+    ]
+    assert [routes["lake"] for routes in plan.destinations_of] == [
+        "FILTERED",
+        "queued",
+        "FILTERED",
+        "FILTERED",
+        "FILTERED",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -254,6 +254,7 @@ ADMIN_ROUTES = [
     ("GET", "/admin/refused"),
     ("GET", "/admin/sources/{source_id}/events"),
     ("GET", "/admin/destinations/{destination_id}/delivery"),
+    ("GET", "/admin/destinations/{destination_id}/requests"),
     ("GET", "/admin/dlq/{destination_id}"),
     ("POST", "/admin/dlq/{destination_id}/replay"),
 ]

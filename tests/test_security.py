@@ -350,6 +350,7 @@ BAD_CREDENTIALS: list[tuple[dict[str, str], dict[str, str]]] = [  # (headers, qu
 def test_the_admin_routes_are_the_documented_ones() -> None:
     assert ROUTES == [
         ("GET", "/admin/destinations/{destination_id}/delivery"),
+        ("GET", "/admin/destinations/{destination_id}/requests"),
         ("GET", "/admin/dlq/{destination_id}"),
         ("GET", "/admin/refused"),
         ("GET", "/admin/sources"),

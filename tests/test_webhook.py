@@ -13,7 +13,7 @@ from email.utils import formatdate
 import pytest
 
 from destinations import open_sender
-from destinations.base import DELIVERED, Delivered, Rejected, Retry
+from destinations.base import DELIVERED, Delivered, OutgoingEvent, Rejected, Retry
 from destinations.webhook import WebhookDestination, WebhookSender, retry_after
 from tests.support import HookServer, Reply, closed_url
 from trackpipe.types import RetryConfig
@@ -36,6 +36,15 @@ def batch_of(bodies: list[bytes]) -> bytes:
     return b'{"batch":[' + b",".join(bodies) + b"]}"
 
 
+def outgoing(bodies: list[bytes]) -> list[OutgoingEvent]:
+    """The events as the delivery job hands them to a sender (decoded once, body kept)."""
+    found = []
+    for body in bodies:
+        event = json.loads(body)
+        found.append(OutgoingEvent(event.get("context", {}).get("event_id", ""), event["event_name"], event, body))
+    return found
+
+
 def sender_for(url: str, **settings) -> WebhookSender:
     sender = open_sender(WebhookDestination(id="crm-hook", url=url, **settings))
     assert isinstance(sender, WebhookSender)
@@ -45,7 +54,7 @@ def sender_for(url: str, **settings) -> WebhookSender:
 def send(url: str, bodies: list[bytes], **settings) -> list:
     sender = sender_for(url, **settings)
     try:
-        return sender.send(bodies)
+        return sender.send(outgoing(bodies))
     finally:
         sender.close()
 
@@ -238,7 +247,7 @@ def test_sender_reuses_its_connection_across_sends() -> None:
         sender = sender_for(server.url)
         try:
             for i in range(3):
-                assert sender.send([event(i)]) == [DELIVERED]
+                assert sender.send(outgoing([event(i)])) == [DELIVERED]
         finally:
             sender.close()
     got = server.requests()

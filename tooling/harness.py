@@ -96,6 +96,7 @@ class Received:
     client_port: int
     status: int
     at: float = 0.0  # time.monotonic() when it arrived
+    method: str = "POST"
 
 
 class HookServer:
@@ -120,6 +121,8 @@ class HookServer:
 
             def do_POST(self) -> None:
                 owner._handle(self)
+
+            do_PUT = do_PATCH = do_POST
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
@@ -155,7 +158,15 @@ class HookServer:
         headers = {name.lower(): value for name, value in handler.headers.items()}
         with self._lock:
             self.received.append(
-                Received(handler.path, headers, body, handler.client_address[1], reply.status, time.monotonic())
+                Received(
+                    handler.path,
+                    headers,
+                    body,
+                    handler.client_address[1],
+                    reply.status,
+                    time.monotonic(),
+                    handler.command,
+                )
             )
         if reply.delay:
             self._stopping.wait(reply.delay)

@@ -28,6 +28,8 @@ Layout (``P`` is ``key_prefix`` from the config, default ``trackpipe``):
     P:inspectfail:<source>           recent dead-lettered deliveries of a source's events (capped
                                      list: event id, destination, reason), merged into the
                                      inspector's records as FAILED
+    P:destreq:<dest>                 the last requests sent to a destination, secrets masked (capped
+                                     list of JSON exchanges, newest first: the destination inspector)
     P:stats:source:<source>          hash status -> events
     P:stats:dest:<dest>:<minute>     hash outcome -> events, per minute (expires)
     P:claims:<worker>                jobs a worker has taken and not yet finished (list; see
@@ -50,6 +52,8 @@ RQ_PREFIX_ENV = "RQ_KEY_PREFIX"
 INGEST_QUEUE = "ingest"
 DELIVER_QUEUE_PREFIX = "deliver:"
 RETRY_QUEUE_PREFIX = "retry:"
+# Requests the destination inspector keeps per destination (P:destreq:<dest>).
+DESTINATION_REQUESTS_KEPT = 50
 # Refused requests naming a site no source has share one sample ring and count under this name, so
 # random `tc_s` values cannot create keys (the edge writes it; status and the console read it).
 UNKNOWN_SITE_BUCKET = "_unknown_site"
@@ -136,6 +140,9 @@ class KeyLayout(msgspec.Struct, frozen=True):
 
     def inspector_failures(self, source_id: str) -> str:
         return f"{self.prefix}:inspectfail:{source_id}"
+
+    def destination_requests(self, destination_id: str) -> str:
+        return f"{self.prefix}:destreq:{destination_id}"
 
     def source_stats(self, source_id: str) -> str:
         return f"{self.prefix}:stats:source:{source_id}"

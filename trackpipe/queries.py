@@ -100,14 +100,18 @@ class Status(msgspec.Struct):
 
 
 class DeliveryFailure(msgspec.Struct):
-    """A delivery that ended in a dead-letter queue, kept per source (`P:inspectfail:<source>`, JSON)
-    so that the inspector shows the event FAILED for that destination, with the reason."""
+    """A delivery that ended in a dead-letter queue (or was skipped by its destination), kept per
+    source (`P:inspectfail:<source>`, JSON) so that the inspector shows the event FAILED (or
+    FILTERED) for that destination, with the reason."""
 
     event_id: str
     destination_id: str
     reason: str
     at: int  # ms, when it was dead-lettered
     received_at: int | None = None  # ms, the event's receive time (tells apart events sharing an id)
+    # What the inspector shows for the destination: FAILED (dead letter) or FILTERED (the destination
+    # skipped the event: it cannot map it, or a dry run). Entries written before this field are FAILED.
+    status: str = "FAILED"
 
 
 _failure_decoder = msgspec.json.Decoder(DeliveryFailure)

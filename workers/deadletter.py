@@ -38,9 +38,14 @@ _json = msgspec.json.Encoder()
 
 
 def failures_by_source(
-    dead: list[tuple[DeliveryEvent, str]], destination_id: str, now_ms: int, sources: Container[str]
+    dead: list[tuple[DeliveryEvent, str]],
+    destination_id: str,
+    now_ms: int,
+    sources: Container[str],
+    status: str = "FAILED",
 ) -> dict[str, list[bytes]]:
-    """Source id -> `DeliveryFailure` entries (JSON) of the dead-lettered events, for the inspector.
+    """Source id -> `DeliveryFailure` entries (JSON) of the dead-lettered events (or, with status
+    FILTERED, the events the destination skipped), for the inspector.
     The source is the event's `context.source_id`; events of sources no longer configured (or whose
     body does not say) are left out."""
     found: dict[str, list[bytes]] = {}
@@ -53,7 +58,7 @@ def failures_by_source(
             continue
         received_at = context.received_at or event.received_at or None
         entry = DeliveryFailure(
-            event.event_id, destination_id, redact(reason)[:FAILURE_REASON_CHARS], now_ms, received_at
+            event.event_id, destination_id, redact(reason)[:FAILURE_REASON_CHARS], now_ms, received_at, status
         )
         found.setdefault(context.source_id, []).append(_json.encode(entry))
     return found

@@ -1,7 +1,12 @@
 """The delivery job: send a batch to its destination, then settle every event in one MULTI/EXEC:
 delivered ones are counted, retryable ones go to the destination's retry queue after their backoff,
 refused ones and those out of attempts go to its dead-letter queue (and to their source's list of
-failures, which the inspector shows as FAILED for this destination).
+failures, which the inspector shows as FAILED for this destination); skipped ones (the destination
+cannot map them, or a dry run) are counted as filtered and shown FILTERED, with the reason. The same
+transaction keeps the sender's last requests for the destination inspector.
+
+Each event's stored JSON is decoded once here into the `OutgoingEvent` senders get. Reasons are masked
+with the destination's secrets before they reach a DLQ record, a log line or the error counts.
 
 A job killed after its MULTI/EXEC is not sent again (its done mark is in its own hash); killed
 between sending and EXEC, it is sent again when re-run: delivery is at least once, and only an
@@ -15,14 +20,26 @@ import math
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 from prometheus_client import Counter, Histogram
 from redis import Redis
 from rq import get_current_job
 
-from destinations.base import Delivered, Outcome, Rejected, Retry
+from destinations.base import (
+    Delivered,
+    Outcome,
+    OutgoingEvent,
+    Rejected,
+    Retry,
+    Sender,
+    Skipped,
+    mask_values,
+    masked_outcome,
+)
 from trackpipe.jobs import DELIVER_FUNCTION, DONE_FIELD, delivery_job_options, delivery_retry_queue
+from trackpipe.keys import DESTINATION_REQUESTS_KEPT
 from trackpipe.messages import (
     DeadLetter,
     DeliveryBatch,
@@ -39,6 +56,7 @@ from workers.deadletter import error_kind, failures_by_source
 from workers.retry import next_attempt_at
 
 log = logging.getLogger("trackpipe.deliver")
+_json = msgspec.json.Encoder()
 STATS_TTL_SECONDS = 2 * 86_400
 
 DELIVERIES = Counter(
@@ -65,6 +83,7 @@ class Settled(msgspec.Struct):
     delivered: list[DeliveryEvent]
     retry: dict[float, list[DeliveryEvent]]  # unix time of the next try -> events
     dead: list[tuple[DeliveryEvent, str]]
+    skipped: list[tuple[DeliveryEvent, str]] = msgspec.field(default_factory=list)  # FILTERED, with the reason
 
 
 def settle(events: list[DeliveryEvent], outcomes: list[Outcome], retry_config: RetryConfig, now: float) -> Settled:
@@ -74,6 +93,9 @@ def settle(events: list[DeliveryEvent], outcomes: list[Outcome], retry_config: R
     for event, outcome in zip(events, outcomes, strict=True):
         if isinstance(outcome, Delivered):
             settled.delivered.append(event)
+            continue
+        if isinstance(outcome, Skipped):  # not a failure: no attempt counted, nothing retried
+            settled.skipped.append((event, outcome.reason))
             continue
         failed = msgspec.structs.replace(
             event,
@@ -95,6 +117,16 @@ def settle(events: list[DeliveryEvent], outcomes: list[Outcome], retry_config: R
     return settled
 
 
+def _embeddable(body: bytes) -> bytes:
+    """The event as the DLQ record embeds it: as it is, or (damaged in storage) as a JSON string, so
+    that the record stays readable."""
+    try:
+        msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return _json.encode(body.decode("utf-8", "replace"))
+    return body
+
+
 def _dead_letter(event: DeliveryEvent, destination_id: str, reason: str, now_ms: int) -> bytes:
     return encode_dead_letter(
         DeadLetter(
@@ -105,15 +137,22 @@ def _dead_letter(event: DeliveryEvent, destination_id: str, reason: str, now_ms:
             event.attempts,
             event.first_failure_at or now_ms,
             now_ms,
-            msgspec.Raw(event.body),
+            msgspec.Raw(_embeddable(event.body)),
         )
     )
 
 
 def commit_settlement(
-    ctx: WorkerContext, connection: Redis, batch: DeliveryBatch, settled: Settled, job_key: str, now: float
+    ctx: WorkerContext,
+    connection: Redis,
+    batch: DeliveryBatch,
+    settled: Settled,
+    job_key: str,
+    now: float,
+    exchanges: list[bytes] | None = None,
 ) -> int:
-    """One MULTI/EXEC for everything the job leaves behind; returns dead letters dropped (DLQ full)."""
+    """One MULTI/EXEC for everything the job leaves behind; returns dead letters dropped (DLQ full).
+    `exchanges`: the sender's requests (JSON `Exchange`s, oldest first) for the destination inspector."""
     layout = ctx.layout
     dest = batch.destination_id
     now_ms = int(now * 1000)
@@ -136,17 +175,20 @@ def commit_settlement(
         pipe.ltrim(key, 0, ctx.config.dlq.max_events - 1)
         # The inspector shows these events FAILED for this destination (console/app.py merges the
         # entries into its records); bounded like the inspector itself.
-        inspector_size = ctx.config.inspector.events_per_source
-        if inspector_size:
-            for source_id, entries in failures_by_source(settled.dead, dest, now_ms, ctx.sources).items():
-                failed = layout.inspector_failures(source_id)
-                pipe.lpush(failed, *entries)
-                pipe.ltrim(failed, 0, inspector_size - 1)
+        _push_failures(ctx, pipe, failures_by_source(settled.dead, dest, now_ms, ctx.sources))
+    if settled.skipped:
+        # Same list as the failures, marked FILTERED: the inspector shows the destination's reason.
+        _push_failures(ctx, pipe, failures_by_source(settled.skipped, dest, now_ms, ctx.sources, "FILTERED"))
+    if exchanges:
+        requests = layout.destination_requests(dest)
+        pipe.lpush(requests, *exchanges)  # the newest ends up first
+        pipe.ltrim(requests, 0, DESTINATION_REQUESTS_KEPT - 1)
     stats = layout.destination_stats(dest, now_ms // 60_000)
     for field, n in (
         ("delivered", len(settled.delivered)),
         ("retried", sum(len(e) for e in settled.retry.values())),
         ("dead_lettered", len(settled.dead)),
+        ("filtered", len(settled.skipped)),
     ):
         if n:
             pipe.hincrby(stats, field, n)
@@ -180,6 +222,42 @@ def commit_settlement(
     return dropped
 
 
+def _push_failures(ctx: WorkerContext, pipe: Any, by_source: dict[str, list[bytes]]) -> None:
+    inspector_size = ctx.config.inspector.events_per_source
+    if not inspector_size:
+        return
+    for source_id, entries in by_source.items():
+        key = ctx.layout.inspector_failures(source_id)
+        pipe.lpush(key, *entries)
+        pipe.ltrim(key, 0, inspector_size - 1)
+
+
+_event_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def outgoing(events: list[DeliveryEvent]) -> tuple[list[OutgoingEvent], dict[int, Outcome]]:
+    """The events as senders get them, decoded once; an event whose stored JSON is not an object
+    (damaged in storage) is rejected by position instead."""
+    ready: list[OutgoingEvent] = []
+    broken: dict[int, Outcome] = {}
+    for i, event in enumerate(events):
+        try:
+            decoded = _event_decoder.decode(event.body)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+            broken[i] = Rejected(f"stored event is not a JSON object: {exc}")
+            continue
+        ready.append(OutgoingEvent(event.event_id, event.event_name, decoded, event.body))
+    return ready, broken
+
+
+def send_batch(sender: Sender, events: list[DeliveryEvent], secrets: list[str]) -> list[Outcome]:
+    """The sender's outcome for each event, in order, reasons masked with the destination's secrets."""
+    ready, broken = outgoing(events)
+    sent = iter(sender.send(ready) if ready else [])
+    masks = mask_values(secrets)
+    return [masked_outcome(broken[i] if i in broken else next(sent), masks) for i in range(len(events))]
+
+
 def merged_batch(payload: bytes, parts: list[bytes]) -> DeliveryBatch:
     """One batch of the job's argument (retry and replay jobs) and its parts (fan-outs), in order."""
     batches = [decode_delivery(p) for p in (payload, *parts) if p]
@@ -210,6 +288,7 @@ def process_delivery(
     batch = merged_batch(payload, parts)
     destination = ctx.destinations.get(batch.destination_id)
     started = time.time()
+    exchanges: list[bytes] = []
     if destination is None:
         outcomes: list[Outcome] = [Rejected(f"destination {batch.destination_id!r} is no longer configured")] * len(
             batch.events
@@ -217,14 +296,23 @@ def process_delivery(
         retry_config = RetryConfig()
     else:
         faults.point("deliver:before_send")
-        outcomes = ctx.sender(batch.destination_id).send([e.body for e in batch.events])
+        sender = ctx.sender(batch.destination_id)
+        try:
+            outcomes = send_batch(sender, batch.events, destination.secrets())
+        finally:
+            # Taken even when send raised: requests of this job must not show up under a later one.
+            exchanges = [_json.encode(e) for e in sender.take_exchanges()]
         faults.point("deliver:after_send")
         retry_config = destination.retry
         DELIVERY_SECONDS.labels(batch.destination_id).observe(time.time() - started)
     now = time.time() if now is None else now
     settled = settle(batch.events, outcomes, retry_config, now)
-    commit_settlement(ctx, connection, batch, settled, job_key, now)
-    for outcome, events in (("delivered", settled.delivered), ("dead_lettered", settled.dead)):
+    commit_settlement(ctx, connection, batch, settled, job_key, now, exchanges)
+    for outcome, events in (
+        ("delivered", settled.delivered),
+        ("dead_lettered", settled.dead),
+        ("filtered", settled.skipped),
+    ):
         if events:
             DELIVERIES.labels(batch.destination_id, outcome).inc(len(events))
     retried = sum(len(e) for e in settled.retry.values())

@@ -8,6 +8,7 @@ import msgspec
 
 from trackpipe.config import Destination
 from trackpipe.messages import DeliveryEvent
+from workers import filters
 
 
 class FanOut(msgspec.Struct):
@@ -28,9 +29,28 @@ def consent_categories(event: dict[str, Any]) -> list[str]:
 
 
 def accepts(destination: Destination, source_id: str, event: dict[str, Any]) -> bool:
-    """True if the destination's `sources`, `events` and `consent_category` filters let the event in."""
+    """True if the destination's `sources`, `events`, `consent_category` and `filters` let the event in."""
     if destination.sources is not None and source_id not in destination.sources:
         return False
     if destination.events is not None and event.get("event_name") not in destination.events:
         return False
-    return destination.consent_category is None or destination.consent_category in consent_categories(event)
+    if destination.consent_category is not None and destination.consent_category not in consent_categories(event):
+        return False
+    # Last, as the dearest: the cheap checks above turn most unwanted events away first.
+    return destination.filters is None or filters.passes(destination.filters, event)
+
+
+def why_filtered(destination: Destination, source_id: str, event: dict[str, Any]) -> str | None:
+    """Which of the destination's filters turns the event away, in words for the inspector (None if it
+    is accepted). Names the setting or the condition, never the event's values."""
+    if destination.sources is not None and source_id not in destination.sources:
+        return f"source {source_id!r} is not in the destination's sources"
+    if destination.events is not None and event.get("event_name") not in destination.events:
+        return "the event name is not in the destination's events"
+    if destination.consent_category is not None and destination.consent_category not in consent_categories(event):
+        return f"consent category {destination.consent_category!r} not given (user.consent_categories)"
+    if destination.filters is not None:
+        failed = filters.first_failed(destination.filters, event)
+        if failed is not None:
+            return f"filters: {failed}"
+    return None
