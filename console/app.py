@@ -34,10 +34,13 @@ import msgspec
 from redis import Redis
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
 
+from console import web
 from console.openapi import spec
 from trackpipe.config import Config
 from trackpipe.keys import DESTINATION_REQUESTS_KEPT, UNKNOWN_SITE_BUCKET, KeyLayout
@@ -398,11 +401,35 @@ def create_app(config: Config, redis: Redis | None = None) -> ConsoleApp:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if console._token is None:
             log.warning("no admin_token in the config: every admin route answers 401")
+        # Alert rules are checked from the console process, on a thread of their own.
+        from console.alerting import Evaluator
+
+        evaluator = Evaluator(config, console.redis)
+        evaluator.start()
         try:
             yield
         finally:
+            await asyncio.to_thread(evaluator.stop)
             console.close()
 
-    app = ConsoleApp(routes=console.routes(), lifespan=lifespan)
+    app = ConsoleApp(
+        routes=console.routes() + web_routes(),
+        lifespan=lifespan,
+        exception_handlers={HTTPException: web.forbidden},
+    )
     app.console = console
     return app
+
+
+def web_routes() -> list[BaseRoute]:
+    """The pages (console/pages/), sign-in, and the static files they use."""
+    from console.pages import PAGE_MODULES
+
+    routes: list[BaseRoute] = [
+        Route("/login", web.login, methods=["GET", "POST"]),
+        Route("/logout", web.logout, methods=["POST"]),
+        Mount("/static", app=StaticFiles(directory=web.HERE / "static"), name="static"),
+    ]
+    for module in PAGE_MODULES:
+        routes += module.ROUTES
+    return routes

