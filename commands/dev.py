@@ -392,7 +392,7 @@ def _run_dev(
             where = getattr(destination, "path", None) or getattr(destination, "url", "")
             print(f"destination:     {destination.id} -> {where}")
         console = f"http://{args.host}:{console_socket.getsockname()[1]}"
-        print(f"console:         {console}  (admin API)")
+        print(f"console:         {console}  (pages: sign in with the admin_token in {path}; admin API)")
         if config.admin_token and config.sources:
             inspector = f"{console}/admin/sources/{config.sources[0].id}/events"
             print(f"inspector:       curl -sS -H 'Authorization: Bearer {config.admin_token}' {inspector}")

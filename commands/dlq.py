@@ -85,13 +85,15 @@ def run_dlq(args: argparse.Namespace) -> int:
                 chosen = dlq.select_iter(connection, layout, args.destination, selection, args.limit)
             else:
                 chosen = dlq.select(connection, layout, args.destination, selection, args.limit)
-            return _act(args, connection, config, chosen, target)
+            return _act(args, connection, config, chosen, target, selection)
     except RedisError as exc:
         print(f"trackpipe dlq: cannot reach {masked_url(config.redis_url)}: {exc}", file=sys.stderr)
         return 1
 
 
-def _act(args: argparse.Namespace, connection: Any, config: Any, chosen: Iterable[Any], target: str) -> int:
+def _act(
+    args: argparse.Namespace, connection: Any, config: Any, chosen: Iterable[Any], target: str, selection: Any
+) -> int:
     """Carry out the command on the chosen records: an iterator for list, show and export (read
     as they are written out), a list for purge and replay."""
     from trackpipe import dlq
@@ -142,7 +144,21 @@ def _act(args: argparse.Namespace, connection: Any, config: Any, chosen: Iterabl
             filled = int(width * done / total)
             print(f"\rreplaying [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="", file=sys.stderr)
 
-    replayed = dlq.replay(connection, config, args.destination, chosen, target, rate=args.rate, progress=progress)
+    try:
+        with dlq.exclusive_replay(connection, KeyLayout(config.key_prefix), args.destination) as renew:
+            # Selected again under the lock: a replay that ran meanwhile may have taken some.
+            chosen = dlq.select(connection, KeyLayout(config.key_prefix), args.destination, selection, args.limit)
+
+            def progress_and_renew(done: int, total: int) -> None:
+                renew()
+                progress(done, total)
+
+            replayed = dlq.replay(
+                connection, config, args.destination, chosen, target, rate=args.rate, progress=progress_and_renew
+            )
+    except dlq.DlqError as exc:
+        print(f"trackpipe dlq replay: {exc}", file=sys.stderr)
+        return 1
     if tty:
         print(file=sys.stderr)
     print(f"replayed {replayed} dead letters from {args.destination} to deliver:{target}")

@@ -11,6 +11,7 @@ the rule's state; nothing a rule or a webhook does ends the loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -173,7 +174,9 @@ def read(redis: Redis, layout: KeyLayout, rule: AlertRule, now: float) -> Readin
     if rule.kind in ("dlq_size", "dlq_growth"):
         return Reading(at=now, dlq=int(redis.llen(layout.dlq(rule.target))))
     if rule.kind == "lag":
-        names = [INGEST_QUEUE] if rule.target == INGEST_TARGET else [deliver_queue(rule.target), retry_queue(rule.target)]
+        names = (
+            [INGEST_QUEUE] if rule.target == INGEST_TARGET else [deliver_queue(rule.target), retry_queue(rule.target)]
+        )
         lags = [lag for name in names if (lag := _queue_lag(redis, name, now)) is not None]
         return Reading(at=now, lag_seconds=max(lags) if lags else None)
     statuses = {k.decode(): int(v) for k, v in redis.hgetall(layout.source_stats(rule.target)).items()}
@@ -208,7 +211,7 @@ class Evaluator:
         self.config = config
         self.redis = redis
         self.layout = KeyLayout(config.key_prefix)
-        self.interval = interval if interval is not None else _interval_from_env()
+        self.interval = interval if interval is not None else interval_from_env()
         self.lock_ms = int(max(self.interval * 3, 10.0) * 1000)
         self._token = secrets.token_hex(8)
         self._stop = threading.Event()
@@ -223,10 +226,8 @@ class Evaluator:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=POST_TIMEOUT + 5)
-        try:
+        with contextlib.suppress(RedisError, OSError):  # else the lock expires by itself
             self.redis.eval(_RELEASE_LOCK, 1, self.layout.alert_lock, self._token)
-        except (RedisError, OSError):
-            pass  # the lock expires by itself
         self._client.close()
 
     def _loop(self) -> None:
@@ -292,13 +293,15 @@ class Evaluator:
         record.error = post_webhook(self._client, rule, slack_body(rule, record))
         record.posted = record.error is None
         if record.error:
-            log.warning("alerts: rule %s (%s) %s, webhook post failed: %s", rule.id, rule.name, record.event, record.error)
+            log.warning(
+                "alerts: rule %s (%s) %s, webhook post failed: %s", rule.id, rule.name, record.event, record.error
+            )
         else:
             log.info("alerts: rule %s (%s) %s: %s", rule.id, rule.name, record.event, record.message)
         return record
 
 
-def _interval_from_env() -> float:
+def interval_from_env() -> float:
     text = os.environ.get(INTERVAL_ENV, "")
     try:
         value = float(text) if text else DEFAULT_INTERVAL

@@ -56,7 +56,16 @@ log = logging.getLogger("trackpipe.console")
 
 MAX_LIMIT = 1_000
 TREND_MINUTES = 60
-OUTCOMES = ("queued", "delivered", "retried", "dead_lettered", "filtered")
+OUTCOMES = (
+    "queued",
+    "delivered",
+    "retried",
+    "dead_lettered",
+    "filtered",
+    "filtered_consent",
+    "filtered_conditions",
+    "skipped",
+)
 STATUSES = {"VALID", "INVALID_ACCEPTED", "INVALID_REJECTED", "DUPLICATE"}
 # Statuses of events that went to destinations (only those can have FAILED for one).
 SENT_STATUSES = {"VALID", "INVALID_ACCEPTED"}
@@ -217,13 +226,19 @@ class Console:
         self, source_id: str, limit: int, status: str | None, test_code: str | None
     ) -> tuple[dict[str, int], list[bytes]]:
         """The source's status counts, and its newest records that match, failures merged in."""
-        from trackpipe.queries import decode_failures
+        from trackpipe.queries import decode_failures, decode_records, newest_first
 
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(self.layout.source_stats(source_id))
         pipe.lrange(self.layout.inspector(source_id), 0, -1)
+        pipe.lrange(self.layout.inspector_tests(source_id), 0, -1)
         pipe.lrange(self.layout.inspector_failures(source_id), 0, -1)
-        stats, raw, failed = pipe.execute()
+        stats, raw, tests, failed = pipe.execute()
+        # Events with a test_code are kept in a list of their own (workers.inspector).
+        if test_code is not None:
+            raw = tests
+        elif tests:
+            raw = [_json.encode(r) for r in newest_first(decode_records(raw), decode_records(tests))]
         failures = _failures_by_event(decode_failures(failed))
         picked: list[bytes] = []
         for item in raw:
@@ -376,15 +391,21 @@ class Console:
         if ask.limit is not None and not 1 <= ask.limit <= 1_000_000:
             return error(400, "limit: must be from 1 to 1000000")
         # RQ is synchronous: the replay runs on a thread like every other Redis call here.
-        return JSONResponse(await asyncio.to_thread(self._replay, destination_id, target, selection, ask))
+        try:
+            return JSONResponse(await asyncio.to_thread(self._replay, destination_id, target, selection, ask))
+        except dlq.DlqError as exc:
+            return error(409, str(exc))
 
     def _replay(self, destination_id: str, target: str, selection: Selection, ask: ReplayRequest) -> dict[str, Any]:
         from trackpipe import dlq
 
-        chosen = dlq.select(self.redis, self.layout, destination_id, selection, ask.limit)
         if ask.dry_run:
+            chosen = dlq.select(self.redis, self.layout, destination_id, selection, ask.limit)
             return {"status": "ok", "dry_run": True, "would_replay": len(chosen), "to": target}
-        replayed = dlq.replay(self.redis, self.config, destination_id, chosen, target)
+        # Under the DLQ's replay lock: a replay running from the pages must not send the same letters.
+        with dlq.exclusive_replay(self.redis, self.layout, destination_id) as renew:
+            chosen = dlq.select(self.redis, self.layout, destination_id, selection, ask.limit)
+            replayed = dlq.replay(self.redis, self.config, destination_id, chosen, target, progress=lambda *_: renew())
         return {"status": "ok", "replayed": replayed, "to": target}
 
 

@@ -72,7 +72,19 @@ def spec() -> dict[str, Any]:
             "would_replay": _COUNT,
         },
     }
-    counts = {k: _COUNT for k in ("queued", "delivered", "retried", "dead_lettered", "filtered")}
+    counts = {
+        k: _COUNT
+        for k in (
+            "queued",
+            "delivered",
+            "retried",
+            "dead_lettered",
+            "filtered",
+            "filtered_consent",
+            "filtered_conditions",
+            "skipped",
+        )
+    }
     inspector_record = {
         "type": "object",
         "properties": {

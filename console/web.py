@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import jinja2
 from starlette.concurrency import run_in_threadpool
@@ -24,9 +24,6 @@ from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
-
-if TYPE_CHECKING:
-    from console.app import Console
 
 HERE = Path(__file__).parent
 COOKIE = "trackpipe_session"
@@ -52,11 +49,13 @@ def _when(ms: Any) -> str:
 _templates.filters["when"] = _when
 
 
-def console_of(request: Request) -> Console:
+def console_of(request: Request) -> Any:
+    """The app's `console.app.Console` (config, layout, Redis client); typed loosely, since console.app
+    imports this module."""
     return request.app.console
 
 
-def _key(console: Console) -> bytes | None:
+def _key(console: Any) -> bytes | None:
     token = console.config.admin_token
     if not token:
         return None
@@ -68,7 +67,7 @@ def _sign(key: bytes, payload: str) -> str:
     return payload + "." + base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
 
-def new_session(console: Console, now: float | None = None) -> str | None:
+def new_session(console: Any, now: float | None = None) -> str | None:
     """A cookie value: expiry and a random CSRF secret, signed."""
     key = _key(console)
     if key is None:
@@ -208,8 +207,11 @@ async def forbidden(request: Request, exc: Exception) -> Response:
     """HTTP errors of pages as a page (JSON routes keep their own answers)."""
     status = getattr(exc, "status_code", 500)
     detail = getattr(exc, "detail", "error")
+    headers = getattr(exc, "headers", None) or {}  # e.g. the Allow header of a 405
     if request.url.path.startswith("/admin/"):
         from starlette.responses import JSONResponse
 
-        return JSONResponse({"status": "error", "error": detail}, status_code=status)
-    return render(request, "error.html", status_code=status, status=status, detail=detail)
+        return JSONResponse({"status": "error", "error": detail}, status_code=status, headers=headers)
+    page = render(request, "error.html", status_code=status, status=status, detail=detail)
+    page.headers.update(headers)
+    return page

@@ -20,6 +20,9 @@ from trackpipe.auth import KeyRing
 from trackpipe.config import parse
 from trackpipe.keys import KeyLayout
 
+# Real processes (the CLI, the edge under uvicorn): the full suite, not the fast set.
+pytestmark = pytest.mark.slow
+
 TRACKPIPE = Path(sys.executable).parent / "trackpipe"
 ENV_VARS = ("TRACKPIPE_CONFIG", "TRACKPIPE_REDIS_URL")
 

@@ -537,7 +537,7 @@ def test_dry_run_sends_nothing_counts_filtered_and_keeps_the_request(env: Env, n
         settled = env.run(payload_for(HOOK, sourced_events(3)), now)
         assert server.requests() == []
     assert settled is not None and [e.event_id for e, _ in settled.skipped] == ["e0", "e1", "e2"]
-    assert minute_stats(env.conn, now) == {"filtered": 3}
+    assert minute_stats(env.conn, now) == {"filtered": 3, "skipped": 3}  # skipped: by the destination itself
     assert dead_letters(env.conn) == [] and scheduled(env.conn) == [] and errors(env.conn) == ({}, {})
     [request] = stored_requests(env.conn)
     assert request["dry_run"] is True and request["status"] is None and request["events"] == 3
@@ -566,7 +566,7 @@ def test_a_skipped_event_is_filtered_not_failed(env: Env, now: float) -> None:
     assert env.ctx is not None
     env.ctx._senders[HOOK] = Picky()
     env.run(payload_for(HOOK, sourced_events(3)), now)
-    assert minute_stats(env.conn, now) == {"delivered": 2, "filtered": 1}
+    assert minute_stats(env.conn, now) == {"delivered": 2, "filtered": 1, "skipped": 1}
     assert dead_letters(env.conn) == [] and scheduled(env.conn) == []
     [entry] = inspector_entries(env.conn)
     assert (entry["event_id"], entry["status"], entry["reason"]) == ("e1", "FILTERED", "no mapping for e1")

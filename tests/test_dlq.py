@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -306,3 +308,225 @@ def test_counts_left_at_the_old_key_are_kept_and_moved(setup: tuple[Path, redis.
     assert ids_in(conn, "dropped") == ["dropped-1", "dropped-0"]  # the old hash was moved out of its way
     assert conn.hgetall(LAYOUT.dlq_dropped) == {b"lake": b"5"}
     assert {d.id: d.dlq_dropped for d in collect(config, conn).destinations} == {"crm": 0, "lake": 5}
+
+
+# -- the console's operations: pages, identities, background replays, purge ---------------------
+
+
+def test_a_letter_is_known_by_the_hash_of_its_bytes() -> None:
+    from trackpipe.dlq import LETTER_ID_CHARS, check_ids, letter_id
+
+    one, other = encode_dead_letter(letter(1)), encode_dead_letter(letter(2))
+    assert letter_id(one) == letter_id(bytes(one)) != letter_id(other)
+    assert len(letter_id(one)) == LETTER_ID_CHARS
+    assert check_ids([letter_id(one).upper(), " ", letter_id(other)]) == {letter_id(one), letter_id(other)}
+    with pytest.raises(DlqError, match="id: 'nope' is not a dead letter's id"):
+        check_ids(["nope"])
+    with pytest.raises(DlqError, match="at most 1000 letters"):
+        check_ids([f"{n:024x}" for n in range(1_001)])
+
+
+@pytest.mark.parametrize(("text", "message"), [("fast", "not a number"), ("0", "from 0.1"), ("nan", "from 0.1")])
+def test_a_bad_rate_is_named(text: str, message: str) -> None:
+    from trackpipe.dlq import check_rate
+
+    assert check_rate("") is None and check_rate("2.5") == 2.5
+    with pytest.raises(DlqError, match=f"rate: .*{message}"):
+        check_rate(text)
+
+
+def test_pages_follow_the_last_letter_shown_not_a_position(many: redis.Redis) -> None:
+    from trackpipe.dlq import letter_id, page
+
+    selection = Selection(event_name="sign_up")
+    expected = full_read(many, selection, None)
+    seen: list[bytes] = []
+    after = None
+    pushed = 0
+    while True:
+        got = page(many, LAYOUT, "crm", selection, after=after, size=70)
+        assert not got.lost and len(got.letters) <= 70
+        seen.extend(encode_dead_letter(record) for _, record in got.letters)
+        assert [ident for ident, _ in got.letters] == [letter_id(raw) for raw in seen[-len(got.letters) :]]
+        if got.next_after is None:
+            break
+        assert got.next_after == got.letters[-1][0]
+        after = got.next_after
+        # New letters (that match too) land at the head between pages: the next page is not moved by them.
+        many.lpush(LAYOUT.dlq("crm"), encode_dead_letter(letter(50_000 + pushed, "sign_up")))
+        pushed += 1
+    assert seen == expected and pushed > 5
+
+    first = page(many, LAYOUT, "crm", selection, size=3)
+    assert [r.event_id for _, r in first.letters] == [f"d-{50_000 + pushed - 1 - n}" for n in range(3)]
+    gone = page(many, LAYOUT, "crm", selection, after="0" * 24)
+    assert gone.letters == [] and gone.lost and gone.next_after is None
+
+
+def test_letters_chosen_by_identity_are_exported_and_purged_and_no_others(many: redis.Redis) -> None:
+    from trackpipe.dlq import count, export_lines, letter_id, matching, purge
+
+    twin = many.lindex(LAYOUT.dlq("crm"), 1_999)
+    picked = frozenset({letter_id(many.lindex(LAYOUT.dlq("crm"), 5)), letter_id(twin)})
+    assert count(many, LAYOUT, "crm", Selection(), picked) == 3  # the twins share their identity
+    assert count(many, LAYOUT, "crm", Selection(event_name="sign_up"), picked) == 2  # filters still apply
+    lines = b"".join(export_lines(many, LAYOUT, "crm", Selection(), picked)).splitlines()
+    assert [json.loads(line)["event_id"] for line in lines] == ["d-5", "d-1999", "d-1999"]
+    assert msgspec.json.decode(lines[0], type=DeadLetter) == letter(5, "page_view", "HTTP 500: down", T0 + 5_000)
+
+    chosen = [(raw, record) for _, raw, record in matching(many, LAYOUT, "crm", Selection(), picked)]
+    assert purge(many, LAYOUT, "crm", chosen) == 3
+    assert many.llen(LAYOUT.dlq("crm")) == 2_497
+    assert count(many, LAYOUT, "crm", Selection(), picked) == 0
+    assert count(many, LAYOUT, "crm", Selection(event_id="d-6")) == 1
+
+
+class FakeTime:
+    """A clock that moves only when slept on: pacing is checked without waiting for it."""
+
+    def __init__(self, on_sleep: Callable[[float], None] | None = None) -> None:
+        self.now = 1_000.0
+        self.pauses: list[float] = []
+        self.on_sleep = on_sleep
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        self.now += seconds
+        if self.on_sleep is not None:
+            self.on_sleep(seconds)
+
+
+def test_a_paced_replay_records_its_progress_and_moves_only_what_it_counted(
+    setup: tuple[Path, redis.Redis],
+) -> None:
+    from trackpipe.dlq import read_progress, run_replay, running_replay, start_replay
+
+    config_file, conn = setup
+    config = parse(config_file.read_text())
+    conn.delete(LAYOUT.dlq("crm"))
+    conn.lpush(LAYOUT.dlq("crm"), *(encode_dead_letter(letter(n, at=T0 + n)) for n in range(7)))
+    conn.lpush(LAYOUT.dlq("crm"), encode_dead_letter(letter(99, "sign_up")))
+
+    job = start_replay(conn, config, "crm", Selection(event_name="purchase"), "lake", rate=2)
+    assert (job.total, job.done, job.state, job.target) == (7, 0, "running", "lake")
+    assert running_replay(conn, LAYOUT, "crm") == job.job_id
+    with pytest.raises(DlqError, match="a replay of crm's dead letters is already running"):
+        start_replay(conn, config, "crm", Selection(), "crm")
+
+    seen: list[tuple[int, int, str]] = []
+
+    def at_each_pause(_: float) -> None:
+        stored = read_progress(conn, LAYOUT, job.job_id)
+        assert stored is not None
+        seen.append((stored.done, stored.total, stored.state))
+        # A letter that fails (again) while the replay runs is newer than the replay: not replayed.
+        conn.lpush(LAYOUT.dlq("crm"), encode_dead_letter(letter(500 + len(seen), at=int(time.time() * 1000) + 60_000)))
+
+    fake = FakeTime(at_each_pause)
+    done = run_replay(conn, config, job, Selection(event_name="purchase"), sleep=fake.sleep, clock=fake.clock)
+    assert (done.state, done.done, done.error) == ("done", 7, None)
+    # 2 events a second, in batches of 2: each batch waits for its second.
+    assert fake.pauses == [1.0, 1.0, 1.0]
+    assert seen == [(2, 7, "running"), (4, 7, "running"), (6, 7, "running")]
+    stored = read_progress(conn, LAYOUT, job.job_id)
+    assert stored is not None and (stored.state, stored.done) == ("done", 7)
+    assert running_replay(conn, LAYOUT, "crm") is None
+    assert sorted(ids_in(conn)) == ["d-501", "d-502", "d-503", "d-99"]
+    jobs = delivery_queue("lake", conn).jobs
+    assert [len(decode_delivery(j.args[0]).events) for j in jobs] == [2, 2, 2, 1]
+    replayed = [e.event_id for j in jobs for e in decode_delivery(j.args[0]).events]
+    assert replayed == [f"d-{n}" for n in range(6, -1, -1)]
+
+    # The lock is free again: the next replay of the same DLQ may start.
+    again = start_replay(conn, config, "crm", Selection(event_id="d-99"), "crm")
+    assert run_replay(conn, config, again, Selection(event_id="d-99")).done == 1
+    assert sorted(ids_in(conn)) == ["d-501", "d-502", "d-503"]
+
+
+def test_a_replay_whose_process_died_reads_interrupted_and_frees_its_dlq(setup: tuple[Path, redis.Redis]) -> None:
+    from trackpipe.dlq import read_progress, start_replay
+
+    config_file, conn = setup
+    config = parse(config_file.read_text())
+    job = start_replay(conn, config, "crm", Selection(), "crm", rate=1)
+    assert (read_progress(conn, LAYOUT, job.job_id) or job).state == "running"
+    conn.delete(LAYOUT.dlq_replay_lock("crm"))  # what its expiry does once the process is gone
+    assert (read_progress(conn, LAYOUT, job.job_id) or job).state == "interrupted"
+    assert read_progress(conn, LAYOUT, "nosuch") is None
+    assert start_replay(conn, config, "crm", Selection(), "crm").total == 3
+    assert ids_in(conn) == ["d-2", "d-1", "d-0"]  # counting changes nothing
+
+
+def test_a_replay_that_fails_midway_says_why_and_keeps_the_rest(setup: tuple[Path, redis.Redis]) -> None:
+    from trackpipe import dlq
+
+    config_file, conn = setup
+    config = parse(config_file.read_text())
+    job = dlq.start_replay(conn, config, "crm", Selection(), "crm", rate=1)
+    real_replay = dlq.replay
+    calls = 0
+
+    def failing(*args: object, **kwargs: object) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise redis.ConnectionError("Connection reset by peer")
+        return real_replay(*args, **kwargs)  # type: ignore[arg-type]
+
+    dlq.replay = failing  # type: ignore[assignment]
+    try:
+        fake = FakeTime()
+        done = dlq.run_replay(conn, config, job, Selection(), sleep=fake.sleep, clock=fake.clock)
+    finally:
+        dlq.replay = real_replay  # type: ignore[assignment]
+    assert (done.state, done.done) == ("failed", 1)
+    assert done.error == "ConnectionError: Connection reset by peer"
+    assert ids_in(conn) == ["d-1", "d-0"]
+    assert dlq.running_replay(conn, LAYOUT, "crm") is None
+
+
+def test_a_failure_inside_a_chunk_still_counts_the_batches_already_enqueued(
+    setup: tuple[Path, redis.Redis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trackpipe import dlq
+
+    config_file, conn = setup
+    config = parse(config_file.read_text())
+    monkeypatch.setattr(dlq, "REPLAY_BATCH", 1)  # one chunk of 3 letters, enqueued one by one
+    real_encode = dlq.encode_delivery
+    calls = 0
+
+    def failing_second(batch: object) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise redis.ResponseError("OOM command not allowed")
+        return real_encode(batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dlq, "encode_delivery", failing_second)
+    job = dlq.start_replay(conn, config, "crm", Selection(), "lake")
+    done = dlq.run_replay(conn, config, job, Selection())
+    assert (done.state, done.done, done.total) == ("failed", 1, 3)
+    assert done.error == "ResponseError: OOM command not allowed"
+    stored = dlq.read_progress(conn, LAYOUT, job.job_id)
+    assert stored is not None and (stored.state, stored.done) == ("failed", 1)
+    assert ids_in(conn) == ["d-1", "d-0"] and delivery_queue("lake", conn).count == 1
+
+
+def test_a_replay_from_the_cli_or_the_admin_api_waits_for_none_and_never_runs_beside_another(
+    valkey_client: redis.Redis,
+) -> None:
+    from trackpipe.dlq import DlqError, exclusive_replay
+
+    layout = KeyLayout()
+    with exclusive_replay(valkey_client, layout, "crm") as renew:
+        renew()
+        assert valkey_client.ttl(layout.dlq_replay_lock("crm")) > 0
+        with pytest.raises(DlqError, match="already running"), exclusive_replay(valkey_client, layout, "crm"):
+            pass
+        with exclusive_replay(valkey_client, layout, "other"):  # another DLQ is not held
+            pass
+    assert not valkey_client.exists(layout.dlq_replay_lock("crm"))  # released at the end

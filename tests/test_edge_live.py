@@ -33,6 +33,9 @@ from tests.support import (
     stored_job_ids,
 )
 
+# Real processes (the CLI, the edge under uvicorn): the full suite, not the fast set.
+pytestmark = pytest.mark.slow
+
 JSON = {"content-type": "application/json"}
 AUTH = {"tc_s": "29", "token": TEST_KEY}
 QUERY = f"tc_s=29&token={TEST_KEY}"

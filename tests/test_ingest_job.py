@@ -30,7 +30,7 @@ redis_url = "{redis_url}"
 
 [inspector]
 events_per_source = {events_per_source}
-sample_per_job = {sample_per_job}
+per_name_per_minute = {per_name_per_minute}
 
 [[sources]]
 id = "shop-web"
@@ -57,12 +57,14 @@ consent_category = "3"
 """
 
 
-def make_config(redis_url: str, tmp_path: Path, *, events_per_source: int = 1000, sample_per_job: int = 100) -> Config:
+def make_config(
+    redis_url: str, tmp_path: Path, *, events_per_source: int = 1000, per_name_per_minute: int = 100
+) -> Config:
     text = CONFIG.format(
         redis_url=redis_url,
         lake=tmp_path / "lake",
         events_per_source=events_per_source,
-        sample_per_job=sample_per_job,
+        per_name_per_minute=per_name_per_minute,
     )
     return parse(text, env={})
 
@@ -277,7 +279,13 @@ def test_one_delivery_job_per_destination_holding_the_normalized_events(ctx: Wor
 
     assert destination_totals(conn, "lake") == {"queued": 7}
     # crm-hook: buy-2 (consent), v1_custom, 2 x custom, page_view, the generated-id custom.
-    assert destination_totals(conn, "crm-hook") == {"queued": 1, "filtered": 6}
+    # buy-2 lacks consent 3; the other five are not purchases (the destination's conditions).
+    assert destination_totals(conn, "crm-hook") == {
+        "queued": 1,
+        "filtered": 6,
+        "filtered_consent": 1,
+        "filtered_conditions": 5,
+    }
 
 
 def test_nothing_matching_means_no_delivery_job(ctx: WorkerContext, conn: redis.Redis) -> None:
@@ -375,7 +383,7 @@ def sampled_job(n: int, tag: str) -> list[tuple[str, bytes]]:
 
 @pytest.fixture
 def sampling_ctx(valkey_url: str, tmp_path: Path, conn: redis.Redis) -> Iterator[WorkerContext]:
-    yield WorkerContext(make_config(valkey_url, tmp_path, sample_per_job=2, events_per_source=1000), conn)
+    yield WorkerContext(make_config(valkey_url, tmp_path, per_name_per_minute=2, events_per_source=1000), conn)
 
 
 def test_inspector_keeps_a_sample_plus_every_rejected_and_test_event(
@@ -386,28 +394,31 @@ def test_inspector_keeps_a_sample_plus_every_rejected_and_test_event(
     records = inspector(conn, "shop-web")
     ordinary = [r for r in records if r["status"] != "INVALID_REJECTED" and r["test_code"] is None]
     rejected = [r for r in records if r["status"] == "INVALID_REJECTED"]
-    tested = [r for r in records if r["test_code"] is not None]
+    # Test events live in a list of their own (capped per minute, 20 by default).
+    tested = [json.loads(raw) for raw in conn.lrange(LAYOUT.inspector_tests("shop-web"), 0, -1)]
+    assert all(r["test_code"] is None for r in records)
     assert len(ordinary) == 2
     assert sorted(r["event_id"] for r in rejected) == sorted(f"s-{i}" for i in range(50) if i % 10 == 3)
     assert sorted(r["test_code"] for r in tested) == sorted(f"tc-{i}" for i in range(50) if i % 10 == 7)
-    assert len(records) == 12
+    assert len(records) == 7
     # Sampling thins the inspector only: counters and deliveries see every event.
     assert source_stats(conn, "shop-web") == {"VALID": 45, "INVALID_REJECTED": 5}
     assert len(delivered(conn, "lake")["job-1"]) == 45
-    # The sample is per job: the next job keeps its own two.
+    # The sample is per event name and minute: the next job, same minute, keeps no more of "custom".
     run_job(sampling_ctx, conn, "job-2", sampled_job(50, "t"))
     records = inspector(conn, "shop-web")
-    assert len([r for r in records if r["status"] == "VALID" and r["test_code"] is None]) == 4
+    assert len([r for r in records if r["status"] == "VALID"]) == 2
 
 
 def test_the_inspector_list_is_capped_keeping_the_newest(valkey_url: str, tmp_path: Path, conn: redis.Redis) -> None:
-    ctx = WorkerContext(make_config(valkey_url, tmp_path, sample_per_job=100, events_per_source=5), conn)
+    ctx = WorkerContext(make_config(valkey_url, tmp_path, per_name_per_minute=100, events_per_source=5), conn)
     run_job(ctx, conn, "job-1", sampled_job(8, "a"))
     assert conn.llen(LAYOUT.inspector("shop-web")) == 5
     run_job(ctx, conn, "job-2", sampled_job(3, "b"))
     records = inspector(conn, "shop-web")
     assert len(records) == 5
-    assert [r["event_id"] for r in records] == ["a-5", "a-6", "a-7", "b-0", "b-1", "b-2"][-5:]
+    # a-7 carries a test_code: it is in the test list, not here.
+    assert [r["event_id"] for r in records] == ["a-4", "a-5", "a-6", "b-0", "b-1", "b-2"][-5:]
 
 
 def test_an_inspector_of_size_zero_keeps_nothing_but_counts(valkey_url: str, tmp_path: Path, conn) -> None:

@@ -63,7 +63,8 @@ redis_url = "{redis_url}"
 admin_token = "{ADMIN_TOKEN}"
 
 [inspector]
-sample_per_job = 1000  # every event of the batch in the inspector, not a sample
+per_name_per_minute = 1000  # every event of the batch in the inspector, not a sample
+test_events_per_minute = 1000
 
 [[sources]]
 id = "shop-web"

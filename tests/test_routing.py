@@ -367,18 +367,17 @@ def test_test_code_of(evt: dict[str, Any], expected: str | None) -> None:
     assert inspector.test_code_of(evt) == expected
 
 
+# Test events are no longer "always kept": they go to a list of their own, capped per minute
+# (tests/test_inspector_sampling.py).
 ALWAYS_KEPT = [
-    (EventStatus.INVALID_REJECTED, None, True),
-    ("INVALID_REJECTED", None, True),
-    (EventStatus.INVALID_REJECTED, "T-1", True),
-    (EventStatus.VALID, "T-1", True),
-    (EventStatus.DUPLICATE, "T-1", True),
-    (EventStatus.VALID, None, False),
-    (EventStatus.INVALID_ACCEPTED, None, False),
-    (EventStatus.DUPLICATE, None, False),
+    (EventStatus.INVALID_REJECTED, True),
+    ("INVALID_REJECTED", True),
+    (EventStatus.VALID, False),
+    (EventStatus.INVALID_ACCEPTED, False),
+    (EventStatus.DUPLICATE, False),
 ]
 
 
-@pytest.mark.parametrize(("status", "test_code", "expected"), ALWAYS_KEPT)
-def test_always_kept(status: str, test_code: str | None, expected: bool) -> None:
-    assert always_kept(status, test_code) is expected
+@pytest.mark.parametrize(("status", "expected"), ALWAYS_KEPT)
+def test_always_kept(status: str, expected: bool) -> None:
+    assert always_kept(status) is expected

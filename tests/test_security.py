@@ -75,7 +75,7 @@ admin_token = "{ADMIN}"
 status_mode = "{mode}"
 
 [inspector]
-sample_per_job = 1000
+per_name_per_minute = 1000
 
 [[sources]]
 id = "shop-web"

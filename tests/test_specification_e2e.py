@@ -48,7 +48,7 @@ type = "string"
 
 
 def write_config(tmp_path: Path, redis_url: str, hook: HookServer) -> Path:
-    text = f'redis_url = "{redis_url}"\n[inspector]\nsample_per_job = 1000\n'
+    text = f'redis_url = "{redis_url}"\n[inspector]\nper_name_per_minute = 1000\n'
     for source_id, rules in RULES.items():
         text += f'[[sources]]\nid = "{source_id}"\nsite_id = "29"\nkeys = ["{KEYS[source_id]}"]\n[sources.spec]\n'
         text += "".join(f'{rule} = "{choice}"\n' for rule, choice in rules.items()) + PLAN

@@ -22,6 +22,9 @@ from trackpipe.jobs import MsgpackSerializer, delivery_queue
 from trackpipe.keys import KeyLayout
 from trackpipe.messages import IngestBatch, IngestRecord
 
+# Real processes (the CLI, the edge under uvicorn): the full suite, not the fast set.
+pytestmark = pytest.mark.slow
+
 LAYOUT = KeyLayout()
 SCRUBBED_ENV = ("TRACKPIPE_CONFIG", "TRACKPIPE_REDIS_URL", "TRACKPIPE_FAULT")
 

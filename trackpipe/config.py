@@ -86,9 +86,13 @@ class WorkerConfig(Strict):
 class InspectorConfig(Strict):
     # Recent processed events kept per source for the live inspector.
     events_per_source: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 1_000
-    # At most this many ordinary events per source and ingest job are kept (rejected events and
-    # events with a test_code always are): the inspector samples at high volume.
-    sample_per_job: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 20
+    # Sampling, as the vendor does it: of each event name at most this many events per source and
+    # minute (of receipt) are kept, so a busy name cannot push a rare one out. Rejected events
+    # always are.
+    per_name_per_minute: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 20
+    # Events with a test_code bypass the sampling into a list of their own (also capped at
+    # events_per_source), at most this many per source and minute.
+    test_events_per_minute: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 20
 
 
 class SourceConfig(Strict):
@@ -135,6 +139,15 @@ def _path_of(msgspec_path: str) -> str:
     return path or "(top level)"
 
 
+# Keys an earlier version read, and what to write instead.
+RENAMED_KEYS = {
+    "inspector.sample_per_job": (
+        "no longer read: the inspector now samples per event name and minute; "
+        "set inspector.per_name_per_minute (default 20) instead"
+    ),
+}
+
+
 def _explain(err: msgspec.ValidationError) -> str:
     text = str(err)
     message, sep, where = text.rpartition(" - at `")
@@ -144,6 +157,8 @@ def _explain(err: msgspec.ValidationError) -> str:
     if message.startswith("Object contains unknown field"):
         field = message.split("`")[1]
         key = f"{key}.{field}" if key != "(top level)" else field
+        if key in RENAMED_KEYS:
+            return f"{key}: {RENAMED_KEYS[key]}"
         return f"{key}: unknown key (misspelt?)"
     if message.startswith("Object missing required field"):
         field = message.split("`")[1]

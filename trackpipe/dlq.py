@@ -7,8 +7,12 @@ bypass deduplication (they go straight to a delivery queue).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import itertools
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 
 import msgspec
@@ -194,3 +198,270 @@ def replay(
         if progress is not None:
             progress(done, len(chosen))
     return done
+
+
+# -- the console: letters by identity, pages, background replays --------------------------------
+
+# A letter's identity is a hash of its stored bytes: list positions move as new letters arrive and
+# old ones leave, the bytes do not. Byte-identical twins share it (and are selected together).
+LETTER_ID_CHARS = 24
+PAGE_SIZE = 50
+# A replay's progress record outlives the replay by this much, so the page can still show the result.
+PROGRESS_SECONDS = 7 * 24 * 3600
+# The lock a running replay holds on its DLQ; refreshed at every batch, so it only outlives a
+# replay whose process died by this much.
+REPLAY_LOCK_SECONDS = 120
+# Letters a background replay selects at a time (then enqueues in batches of REPLAY_BATCH): bounds
+# the memory a replay of a whole DLQ takes.
+REPLAY_CHUNK = 1_000
+MAX_RATE = 100_000.0
+MAX_IDS = 1_000  # letters picked one by one in one action (a page shows PAGE_SIZE)
+_progress_encoder = msgspec.json.Encoder()
+
+
+def letter_id(raw: bytes) -> str:
+    """The identity of a stored dead letter (see LETTER_ID_CHARS)."""
+    return hashlib.sha256(raw).hexdigest()[:LETTER_ID_CHARS]
+
+
+def check_ids(ids: Iterable[str]) -> frozenset[str]:
+    """The given letter identities, checked (they come from a form)."""
+    chosen = frozenset(i.strip().lower() for i in ids if i.strip())
+    if len(chosen) > MAX_IDS:
+        raise DlqError(f"id: at most {MAX_IDS} letters at a time (select all matching instead)")
+    for ident in chosen:
+        if len(ident) != LETTER_ID_CHARS or any(c not in "0123456789abcdef" for c in ident):
+            raise DlqError(f"id: {ident[:40]!r} is not a dead letter's id ({LETTER_ID_CHARS} hex digits)")
+    return chosen
+
+
+def check_rate(text: str | None, option: str = "rate") -> float | None:
+    """Events per second from a form: empty means as fast as the queue takes them."""
+    if text is None or not text.strip():
+        return None
+    try:
+        rate = float(text)
+    except ValueError:
+        raise DlqError(f"{option}: {text!r} is not a number of events per second") from None
+    if not 0.1 <= rate <= MAX_RATE:  # also refuses nan and inf
+        raise DlqError(f"{option}: must be from 0.1 to {MAX_RATE:.0f} events per second")
+    return rate
+
+
+def matching(
+    connection: Redis, layout: KeyLayout, destination_id: str, selection: Selection, ids: frozenset[str] | None = None
+) -> Iterator[tuple[str, bytes, DeadLetter]]:
+    """The records that match, newest first, with their identity; with `ids`, only those letters."""
+    for raw, record in select_iter(connection, layout, destination_id, selection):
+        ident = letter_id(raw)
+        if ids is None or ident in ids:
+            yield ident, raw, record
+
+
+def count(
+    connection: Redis, layout: KeyLayout, destination_id: str, selection: Selection, ids: frozenset[str] | None = None
+) -> int:
+    """How many records match (reads the DLQ page by page, holds none of it)."""
+    return sum(1 for _ in matching(connection, layout, destination_id, selection, ids))
+
+
+class Page(msgspec.Struct):
+    letters: list[tuple[str, DeadLetter]]  # (identity, record), newest first
+    next_after: str | None  # the identity to pass as `after` for the next page; None on the last
+    lost: bool = False  # the letter `after` named has left the DLQ (replayed or purged)
+
+
+def page(
+    connection: Redis,
+    layout: KeyLayout,
+    destination_id: str,
+    selection: Selection,
+    *,
+    after: str | None = None,
+    size: int = PAGE_SIZE,
+) -> Page:
+    """A page of matching records: the first `size` after the letter `after` (from the newest
+    without it). The cursor is an identity, not a position, so letters arriving meanwhile neither
+    repeat nor hide records on the next page. Reads stop one record past the page."""
+    found: list[tuple[str, DeadLetter]] = []
+    passed = after is None
+    for ident, _, record in matching(connection, layout, destination_id, selection):
+        if not passed:
+            passed = ident == after
+            continue
+        if len(found) == size:
+            return Page(found, found[-1][0])
+        found.append((ident, record))
+    return Page(found, None, lost=not passed)
+
+
+def export_lines(
+    connection: Redis, layout: KeyLayout, destination_id: str, selection: Selection, ids: frozenset[str] | None = None
+) -> Iterator[bytes]:
+    """The matching records as JSON lines (each the stored record, event included), read page by
+    page as the caller consumes them."""
+    for _, raw, _ in matching(connection, layout, destination_id, selection, ids):
+        yield raw + b"\n"
+
+
+def sizes(connection: Redis, layout: KeyLayout, destination_ids: list[str]) -> dict[str, int]:
+    """Every given destination's DLQ size (one round trip)."""
+    pipe = connection.pipeline(transaction=False)
+    for destination_id in destination_ids:
+        pipe.llen(layout.dlq(destination_id))
+    return {d: int(n) for d, n in zip(destination_ids, pipe.execute() if destination_ids else [], strict=True)}
+
+
+class ReplayProgress(msgspec.Struct):
+    """A background replay, as stored under P:dlqreplay:<job_id> (JSON) while and after it runs."""
+
+    job_id: str
+    source: str  # the DLQ replayed from
+    target: str  # the destination whose delivery queue gets the letters
+    total: int  # letters selected when it started
+    state: str = "running"  # running, done, failed; `interrupted` when read after its process died
+    done: int = 0
+    rate: float | None = None  # events per second; None: as fast as the queue takes them
+    started_at: int = 0  # ms
+    updated_at: int = 0  # ms
+    error: str | None = None
+
+
+# Saves a replay's progress and, while it runs, refreshes its lock, but only while the lock is still
+# its own (a replay stalled past the lock's life must not carry on beside a newer one): 0 then.
+_SAVE = """
+if ARGV[3] == "running" then
+    if redis.call("GET", KEYS[2]) ~= ARGV[4] then return 0 end
+    redis.call("SET", KEYS[2], ARGV[4], "EX", ARGV[5])
+end
+redis.call("SET", KEYS[1], ARGV[1], "EX", ARGV[2])
+return 1
+"""
+# Releases a replay's lock if it still holds it.
+_RELEASE = """
+if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end
+return 0
+"""
+
+
+@contextlib.contextmanager
+def exclusive_replay(connection: Redis, layout: KeyLayout, destination_id: str) -> Iterator[Callable[[], None]]:
+    """Hold the DLQ's replay lock (the one background replays take) while a replay selects and sends
+    letters, so that no two replays pick the same ones; yields a function that renews the lock (call
+    it between batches). DlqError when another replay holds it."""
+    key, token = layout.dlq_replay_lock(destination_id), uuid.uuid4().hex[:16]
+    if not connection.set(key, token, nx=True, ex=REPLAY_LOCK_SECONDS):
+        raise DlqError(f"a replay of {destination_id}'s dead letters is already running; wait for it to end")
+    try:
+        yield lambda: connection.set(key, token, xx=True, ex=REPLAY_LOCK_SECONDS) and None
+    finally:
+        connection.eval(_RELEASE, 1, key, token)
+
+
+def _save(connection: Redis, layout: KeyLayout, job: ReplayProgress) -> None:
+    job.updated_at = int(time.time() * 1000)
+    keys = (layout.dlq_replay(job.job_id), layout.dlq_replay_lock(job.source))
+    args = (_progress_encoder.encode(job), PROGRESS_SECONDS, job.state, job.job_id, REPLAY_LOCK_SECONDS)
+    if not connection.eval(_SAVE, 2, *keys, *args):
+        stalled = f"stalled over {REPLAY_LOCK_SECONDS} s"
+        raise DlqError(f"replay {job.job_id} lost its lock on {job.source}'s DLQ ({stalled})")
+
+
+def running_replay(connection: Redis, layout: KeyLayout, destination_id: str) -> str | None:
+    """The id of the replay running on this DLQ, if one is."""
+    value = connection.get(layout.dlq_replay_lock(destination_id))
+    return value.decode() if value else None
+
+
+def read_progress(connection: Redis, layout: KeyLayout, job_id: str) -> ReplayProgress | None:
+    """A replay's progress; a `running` one whose lock is gone (its process died) reads `interrupted`."""
+    raw = connection.get(layout.dlq_replay(job_id))
+    if raw is None:
+        return None
+    try:
+        job = msgspec.json.decode(raw, type=ReplayProgress)
+    except msgspec.DecodeError:
+        return None
+    if job.state == "running" and running_replay(connection, layout, job.source) != job.job_id:
+        job.state = "interrupted"
+    return job
+
+
+def start_replay(
+    connection: Redis,
+    config: Config,
+    destination_id: str,
+    selection: Selection,
+    target_id: str,
+    *,
+    ids: frozenset[str] | None = None,
+    rate: float | None = None,
+) -> ReplayProgress:
+    """Take the DLQ's replay lock and record a new replay of the matching letters; `run_replay`
+    then does it. One replay per DLQ at a time: two of the same letters would send them twice
+    (a record is removed with LREM after its job is made, and LREM of a gone record removes nothing)."""
+    layout = KeyLayout(config.key_prefix)
+    job_id = uuid.uuid4().hex[:16]
+    if not connection.set(layout.dlq_replay_lock(destination_id), job_id, nx=True, ex=REPLAY_LOCK_SECONDS):
+        raise DlqError(f"a replay of {destination_id}'s dead letters is already running; wait for it to end")
+    try:
+        total = count(connection, layout, destination_id, selection, ids)
+        job = ReplayProgress(job_id, destination_id, target_id, total, rate=rate, started_at=int(time.time() * 1000))
+        _save(connection, layout, job)
+    except BaseException:
+        connection.eval(_RELEASE, 1, layout.dlq_replay_lock(destination_id), job_id)
+        raise
+    return job
+
+
+def run_replay(
+    connection: Redis,
+    config: Config,
+    job: ReplayProgress,
+    selection: Selection,
+    *,
+    ids: frozenset[str] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> ReplayProgress:
+    """Replay what `start_replay` counted, at `job.rate`, recording progress after every batch.
+
+    Letters are selected a chunk at a time from the head of the DLQ (each chunk leaves it as its
+    jobs are enqueued, as in `replay`), at most `job.total` of them, and only those that last
+    failed before the replay started: a replayed letter that fails again comes back newer, and is
+    not replayed a second time by the same replay."""
+    layout = KeyLayout(config.key_prefix)
+    cutoff = job.started_at if selection.until_ms is None else min(selection.until_ms, job.started_at)
+    chunk_selection = msgspec.structs.replace(selection, until_ms=cutoff)
+    per_step = min(REPLAY_BATCH, max(1, int(job.rate))) if job.rate else REPLAY_CHUNK
+    began = clock()
+    try:
+        while job.done < job.total:
+            want = min(per_step, job.total - job.done)
+            chosen = [
+                (raw, record)
+                for _, raw, record in itertools.islice(
+                    matching(connection, layout, job.source, chunk_selection, ids), want
+                )
+            ]
+            if not chosen:
+                break  # the rest left the DLQ meanwhile (purged, or replayed from the CLI)
+            if job.rate:
+                pause = began + job.done / job.rate - clock()
+                if pause > 0:
+                    sleep(pause)
+            base = job.done
+
+            def batch_done(done: int, _total: int, base: int = base) -> None:
+                # Saved after each enqueued batch, so a failure later in the chunk still counts these.
+                job.done = base + done
+                _save(connection, layout, job)
+
+            replay(connection, config, job.source, chosen, job.target, progress=batch_done)
+        job.state = "done"
+    except Exception as exc:  # recorded for the page; the letters not yet replayed stay in the DLQ
+        job.state = "failed"
+        job.error = f"{type(exc).__name__}: {exc}"[:300]
+    _save(connection, layout, job)
+    connection.eval(_RELEASE, 1, layout.dlq_replay_lock(job.source), job.job_id)
+    return job

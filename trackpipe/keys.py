@@ -11,6 +11,9 @@ Layout (``P`` is ``key_prefix`` from the config, default ``trackpipe``):
     P:dlq:<dest>                     dead letters of a destination (capped list, newest first)
     P:dlqdropped                     hash dest -> dead letters dropped because the DLQ was full (not
                                      under P:dlq:, where `dropped` is a valid destination id)
+    P:dlqreplay:<job>                a console replay's progress (JSON, expires a week after it ends)
+    P:dlqreplaying:<dest>            lock: the id of the replay running on that DLQ (expires unless
+                                     refreshed)
     P:errors:dest:<dest>             hash error kind -> count
     P:errors:dest:<dest>:last        hash error kind -> last seen (ms)
     P:dd:<slot>:<bucket>             dedup: hash of 8-byte id digests seen in window slot <slot>
@@ -25,6 +28,9 @@ Layout (``P`` is ``key_prefix`` from the config, default ``trackpipe``):
     P:rq:job:<job_id>                RQ's job hash; trackpipe adds fields: events held, dedup
                                      verdicts and the done mark (see workers.ingest)
     P:inspect:<source>               recent processed events of a source (capped list)
+    P:inspecttest:<source>           recent events of a source that carry a test_code (capped list)
+    P:inspsample:<source>:<minute>   hash "n:<event name>" / "t" (test events) -> events the inspector
+                                     kept that minute (expires; see workers.inspector)
     P:inspectfail:<source>           recent dead-lettered deliveries of a source's events (capped
                                      list: event id, destination, reason), merged into the
                                      inspector's records as FAILED
@@ -32,12 +38,20 @@ Layout (``P`` is ``key_prefix`` from the config, default ``trackpipe``):
                                      list of JSON exchanges, newest first: the destination inspector)
     P:stats:source:<source>          hash status -> events
     P:stats:dest:<dest>:<minute>     hash outcome -> events, per minute (expires)
+    P:quality:status:<source>:<hour> hash status -> events, per hour (expires after ~35 days)
+    P:quality:msg:<source>:<hour>    hash "warning|<kind>" / "error|<kind>" -> events, per hour
+                                     (bounded, expires after 2 days)
+    P:stats:desthour:<dest>:<hour>   the same per hour, kept a month (the destination page's history)
     P:claims:<worker>                jobs a worker has taken and not yet finished (list; see
                                      workers.claims)
     P:claimants                      set of worker names that may hold claims
     P:lease:<worker>                 a worker is alive while this exists (refreshed by a thread)
     P:wake:<queue>                   doorbell: a token pushed when a job lands on <queue>
     P:sweeper                        lock of the pass that recovers dead workers' claims
+    P:alerts:rules                   hash rule id -> alert rule (JSON, trackpipe.alerts.AlertRule)
+    P:alerts:state                   hash rule id -> its state: ok/firing, since, last value, samples
+    P:alerts:firings                 recent firings and resolutions (capped list, newest first)
+    P:alerts:lock                    lock: one console process evaluates the rules at a time
 """
 
 from __future__ import annotations
@@ -54,6 +68,10 @@ DELIVER_QUEUE_PREFIX = "deliver:"
 RETRY_QUEUE_PREFIX = "retry:"
 # Requests the destination inspector keeps per destination (P:destreq:<dest>).
 DESTINATION_REQUESTS_KEPT = 50
+# How long the per-minute and per-hour delivery counters live (P:stats:dest:, P:stats:desthour:). The
+# hourly ones outlive the console's month view (30 days) by a few days, as the vendor keeps a month.
+DESTINATION_MINUTE_STATS_TTL_SECONDS = 2 * 86_400
+DESTINATION_HOUR_STATS_TTL_SECONDS = 35 * 86_400
 # Refused requests naming a site no source has share one sample ring and count under this name, so
 # random `tc_s` values cannot create keys (the edge writes it; status and the console read it).
 UNKNOWN_SITE_BUCKET = "_unknown_site"
@@ -138,6 +156,18 @@ class KeyLayout(msgspec.Struct, frozen=True):
     def inspector(self, source_id: str) -> str:
         return f"{self.prefix}:inspect:{source_id}"
 
+    def inspector_tests(self, source_id: str) -> str:
+        return f"{self.prefix}:inspecttest:{source_id}"
+
+    def inspector_sample(self, source_id: str, minute: int) -> str:
+        return f"{self.prefix}:inspsample:{source_id}:{minute}"
+
+    def source_hourly(self, source_id: str, hour: int) -> str:
+        return f"{self.prefix}:quality:status:{source_id}:{hour}"
+
+    def source_messages(self, source_id: str, hour: int) -> str:
+        return f"{self.prefix}:quality:msg:{source_id}:{hour}"
+
     def inspector_failures(self, source_id: str) -> str:
         return f"{self.prefix}:inspectfail:{source_id}"
 
@@ -150,8 +180,18 @@ class KeyLayout(msgspec.Struct, frozen=True):
     def destination_stats(self, destination_id: str, minute: int) -> str:
         return f"{self.prefix}:stats:dest:{destination_id}:{minute}"
 
+    def destination_hour_stats(self, destination_id: str, hour: int) -> str:
+        """`hour` counts hours since the epoch (ms // 3,600,000)."""
+        return f"{self.prefix}:stats:desthour:{destination_id}:{hour}"
+
     def dlq(self, destination_id: str) -> str:
         return f"{self.prefix}:dlq:{destination_id}"
+
+    def dlq_replay(self, job_id: str) -> str:
+        return f"{self.prefix}:dlqreplay:{job_id}"
+
+    def dlq_replay_lock(self, destination_id: str) -> str:
+        return f"{self.prefix}:dlqreplaying:{destination_id}"
 
     @property
     def dlq_dropped(self) -> str:
@@ -194,6 +234,23 @@ class KeyLayout(msgspec.Struct, frozen=True):
     @property
     def sweeper_lock(self) -> str:
         return f"{self.prefix}:sweeper"
+
+    # Alerts (trackpipe.alerts, console.alerting).
+    @property
+    def alert_rules(self) -> str:
+        return f"{self.prefix}:alerts:rules"
+
+    @property
+    def alert_state(self) -> str:
+        return f"{self.prefix}:alerts:state"
+
+    @property
+    def alert_firings(self) -> str:
+        return f"{self.prefix}:alerts:firings"
+
+    @property
+    def alert_lock(self) -> str:
+        return f"{self.prefix}:alerts:lock"
 
 
 class PrefixMismatch(RuntimeError):

@@ -247,3 +247,198 @@ def collect(
         return Status(now, queues, destinations)
     sources = source_statuses(config, connection)
     return Status(now, queues, destinations, sources, refused_sites(config, connection, refused_latest))
+
+
+# -- delivery history (the console's destination page) ------------------------------------------------
+
+# The counters a destination's per-minute and per-hour hashes hold. `filtered` is every event not sent
+# because of a filter: `filtered_consent` (its consent category not given) + `filtered_conditions` (its
+# sources, events or filters) + `skipped` (the destination itself could not map it, or a dry run).
+# Counts written before the split existed are in `filtered` only.
+HISTORY_FIELDS = (
+    "queued",
+    "delivered",
+    "retried",
+    "dead_lettered",
+    "filtered",
+    "filtered_consent",
+    "filtered_conditions",
+    "skipped",
+)
+
+
+class HistorySpan(msgspec.Struct, frozen=True):
+    step_seconds: int  # one point covers this much time
+    points: int
+
+
+# Last hour per minute (the per-minute counters), day and week per hour, month per day (each day the
+# sum of its hours: the hourly counters are kept 35 days).
+HISTORY_SPANS: dict[str, HistorySpan] = {
+    "hour": HistorySpan(60, 60),
+    "day": HistorySpan(3_600, 24),
+    "week": HistorySpan(3_600, 168),
+    "month": HistorySpan(86_400, 30),
+}
+
+
+class HistoryPoint(msgspec.Struct):
+    at: int  # unix seconds: where the point's step starts (UTC minute, hour or day)
+    counts: dict[str, int]  # every field of HISTORY_FIELDS
+
+
+class DeliveryHistory(msgspec.Struct):
+    destination_id: str
+    span: str
+    step_seconds: int
+    points: list[HistoryPoint]  # oldest first, one per step (empty ones too), the current step last
+    totals: dict[str, int]  # the points summed
+
+
+def _summed(raws: Iterable[dict[bytes, bytes]]) -> dict[str, int]:
+    counts = dict.fromkeys(HISTORY_FIELDS, 0)
+    for raw in raws:
+        for field, value in raw.items():
+            name = field.decode() if isinstance(field, bytes) else field
+            if name in counts:
+                counts[name] += int(value)
+    return counts
+
+
+def delivery_history(
+    connection: Redis, layout: KeyLayout, destination_id: str, span: str, now: float | None = None
+) -> DeliveryHistory:
+    """A destination's outcome counts over the last `span` ("hour", "day", "week" or "month"), point
+    by point and in total, in one round trip. ValueError for another span."""
+    shape = HISTORY_SPANS.get(span)
+    if shape is None:
+        raise ValueError(f"span: {span!r} is not one of {', '.join(HISTORY_SPANS)}")
+    now = time.time() if now is None else now
+    current = int(now // shape.step_seconds)
+    steps = list(range(current - shape.points + 1, current + 1))
+    pipe = connection.pipeline(transaction=False)
+    # Keys read per point: one minute, one hour, or a day's 24 hours.
+    per_point: list[list[str]] = []
+    for step in steps:
+        if span == "hour":
+            keys = [layout.destination_stats(destination_id, step)]
+        elif span == "month":
+            keys = [layout.destination_hour_stats(destination_id, step * 24 + h) for h in range(24)]
+        else:
+            keys = [layout.destination_hour_stats(destination_id, step)]
+        per_point.append(keys)
+        for key in keys:
+            pipe.hgetall(key)
+    replies = iter(pipe.execute())
+    points = [
+        HistoryPoint(step * shape.step_seconds, _summed(next(replies) for _ in keys))
+        for step, keys in zip(steps, per_point, strict=True)
+    ]
+    totals = {field: sum(p.counts[field] for p in points) for field in HISTORY_FIELDS}
+    return DeliveryHistory(destination_id, span, shape.step_seconds, points, totals)
+
+
+def last_hour_by_destination(
+    connection: Redis, layout: KeyLayout, destination_ids: list[str], now: float | None = None
+) -> dict[str, dict[str, int]]:
+    """Each destination's counts over the last 60 minutes (the current one included) and its DLQ size
+    (`dlq`), in one round trip: the overview's table."""
+    now = time.time() if now is None else now
+    minute = int(now // 60)
+    pipe = connection.pipeline(transaction=False)
+    for destination_id in destination_ids:
+        for m in range(minute - 59, minute + 1):
+            pipe.hgetall(layout.destination_stats(destination_id, m))
+        pipe.llen(layout.dlq(destination_id))
+    replies = iter(pipe.execute())
+    found = {}
+    for destination_id in destination_ids:
+        counts = _summed(next(replies) for _ in range(60))
+        counts["dlq"] = int(next(replies))
+        found[destination_id] = counts
+    return found
+
+
+# --- the source inspector and its data-quality view (the console) ----------------------------------
+
+_record_decoder = msgspec.json.Decoder(dict)
+
+
+class InspectorLists(msgspec.Struct):
+    """What the inspector keeps of a source, read in one round trip (records as stored, JSON)."""
+
+    counts: dict[str, int]  # events per status since the counters began
+    ordinary: list[bytes]  # the sampled events and every rejected one, newest first
+    tests: list[bytes]  # events with a test_code, newest first
+    failures: list[DeliveryFailure]  # newest first
+
+
+def inspector_lists(connection: Redis, layout: KeyLayout, source_id: str) -> InspectorLists:
+    pipe = connection.pipeline(transaction=False)
+    pipe.hgetall(layout.source_stats(source_id))
+    pipe.lrange(layout.inspector(source_id), 0, -1)
+    pipe.lrange(layout.inspector_tests(source_id), 0, -1)
+    pipe.lrange(layout.inspector_failures(source_id), 0, -1)
+    stats, ordinary, tests, failed = pipe.execute()
+    return InspectorLists(_counts(stats), ordinary, tests, decode_failures(failed))
+
+
+def decode_records(raw: Iterable[bytes]) -> list[dict]:
+    """Inspector records as dicts, in order; a damaged one is skipped."""
+    found = []
+    for item in raw:
+        try:
+            record = _record_decoder.decode(item)
+        except msgspec.DecodeError:
+            continue
+        found.append(record)
+    return found
+
+
+def newest_first(*lists: list[dict]) -> list[dict]:
+    """Lists that are each newest first, merged into one (by receive time; ties keep list order)."""
+    merged = [r for records in lists for r in records]
+    # sorted() is stable: within one list, records of the same millisecond keep their order.
+    return sorted(merged, key=lambda r: -int(r.get("received_at") or 0))
+
+
+QUALITY_STATUSES = ("VALID", "INVALID_ACCEPTED", "INVALID_REJECTED", "DUPLICATE")
+
+
+class MessageCount(msgspec.Struct):
+    level: str  # "warning" or "error"
+    kind: str  # the message with its varying parts left out (workers.inspector.message_kind)
+    count: int  # events that had it
+
+
+class SourceQuality(msgspec.Struct):
+    source_id: str
+    hours: list[int]  # hours since the epoch, oldest first
+    by_hour: list[dict[str, int]]  # per hour: status -> events
+    totals: dict[str, int]  # over the hours shown
+    messages: list[MessageCount]  # the last 24 hours, most frequent first
+
+
+def source_quality(
+    connection: Redis, layout: KeyLayout, source_id: str, *, hours: int = 24, now_ms: int | None = None, top: int = 20
+) -> SourceQuality:
+    """A source's statuses per hour over the last `hours` (at most 35 days are kept) and its most
+    frequent warnings and errors over the last 24 hours (one round trip)."""
+    now_hour = (time.time_ns() // 1_000_000 if now_ms is None else now_ms) // 3_600_000
+    shown = list(range(now_hour - hours + 1, now_hour + 1))
+    pipe = connection.pipeline(transaction=False)
+    for hour in shown:
+        pipe.hgetall(layout.source_hourly(source_id, hour))
+    for hour in range(now_hour - 23, now_hour + 1):
+        pipe.hgetall(layout.source_messages(source_id, hour))
+    answers = pipe.execute()
+    by_hour = [_counts(raw) for raw in answers[: len(shown)]]
+    totals = {s: sum(h.get(s, 0) for h in by_hour) for s in QUALITY_STATUSES}
+    messages: dict[str, int] = {}
+    for raw in answers[len(shown) :]:
+        for field, value in raw.items():
+            name = field.decode("utf-8", "replace")
+            messages[name] = messages.get(name, 0) + int(value)
+    ranked = sorted(messages.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    found = [MessageCount(*name.split("|", 1), count) for name, count in ranked if "|" in name]
+    return SourceQuality(source_id, shown, by_hour, totals, found)

@@ -39,7 +39,11 @@ from destinations.base import (
     masked_outcome,
 )
 from trackpipe.jobs import DELIVER_FUNCTION, DONE_FIELD, delivery_job_options, delivery_retry_queue
-from trackpipe.keys import DESTINATION_REQUESTS_KEPT
+from trackpipe.keys import (
+    DESTINATION_HOUR_STATS_TTL_SECONDS,
+    DESTINATION_MINUTE_STATS_TTL_SECONDS,
+    DESTINATION_REQUESTS_KEPT,
+)
 from trackpipe.messages import (
     DeadLetter,
     DeliveryBatch,
@@ -57,7 +61,6 @@ from workers.retry import next_attempt_at
 
 log = logging.getLogger("trackpipe.deliver")
 _json = msgspec.json.Encoder()
-STATS_TTL_SECONDS = 2 * 86_400
 
 DELIVERIES = Counter(
     "trackpipe_deliveries_total",
@@ -183,16 +186,24 @@ def commit_settlement(
         requests = layout.destination_requests(dest)
         pipe.lpush(requests, *exchanges)  # the newest ends up first
         pipe.ltrim(requests, 0, DESTINATION_REQUESTS_KEPT - 1)
-    stats = layout.destination_stats(dest, now_ms // 60_000)
-    for field, n in (
+    # Per minute (kept 2 days) and per hour (kept a month, for the console's history). An event the
+    # destination skipped counts in `filtered` (all events not sent because of a filter) and in
+    # `skipped`, apart from the consent and conditions filters the fan-out counts.
+    counts = (
         ("delivered", len(settled.delivered)),
         ("retried", sum(len(e) for e in settled.retry.values())),
         ("dead_lettered", len(settled.dead)),
         ("filtered", len(settled.skipped)),
+        ("skipped", len(settled.skipped)),
+    )
+    for stats, ttl in (
+        (layout.destination_stats(dest, now_ms // 60_000), DESTINATION_MINUTE_STATS_TTL_SECONDS),
+        (layout.destination_hour_stats(dest, now_ms // 3_600_000), DESTINATION_HOUR_STATS_TTL_SECONDS),
     ):
-        if n:
-            pipe.hincrby(stats, field, n)
-    pipe.expire(stats, STATS_TTL_SECONDS)
+        for field, n in counts:
+            if n:
+                pipe.hincrby(stats, field, n)
+        pipe.expire(stats, ttl)
     failures: dict[str, int] = defaultdict(int)
     for events in settled.retry.values():
         for event in events:

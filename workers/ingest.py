@@ -8,8 +8,8 @@ Steps, and what makes a re-run of a killed job end exactly as one clean run woul
 2. one Lua call claims the events' ids and stores the verdicts in the job's own hash, atomically
    (a re-run reads the verdicts back instead of finding its own marks);
 3. one MULTI/EXEC enqueues a delivery job per destination with matching events, writes the
-   inspector records and counters, and marks the job done in its hash (a re-run after that stops
-   at step 2). A kill before EXEC leaves nothing behind; after it, nothing is left to do.
+   inspector's sample (see workers.inspector) and the counters, and marks the job done in its hash
+   (a re-run after that stops at step 2). A kill before EXEC leaves nothing behind; after it, nothing is left to do.
 """
 
 from __future__ import annotations
@@ -26,17 +26,32 @@ import msgspec
 from redis import Redis
 from rq import get_current_job
 
-from trackpipe.config import Config, SourceConfig
+from trackpipe.config import Config, InspectorConfig, SourceConfig
 from trackpipe.jobs import DONE_FIELD
-from trackpipe.keys import INGEST_QUEUE, KeyLayout
+from trackpipe.keys import (
+    DESTINATION_HOUR_STATS_TTL_SECONDS,
+    DESTINATION_MINUTE_STATS_TTL_SECONDS,
+    INGEST_QUEUE,
+    KeyLayout,
+)
 from trackpipe.messages import DeliveryBatch, DeliveryEvent, decode_batch, encode_delivery
 from trackpipe.openjob import seal_and_read_parts
 from workers import faults
 from workers.context import WorkerContext, current_context
 from workers.dedup import Deduplicator
-from workers.inspector import InspectorRecord, always_kept, encode_record, masked_payload, test_code_of
+from workers.inspector import (
+    QUALITY_TTL_SECONDS,
+    Candidate,
+    InspectorRecord,
+    candidate,
+    masked_payload,
+    message_command,
+    message_field,
+    plan_samples,
+    test_code_of,
+)
 from workers.normalize import fill_client, normalize
-from workers.routing import FanOut, accepts
+from workers.routing import FanOut, accepts, refused_for_consent
 from workers.specification import judge
 from workers.standard import check_common, check_standard_event
 from workers.status import EventStatus, quality_status
@@ -46,7 +61,6 @@ _event_decoder = msgspec.json.Decoder()
 # decoding several times slower, so it is only the second try.
 _lenient_decoder = msgspec.json.Decoder(float_hook=float)
 _json = msgspec.json.Encoder()
-DEST_STATS_TTL_SECONDS = 2 * 86_400
 DEFAULT_SOURCE = SourceConfig(id="_unknown", site_id="_", keys=["-" * 8])
 
 
@@ -140,6 +154,7 @@ def plan_fan_out(events: list[ProcessedEvent], config: Config) -> FanOut:
     """Which delivery job gets which events (pure)."""
     deliveries: dict[str, list[DeliveryEvent]] = defaultdict(list)
     filtered: dict[str, int] = defaultdict(int)
+    filtered_consent: dict[str, int] = defaultdict(int)
     destinations_of: list[dict[str, str]] = []
     for item in events:
         routes: dict[str, str] = {}
@@ -156,9 +171,11 @@ def plan_fan_out(events: list[ProcessedEvent], config: Config) -> FanOut:
                     routes[destination.id] = "queued"
                 else:
                     filtered[destination.id] += 1
+                    if refused_for_consent(destination, item.source_id, item.event):
+                        filtered_consent[destination.id] += 1
                     routes[destination.id] = EventStatus.FILTERED.value
         destinations_of.append(routes)
-    return FanOut(dict(deliveries), destinations_of, dict(filtered))
+    return FanOut(dict(deliveries), destinations_of, dict(filtered), dict(filtered_consent))
 
 
 def delivery_job_id(ingest_job_id: str, destination_id: str) -> str:
@@ -166,33 +183,72 @@ def delivery_job_id(ingest_job_id: str, destination_id: str) -> str:
     return f"{ingest_job_id}_{hashlib.sha1(destination_id.encode()).hexdigest()[:12]}"
 
 
-def _inspector_records(
-    events: list[ProcessedEvent], fan_out: FanOut, sample_per_job: int
-) -> dict[str, list[InspectorRecord]]:
-    kept: dict[str, list[InspectorRecord]] = defaultdict(list)
-    sampled: dict[str, int] = defaultdict(int)
+def _inspector_records(events: list[ProcessedEvent], fan_out: FanOut) -> dict[str, list[Candidate]]:
+    """Per source, every event as the inspector would keep it, oldest first (the sampling itself is
+    SAMPLE_SCRIPT's, which sees how many of each name this minute already kept)."""
+    kept: dict[str, list[Candidate]] = defaultdict(list)
     for item, routes in zip(events, fan_out.destinations_of, strict=True):
         test_code = test_code_of(item.event) if item.event else None
-        if not always_kept(item.status, test_code):
-            if sampled[item.source_id] >= sample_per_job:
-                continue
-            sampled[item.source_id] += 1
         payload: Any = masked_payload(item.event) if item.event else item.raw[:2048].decode("utf-8", "replace")
         name = item.event.get("event_name") if item.event else None
         kept[item.source_id].append(
-            InspectorRecord(
-                item.received_at,
-                item.status.value,
-                item.event_id,
-                name if isinstance(name, str) else None,
-                item.warnings,
-                item.errors,
-                routes,
-                test_code,
-                payload,
+            candidate(
+                InspectorRecord(
+                    item.received_at,
+                    item.status.value,
+                    item.event_id,
+                    name if isinstance(name, str) else None,
+                    item.warnings,
+                    item.errors,
+                    routes,
+                    test_code,
+                    payload,
+                )
             )
         )
     return kept
+
+
+def _queue_inspector(
+    pipe: Any, layout: KeyLayout, inspector: InspectorConfig, events: list[ProcessedEvent], fan_out: FanOut
+) -> None:
+    """The inspector's sample of the job: one EVAL per source, inside the fan-out's MULTI."""
+    if not inspector.events_per_source:
+        return
+    for plan in plan_samples(
+        _inspector_records(events, fan_out),
+        list_key=layout.inspector,
+        test_list_key=layout.inspector_tests,
+        counter_key=layout.inspector_sample,
+        list_size=inspector.events_per_source,
+        per_name_per_minute=inspector.per_name_per_minute,
+        test_per_minute=inspector.test_events_per_minute,
+    ):
+        pipe.execute_command(*plan.command)
+
+
+def _queue_quality(pipe: Any, layout: KeyLayout, events: list[ProcessedEvent]) -> None:
+    """Events per source, hour (of receipt) and status, and warnings and errors per kind: the
+    console's data-quality view; counted here, written inside the fan-out's MULTI."""
+    statuses: dict[tuple[str, int], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    messages: dict[tuple[str, int], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for item in events:
+        hour = item.received_at // 3_600_000
+        statuses[(item.source_id, hour)][item.status.value] += 1
+        if item.warnings or item.errors:
+            found = messages[(item.source_id, hour)]
+            # One count per event and kind: an event with three bad items counts once for that kind.
+            for field in {message_field("warning", m) for m in item.warnings} | {
+                message_field("error", m) for m in item.errors
+            }:
+                found[field] += 1
+    for (source_id, hour), counts in statuses.items():
+        key = layout.source_hourly(source_id, hour)
+        for status, n in counts.items():
+            pipe.hincrby(key, status, n)
+        pipe.expire(key, QUALITY_TTL_SECONDS)
+    for (source_id, hour), counts in messages.items():
+        pipe.execute_command(*message_command(layout.source_messages(source_id, hour), counts))
 
 
 def count_statuses(events: list[ProcessedEvent]) -> dict[tuple[str, str], int]:
@@ -221,23 +277,26 @@ def commit_fan_out(
         new_job_id = delivery_job_id(job_id, destination_id)
         pipe.execute_command(*ctx.delivery_writer(destination_id).command(payload, len(delivery_events), new_job_id))
     faults.point("ingest:mid_fanout")
-    inspector_size = ctx.config.inspector.events_per_source
-    if inspector_size:
-        for source_id, records in _inspector_records(events, fan_out, ctx.config.inspector.sample_per_job).items():
-            key = layout.inspector(source_id)
-            pipe.lpush(key, *(encode_record(r) for r in records))
-            pipe.ltrim(key, 0, inspector_size - 1)
+    _queue_inspector(pipe, layout, ctx.config.inspector, events, fan_out)
+    _queue_quality(pipe, layout, events)
     for (source_id, status), n in status_counts.items():
         pipe.hincrby(layout.source_stats(source_id), status, n)
-    minute = now_ms // 60_000
+    # Per destination, per minute (kept 2 days) and per hour (kept a month: the console's history).
+    counts: dict[str, dict[str, int]] = defaultdict(dict)
     for destination_id, n in fan_out.filtered.items():
-        stats = layout.destination_stats(destination_id, minute)
-        pipe.hincrby(stats, "filtered", n)
-        pipe.expire(stats, DEST_STATS_TTL_SECONDS)
+        consent = fan_out.filtered_consent.get(destination_id, 0)
+        counts[destination_id].update(filtered=n, filtered_consent=consent, filtered_conditions=n - consent)
     for destination_id, delivery_events in fan_out.deliveries.items():
-        stats = layout.destination_stats(destination_id, minute)
-        pipe.hincrby(stats, "queued", len(delivery_events))
-        pipe.expire(stats, DEST_STATS_TTL_SECONDS)
+        counts[destination_id]["queued"] = len(delivery_events)
+    for destination_id, fields in counts.items():
+        for stats, ttl in (
+            (layout.destination_stats(destination_id, now_ms // 60_000), DESTINATION_MINUTE_STATS_TTL_SECONDS),
+            (layout.destination_hour_stats(destination_id, now_ms // 3_600_000), DESTINATION_HOUR_STATS_TTL_SECONDS),
+        ):
+            for field, n in fields.items():
+                if n:
+                    pipe.hincrby(stats, field, n)
+            pipe.expire(stats, ttl)
     pipe.delete(layout.job_parts(job_id))
     pipe.hset(job_key, DONE_FIELD, 1)
     pipe.execute()

@@ -17,6 +17,9 @@ class FanOut(msgspec.Struct):
     deliveries: dict[str, list[DeliveryEvent]]
     destinations_of: list[dict[str, str]]  # per event: destination id -> queued / filtered
     filtered: dict[str, int]
+    # Of `filtered`, those turned away for want of consent (the rest failed the destination's
+    # conditions: sources, events, filters); the destination page shows the split, as the vendor's does.
+    filtered_consent: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 def consent_categories(event: dict[str, Any]) -> list[str]:
@@ -38,6 +41,17 @@ def accepts(destination: Destination, source_id: str, event: dict[str, Any]) -> 
         return False
     # Last, as the dearest: the cheap checks above turn most unwanted events away first.
     return destination.filters is None or filters.passes(destination.filters, event)
+
+
+def refused_for_consent(destination: Destination, source_id: str, event: dict[str, Any]) -> bool:
+    """For an event `accepts` turned away: True if the consent check is what did it. The checks run in
+    `accepts`'s order and the first that fails decides (as in `why_filtered`), so the counts agree with
+    the reasons the inspector shows; the filters, the dearest check, are never run again here."""
+    if destination.sources is not None and source_id not in destination.sources:
+        return False
+    if destination.events is not None and event.get("event_name") not in destination.events:
+        return False
+    return destination.consent_category is not None and destination.consent_category not in consent_categories(event)
 
 
 def why_filtered(destination: Destination, source_id: str, event: dict[str, Any]) -> str | None:

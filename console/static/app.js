@@ -7,15 +7,15 @@ function refresh(element) {
     .then((html) => { element.innerHTML = html; element.removeAttribute("data-stale"); })
     .catch(() => element.setAttribute("data-stale", "true"));
 }
+// Delegated: forms inside live fragments (replaced every few seconds) ask too.
+document.addEventListener("submit", (event) => {
+  const form = event.target.closest("form[data-confirm]");
+  if (form && !window.confirm(form.getAttribute("data-confirm"))) event.preventDefault();
+});
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("[data-refresh]").forEach((element) => {
     const every = Math.max(1, Number(element.getAttribute("data-every") || "5"));
     setInterval(() => { if (!document.hidden) refresh(element); }, every * 1000);
-  });
-  document.querySelectorAll("form[data-confirm]").forEach((form) => {
-    form.addEventListener("submit", (event) => {
-      if (!window.confirm(form.getAttribute("data-confirm"))) event.preventDefault();
-    });
   });
   document.querySelectorAll("[data-select-all]").forEach((box) => {
     box.addEventListener("change", () => {
