@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from trackpipe.config import load_from
+from trackpipe.connection import sync_client
 from trackpipe.keys import KeyLayout
 from trackpipe.logs import masked_url
 
@@ -55,7 +56,6 @@ def _record_json(record: Any, whole: bool) -> str:
 
 
 def run_dlq(args: argparse.Namespace) -> int:
-    from redis import Redis
     from redis.exceptions import RedisError
 
     from trackpipe import dlq
@@ -78,7 +78,7 @@ def run_dlq(args: argparse.Namespace) -> int:
         print(f"trackpipe dlq: {exc}", file=sys.stderr)
         return 2
     try:
-        with Redis.from_url(config.redis_url, socket_connect_timeout=3, socket_timeout=30) as connection:
+        with sync_client(config.redis_url, socket_connect_timeout=3, socket_timeout=30) as connection:
             chosen: Iterable[Any]
             if args.dlq_command in ("list", "show", "export"):
                 # Streamed: each page of the DLQ is written out as it is read, never all held at once.

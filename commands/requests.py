@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from trackpipe.config import load_from
+from trackpipe.connection import sync_client
 from trackpipe.keys import DESTINATION_REQUESTS_KEPT, KeyLayout
 from trackpipe.logs import masked_url
 
@@ -60,7 +61,6 @@ def render(exchange: Exchange) -> str:
 
 
 def run_requests(args: argparse.Namespace) -> int:
-    from redis import Redis
     from redis.exceptions import RedisError
 
     # Imported here: building the parser for every command must not load the destinations.
@@ -74,7 +74,7 @@ def run_requests(args: argparse.Namespace) -> int:
         return 2
     key = KeyLayout(config.key_prefix).destination_requests(args.destination)
     try:
-        with Redis.from_url(config.redis_url, socket_connect_timeout=3, socket_timeout=10) as connection:
+        with sync_client(config.redis_url, socket_connect_timeout=3, socket_timeout=10) as connection:
             stored = connection.lrange(key, 0, args.limit - 1)
     except RedisError as exc:
         print(f"trackpipe requests: cannot read {masked_url(config.redis_url)}: {exc}", file=sys.stderr)

@@ -11,6 +11,7 @@ import sys
 from datetime import UTC, datetime
 
 from trackpipe.config import load_from
+from trackpipe.connection import sync_client
 from trackpipe.logs import masked_url
 from trackpipe.queries import RefusedSample, Status
 
@@ -60,14 +61,13 @@ def render(status: Status) -> str:
 def run_status(args: argparse.Namespace) -> int:
     config = load_from(args.config)
     import msgspec
-    from redis import Redis
     from redis.exceptions import RedisError
 
     from commands.status import render
     from trackpipe.queries import collect
 
     try:
-        with Redis.from_url(config.redis_url, socket_connect_timeout=3, socket_timeout=10) as connection:
+        with sync_client(config.redis_url, socket_connect_timeout=3, socket_timeout=10) as connection:
             status = collect(config, connection, per_source=True)
     except RedisError as exc:
         print(f"trackpipe status: cannot read {masked_url(config.redis_url)}: {exc}", file=sys.stderr)

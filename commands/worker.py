@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from trackpipe.config import load_from
+from trackpipe.connection import sync_client
 from trackpipe.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ REDIS_WORKER_TIMEOUTS = {"socket_connect_timeout": 5.0, "health_check_interval":
 def run_worker(args: argparse.Namespace) -> int:
     """`trackpipe worker`: one RQ worker process over the chosen queues, with the scheduler."""
     config = load_from(args.config)
-    from redis import Redis
 
     from workers.runner import QueueNameError, WorkerNameError, build_worker, check_worker_name, parse_queues
 
@@ -47,7 +47,7 @@ def run_worker(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"trackpipe worker: --metrics-port {args.metrics_port}: {exc.strerror or exc}", file=sys.stderr)
             return 2
-    connection = Redis.from_url(config.redis_url, **REDIS_WORKER_TIMEOUTS)
+    connection = sync_client(config.redis_url, **REDIS_WORKER_TIMEOUTS)
     if not wait_for_redis(connection):
         return 0  # stopped on request before Redis came: nothing was taken
     worker = build_worker(config, connection, queues, name=args.name)

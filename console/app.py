@@ -43,6 +43,7 @@ from starlette.staticfiles import StaticFiles
 from console import web
 from console.openapi import spec
 from trackpipe.config import Config
+from trackpipe.connection import sync_client
 from trackpipe.keys import DESTINATION_REQUESTS_KEPT, UNKNOWN_SITE_BUCKET, KeyLayout
 
 if TYPE_CHECKING:
@@ -160,7 +161,7 @@ class Console:
         self.config = config
         self._token = config.admin_token.encode() if config.admin_token else None
         self.layout = KeyLayout(config.key_prefix)
-        self.redis = redis or Redis.from_url(config.redis_url, **REDIS_TIMEOUTS)
+        self.redis = redis or sync_client(config.redis_url, **REDIS_TIMEOUTS)
 
     def close(self) -> None:
         self.redis.close()

@@ -38,6 +38,7 @@ from ingest.validate import MAX_BATCH_BYTES, MAX_EVENT_BYTES, check_batch, check
 from ingest.wire import WireConnection
 from trackpipe.auth import KeyRing
 from trackpipe.config import Config, SourceConfig
+from trackpipe.connection import async_client
 from trackpipe.keys import UNKNOWN_SITE_BUCKET, KeyLayout
 from trackpipe.messages import IngestRecord
 
@@ -187,7 +188,7 @@ class Edge:
         self.trusted = TrustedProxies(config.edge.trusted_proxies)
         self.strict = config.edge.status_mode == "strict"
         self.retry_after = [(b"retry-after", str(config.edge.retry_after_seconds).encode())]
-        self._async_redis = async_redis or (lambda: AsyncRedis.from_url(config.redis_url, **REDIS_TIMEOUTS))
+        self._async_redis = async_redis or (lambda: async_client(config.redis_url, **REDIS_TIMEOUTS))
         self._redis_py_writes = redis_py_writes  # for in-process tests on fakeredis
         self._commands: WireConnection | RedisPyCommands | None = None
         self.redis: AsyncRedis | None = None

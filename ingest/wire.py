@@ -20,6 +20,8 @@ from typing import Any
 import hiredis
 from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 
+from trackpipe.connection import SentinelTarget, is_sentinel_url, parse_sentinel_url
+
 
 class WireError(Exception):
     """The transaction failed or its outcome is unknown; nothing may be answered 200 for it."""
@@ -60,9 +62,46 @@ def tls_context(options: dict[str, Any]) -> ssl.SSLContext:
     return context
 
 
+async def master_address(target: SentinelTarget, timeout: float) -> tuple[str, int]:
+    """The current primary of `target.service`, asking each sentinel in turn (the first that knows
+    answers); WireError when none does, so the write is answered 503 like any other lost write."""
+    problems: list[str] = []
+    for host, port in target.sentinels:
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(host, port)
+                writer.write(pack(("SENTINEL", "get-master-addr-by-name", target.service)))
+                parser = hiredis.Reader()
+                reply: Any = False
+                while reply is False:
+                    data = await reader.read(4096)
+                    if not data:
+                        raise ConnectionError("the sentinel closed the connection")
+                    parser.feed(data)
+                    reply = parser.gets()
+        except (OSError, TimeoutError, hiredis.ProtocolError) as exc:
+            problems.append(f"{host}:{port}: {type(exc).__name__}")
+            continue
+        finally:
+            if writer is not None:
+                writer.close()
+        if isinstance(reply, list) and len(reply) == 2:
+            return reply[0].decode(), int(reply[1])
+        problems.append(f"{host}:{port}: no primary known for {target.service!r}")
+    raise WireError("no sentinel named a primary (" + "; ".join(problems) + ")")
+
+
 class WireConnection:
     def __init__(self, url: str, *, connect_timeout: float = 2.0, timeout: float = 5.0) -> None:
-        self._options = parse_url(url)
+        # A Sentinel URL: the primary's address is asked of the sentinels at every (re)connect.
+        self._sentinel: SentinelTarget | None = None
+        if is_sentinel_url(url):
+            self._sentinel = parse_sentinel_url(url)
+            target = self._sentinel
+            self._options: dict[str, Any] = {"db": target.db, "username": target.username, "password": target.password}
+        else:
+            self._options = parse_url(url)
         self._connect_timeout = connect_timeout
         self._timeout = timeout
         self._reader: asyncio.StreamReader | None = None
@@ -70,6 +109,9 @@ class WireConnection:
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         options = self._options
+        if self._sentinel is not None:
+            host, port = await master_address(self._sentinel, self._connect_timeout)
+            options = {**options, "host": host, "port": port}
         kind = options.get("connection_class")
         async with asyncio.timeout(self._connect_timeout):
             if kind is UnixDomainSocketConnection:

@@ -23,6 +23,7 @@ from tooling.embedded import start_server
 from tooling.examples import V2_EXAMPLE
 from tooling.harness import file_ids, free_port, wait_http
 from trackpipe.config import Config, parse
+from trackpipe.connection import sync_client
 from trackpipe.keys import KeyLayout
 
 BENCH_SITE = "1"
@@ -81,7 +82,7 @@ def bench_server() -> Iterator[tuple[Redis, str, Path]]:
     with tempfile.TemporaryDirectory(prefix="trackpipe-bench-") as tmp:
         server = start_server(Path(tmp) / "valkey")
         url = f"redis://127.0.0.1:{server.port}/0"
-        connection = Redis.from_url(url)
+        connection = sync_client(url)
         try:
             yield connection, url, Path(tmp)
         finally:

@@ -19,6 +19,7 @@ import msgspec
 
 # The one import of a plug-in by the core: the registry of destination types, whose settings the
 # config decodes (see tests/test_layers.py).
+from trackpipe.connection import check_redis_url
 from trackpipe.destination_settings import DESTINATION_SETTINGS
 from trackpipe.keys import PrefixMismatch, bind_rq_prefix
 from trackpipe.specification import SourceSpec
@@ -173,10 +174,8 @@ def _explain(err: msgspec.ValidationError) -> str:
 
 
 def _check_redis_url(url: str, key: str) -> list[str]:
-    scheme = urlsplit(url).scheme
-    if scheme not in ("redis", "rediss", "unix", "valkey", "valkeys"):
-        return [f"{key}: {url!r} is not a redis:// , rediss:// or unix:// URL"]
-    return []
+    # Plain and Sentinel URLs alike: the one parser is trackpipe.connection's.
+    return check_redis_url(url, key)
 
 
 def _check_key(key: str, where: str) -> list[str]:

@@ -40,6 +40,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from trackpipe.connection import sync_client
 from trackpipe.jobs import RECOVERED_FIELD
 from trackpipe.keys import KeyLayout
 
@@ -267,7 +268,7 @@ class Keeper(threading.Thread):
         self.worker_name = worker_name
         self.lease_seconds = lease_seconds
         self.period = max(lease_seconds / 3, 0.2)
-        self.connection = Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=max(lease_seconds / 2, 1))
+        self.connection = sync_client(redis_url, socket_connect_timeout=2, socket_timeout=max(lease_seconds / 2, 1))
         self._stop_event = threading.Event()
         self._healthy_since: float | None = time.monotonic()
         self._warned = False

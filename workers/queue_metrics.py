@@ -6,16 +6,16 @@ from collections.abc import Iterator
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from redis import Redis
 
 from trackpipe.config import Config
+from trackpipe.connection import sync_client
 from trackpipe.queries import collect
 
 
 class QueueCollector(Collector):
     def __init__(self, config: Config, redis_url: str) -> None:
         self._config = config
-        self._redis = Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
+        self._redis = sync_client(redis_url, socket_connect_timeout=2, socket_timeout=5)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily("trackpipe_queue_jobs", "Jobs waiting on a queue", labels=["queue"])

