@@ -214,12 +214,18 @@ class Edge:
         keys = sum(len(s.keys) for s in config.sources)
         log.info("config reloaded: %d sources, %d keys", len(config.sources), keys)
 
+    def _wire_timeouts(self) -> dict[str, float]:
+        """A write may wait up to replica_timeout_ms in WAITAOF: that is not a lost connection."""
+        edge = self.config.edge
+        extra = edge.replica_timeout_ms / 1000 if edge.min_replicas else 0.0
+        return {**WIRE_TIMEOUTS, "timeout": WIRE_TIMEOUTS["timeout"] + extra}
+
     async def start(self) -> None:
         self.redis = self._async_redis()
         self._commands = (
             RedisPyCommands(self.redis)
             if self._redis_py_writes
-            else WireConnection(self.config.redis_url, **WIRE_TIMEOUTS)
+            else WireConnection(self.config.redis_url, **self._wire_timeouts())
         )
         self.store = AsyncIngestStore(
             self._commands,
@@ -227,6 +233,8 @@ class Edge:
             self.config.edge.unauthorized_ring_size,
             self.config.worker,
             max_events=self.config.edge.commit_max_events,
+            min_replicas=self.config.edge.min_replicas,
+            replica_timeout_ms=self.config.edge.replica_timeout_ms,
         )
         self.committer = GroupCommitter(
             self.store.write,
@@ -391,10 +399,10 @@ class Edge:
             if batch:
                 return 200, _json.encode(BatchAnswer("ok", 0, [])), []
             return 200, OK_BODY, []
-        status, extra = await self._store(scope, headers, source, site_id or "", received_at, events)
+        status, extra, why = await self._store(scope, headers, source, site_id or "", received_at, events)
         metrics.count_events(source.id, "rejected", len(rejected))
         if status != 200:
-            return status, error_body("storage unavailable, nothing was stored"), extra
+            return status, error_body(why), extra
         if batch:
             return 200, _json.encode(BatchAnswer("ok", len(events), rejected)), extra
         return 200, OK_BODY, extra
@@ -437,9 +445,9 @@ class Edge:
             sample = event or redacted_query(raw)
             self._sample(site_id or "", failure or AuthFailure.MISSING_KEY, received_at, PIXEL_SAMPLE_ROUTE, sample)
             return 200, pixel.GIF, list(pixel.GIF_HEADERS)
-        status, extra = await self._store(scope, headers, source, site_id or "", received_at, [event])
+        status, extra, why = await self._store(scope, headers, source, site_id or "", received_at, [event])
         if status != 200:
-            return status, error_body("storage unavailable, nothing was stored"), extra
+            return status, error_body(why), extra
         return 200, pixel.GIF, [*pixel.GIF_HEADERS, *extra]
 
     def _sample(self, site_id: str, failure: AuthFailure, received_at: int, route: str, body: bytes) -> None:
@@ -467,9 +475,9 @@ class Edge:
         site_id: str,
         received_at: int,
         events: list[bytes],
-    ) -> tuple[int, list[tuple[bytes, bytes]]]:
-        """Stores the request's accepted events (one IngestRecord, through the group commit): (200, [])
-        once stored, (503, Retry-After) when storage failed."""
+    ) -> tuple[int, list[tuple[bytes, bytes]], str]:
+        """Stores the request's accepted events (one IngestRecord, through the group commit): (200, [], "")
+        once stored, (503, Retry-After, why) when storage failed."""
         if events:
             assert self.committer is not None, "edge not started"
             if source.ip_mode != "keep":  # an address the event carries goes the way of the client's
@@ -484,11 +492,11 @@ class Edge:
             )
             try:
                 await self.committer.submit(record)
-            except StorageUnavailable:
+            except StorageUnavailable as failed:
                 metrics.count_events(source.id, "unavailable", len(events))
-                return 503, self.retry_after
+                return 503, self.retry_after, failed.public_reason()
         metrics.count_events(source.id, "accepted", len(events))
-        return 200, []
+        return 200, [], ""
 
     # -- the other routes ------------------------------------------------------------------
 

@@ -35,6 +35,11 @@ WriteFn = Callable[[IngestBatch | None, list[UnauthorizedSample]], Awaitable[int
 class StorageUnavailable(Exception):
     """The write holding a request's events failed: nothing of it may be answered 200."""
 
+    # What the 503 says. Redis errors stay in the log (they may name servers); a subclass whose
+    # cause is safe to show (NotReplicated) adds it.
+    def public_reason(self) -> str:
+        return "storage unavailable, nothing was stored"
+
 
 class CommitStats:
     def __init__(self) -> None:
@@ -133,7 +138,8 @@ class GroupCommitter:
                 self.stats.failures += 1
                 COMMIT_FAILURES.inc()
                 log.warning("ingest write failed: %s: %s", type(exc).__name__, exc)
-                pending.settle(StorageUnavailable(str(exc)))
+                # A StorageUnavailable of the store's own (NotReplicated) keeps its words for the 503.
+                pending.settle(exc if isinstance(exc, StorageUnavailable) else StorageUnavailable(str(exc)))
                 continue
             self.stats.writes += 1
             self.stats.events += pending.events

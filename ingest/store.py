@@ -6,6 +6,11 @@ waits for producers) without flooding the workers with tiny jobs when they fall 
 
 The commands are built without I/O; the edge sends them on the event loop (`ingest.wire`),
 tools and tests with a sync redis-py client.
+
+With `min_replicas` N > 0 a write that stores events ends with `WAITAOF 1 N timeout` in the same
+round trip: the write counts as stored only when its reply says the primary and N replicas have it
+in their append-only file; otherwise the whole write fails (NotReplicated, a 503 for every request
+it holds), as any Redis error does.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any, Protocol
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
+from ingest.commit import StorageUnavailable
 from ingest.unauthorized import UnauthorizedSample, encode_sample
 from trackpipe.config import WorkerConfig
 from trackpipe.jobs import INGEST_FUNCTION, SafeJob, ingest_job_options, ingest_queue
@@ -27,11 +33,25 @@ from trackpipe.openjob import OpenJobWriter, held_payloads, recording_connection
 INGEST_DESCRIPTION = "ingest batch"
 
 
+class NotReplicated(StorageUnavailable):
+    """WAITAOF said fewer copies are on disk than asked for (or it timed out): not stored."""
+
+    def public_reason(self) -> str:
+        return f"storage unavailable, not acknowledged: {self}"
+
+
 class WriteBuilder:
     """Builds the commands of one write; pure apart from the new job's id and timestamps."""
 
     def __init__(
-        self, layout: KeyLayout, ring_size: int, worker: WorkerConfig | None = None, max_events: int = 2_000
+        self,
+        layout: KeyLayout,
+        ring_size: int,
+        worker: WorkerConfig | None = None,
+        max_events: int = 2_000,
+        *,
+        min_replicas: int = 0,
+        replica_timeout_ms: int = 1_000,
     ) -> None:
         self._jobs = OpenJobWriter(
             ingest_queue(recording_connection()),
@@ -44,17 +64,36 @@ class WriteBuilder:
         self._layout = layout
         self._ring_size = ring_size
         self.queue_key = layout.queue(INGEST_QUEUE)
+        self.min_replicas = min_replicas
+        self.replica_timeout_ms = replica_timeout_ms
 
     def build(self, batch: IngestBatch | None, samples: list[UnauthorizedSample]) -> list[tuple[Any, ...]]:
-        """The refused-key samples, then the command that stores the batch; the last reply ends
-        with the ingest queue length (the edge's backlog figure)."""
+        """The refused-key samples, then the command that stores the batch (its reply ends with the
+        ingest queue length, the edge's backlog figure), then WAITAOF when replicas are required.
+        Read the replies with `outcome`."""
         commands: list[tuple[Any, ...]] = []
         self._add_samples(commands, samples)
         if batch is not None and batch.records:
             commands.append(self._jobs.command(encode_batch(batch), batch.event_count, str(uuid.uuid4())))
+            if self.min_replicas:
+                # After the script, on the same connection: it waits for everything written so far.
+                commands.append(("WAITAOF", 1, self.min_replicas, self.replica_timeout_ms))
         else:
+            # Samples only: nobody waits for them, so no replica wait either.
             commands.append(("LLEN", self.queue_key))
         return commands
+
+    def outcome(self, commands: list[tuple[Any, ...]], replies: list[Any]) -> int:
+        """The ingest queue length after the write; NotReplicated if WAITAOF fell short."""
+        if commands[-1][0] != "WAITAOF":
+            return backlog_from(replies[-1])
+        local, replicas = (int(n) for n in replies[-1])
+        if local < 1 or replicas < self.min_replicas:
+            raise NotReplicated(
+                f"the write reached {replicas} of {self.min_replicas} required replicas"
+                f"{'' if local else ' and not the primary disk'} within {self.replica_timeout_ms} ms"
+            )
+        return backlog_from(replies[-2])
 
     def _add_samples(self, commands: list[tuple[Any, ...]], samples: list[UnauthorizedSample]) -> None:
         counts: dict[str, int] = {}
@@ -104,13 +143,19 @@ class AsyncIngestStore:
         ring_size: int,
         worker: WorkerConfig | None = None,
         max_events: int = 2_000,
+        *,
+        min_replicas: int = 0,
+        replica_timeout_ms: int = 1_000,
     ) -> None:
         self._commands = commands
-        self._builder = WriteBuilder(layout, ring_size, worker, max_events)
+        self._builder = WriteBuilder(
+            layout, ring_size, worker, max_events, min_replicas=min_replicas, replica_timeout_ms=replica_timeout_ms
+        )
 
     async def write(self, batch: IngestBatch | None, samples: list[UnauthorizedSample]) -> int:
         """Store the batch in an ingest job (and the samples); return the ingest queue length."""
-        return backlog_from((await self._commands.execute(self._builder.build(batch, samples)))[-1])
+        commands = self._builder.build(batch, samples)
+        return self._builder.outcome(commands, await self._commands.execute(commands))
 
 
 class IngestStore:
@@ -129,9 +174,10 @@ class IngestStore:
 
     def write(self, batch: IngestBatch | None, samples: list[UnauthorizedSample]) -> int:
         pipe = self._redis.pipeline(transaction=False)
-        for command in self._builder.build(batch, samples):
+        commands = self._builder.build(batch, samples)
+        for command in commands:
             pipe.execute_command(*command)
-        return backlog_from(pipe.execute()[-1])
+        return self._builder.outcome(commands, pipe.execute())
 
     def close(self) -> None:
         self._redis.close()

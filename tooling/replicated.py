@@ -36,13 +36,13 @@ def _start(config_path: Path, text: str, *extra: str) -> subprocess.Popen:
         log.close()
 
 
-def _server_config(port: int, data_dir: Path, primary_port: int | None) -> str:
+def _server_config(port: int, data_dir: Path, primary_port: int | None, appendonly: bool = False) -> str:
     lines = [
         f"port {port}",
         "bind 127.0.0.1",
         f'dir "{data_dir}"',
         'save ""',
-        "appendonly no",
+        f"appendonly {'yes' if appendonly else 'no'}",  # yes for WAITAOF (edge.min_replicas)
         "maxmemory-policy noeviction",
     ]
     if primary_port is not None:
@@ -139,7 +139,7 @@ def _ready(layout: Replicated) -> bool:
 
 
 @contextlib.contextmanager
-def replicated(data_dir: Path, timeout: float = 60.0) -> Iterator[Replicated]:
+def replicated(data_dir: Path, timeout: float = 60.0, *, appendonly: bool = False) -> Iterator[Replicated]:
     """Start a primary, one replica and three sentinels (quorum 2); yield once the sentinels see
     them all; SIGKILL everything at the end."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -150,7 +150,8 @@ def replicated(data_dir: Path, timeout: float = 60.0) -> Iterator[Replicated]:
         for name, port, upstream in (("primary", primary_port, None), ("replica", replica_port, primary_port)):
             node_dir = data_dir / name
             node_dir.mkdir(exist_ok=True)
-            layout.servers[port] = _start(node_dir / f"{name}.conf", _server_config(port, node_dir, upstream))
+            text = _server_config(port, node_dir, upstream, appendonly)
+            layout.servers[port] = _start(node_dir / f"{name}.conf", text)
         for i, port in enumerate(sentinel_ports):
             node_dir = data_dir / f"sentinel{i}"
             node_dir.mkdir(exist_ok=True)

@@ -59,6 +59,12 @@ class EdgeConfig(Strict):
     # Peers (CIDRs) whose X-Forwarded-For / Forwarded headers are believed for the client's address;
     # from anyone else the peer address itself is the client's.
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    # A write is answered 200 only once the primary and this many replicas have it in their AOF
+    # (WAITAOF, once per group-committed write); 0 answers as soon as the primary has it in memory.
+    min_replicas: Annotated[int, msgspec.Meta(ge=0, le=16)] = 0
+    # How long a write waits for those replicas before it is answered 503 (never 0: that would
+    # make WAITAOF wait forever).
+    replica_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 1_000
 
 
 class DedupConfig(Strict):
