@@ -44,7 +44,7 @@ from console import web
 from console.openapi import spec
 from trackpipe.config import Config
 from trackpipe.connection import sync_client
-from trackpipe.keys import DESTINATION_REQUESTS_KEPT, UNKNOWN_SITE_BUCKET, KeyLayout
+from trackpipe.keys import DESTINATION_REQUESTS_KEPT, HISTORY_FIELDS, UNKNOWN_SITE_BUCKET, KeyLayout
 
 if TYPE_CHECKING:
     from trackpipe.dlq import Selection
@@ -57,16 +57,8 @@ log = logging.getLogger("trackpipe.console")
 
 MAX_LIMIT = 1_000
 TREND_MINUTES = 60
-OUTCOMES = (
-    "queued",
-    "delivered",
-    "retried",
-    "dead_lettered",
-    "filtered",
-    "filtered_consent",
-    "filtered_conditions",
-    "skipped",
-)
+# The delivery counters, as the destination page and its history read them.
+OUTCOMES = HISTORY_FIELDS
 STATUSES = {"VALID", "INVALID_ACCEPTED", "INVALID_REJECTED", "DUPLICATE"}
 # Statuses of events that went to destinations (only those can have FAILED for one).
 SENT_STATUSES = {"VALID", "INVALID_ACCEPTED"}

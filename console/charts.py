@@ -61,8 +61,7 @@ def _frame(x_label: str, y_label: str, y_ticks: list[float], y_of) -> list[str]:
 
 def _legend(names: list[str]) -> str:
     items = "".join(
-        f'<span class="legend-item"><span class="swatch swatch-{i % len(PALETTE)}"></span>'
-        f"{escape(name)}</span>"
+        f'<span class="legend-item"><span class="swatch swatch-{i % len(PALETTE)}"></span>{escape(name)}</span>'
         for i, name in enumerate(names)
     )
     return f'<div class="legend">{items}</div>'

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from trackpipe import __version__
+from trackpipe.keys import HISTORY_FIELDS
 
 _ERROR = {
     "type": "object",
@@ -72,19 +73,7 @@ def spec() -> dict[str, Any]:
             "would_replay": _COUNT,
         },
     }
-    counts = {
-        k: _COUNT
-        for k in (
-            "queued",
-            "delivered",
-            "retried",
-            "dead_lettered",
-            "filtered",
-            "filtered_consent",
-            "filtered_conditions",
-            "skipped",
-        )
-    }
+    counts = {k: _COUNT for k in HISTORY_FIELDS}
     inspector_record = {
         "type": "object",
         "properties": {

@@ -10,14 +10,14 @@ counts as FILTERED for this destination, with the reason). `destinations.TYPES` 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from typing import Any, Protocol
-from urllib.parse import quote, quote_plus
 
 import msgspec
 
+# Masking lives in the core (the console masks the same way); senders use it from here too.
+from trackpipe.logs import MASK, mask, mask_values  # noqa: F401
+
 _SAFE_REASON = re.compile(r"[\x00-\x1f\x7f]+")
-MASK = "***"
 
 
 class Delivered(msgspec.Struct, frozen=True):
@@ -83,24 +83,6 @@ def short_reason(text: str, limit: int = 300) -> str:
     """A reason fit for a log line and a DLQ record: one line, bounded."""
     text = _SAFE_REASON.sub(" ", text).strip()
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def mask_values(secrets: Iterable[str]) -> list[str]:
-    """The strings to mask for these secrets: each as it is and URL-encoded, longest first (so a
-    secret that contains another is masked whole)."""
-    values: set[str] = set()
-    for secret in secrets:
-        if secret:
-            values.update({secret, quote(secret, safe=""), quote(secret), quote_plus(secret)})
-    return sorted((v for v in values if v), key=len, reverse=True)
-
-
-def mask(text: str, values: list[str]) -> str:
-    """`text` with each of `values` (from mask_values) replaced by `***`."""
-    for value in values:
-        if value in text:
-            text = text.replace(value, MASK)
-    return text
 
 
 def masked_outcome(outcome: Outcome, values: list[str]) -> Outcome:

@@ -269,3 +269,19 @@ def bind_rq_prefix(prefix: str) -> None:
             )
         return
     os.environ[RQ_PREFIX_ENV] = wanted
+
+
+# The counters a destination's per-minute and per-hour hashes hold. `filtered` is every event not sent
+# because of a filter: `filtered_consent` (its consent category not given) + `filtered_conditions` (its
+# sources, events or filters) + `skipped` (the destination itself could not map it, or a dry run).
+# Counts written before the split existed are in `filtered` only.
+HISTORY_FIELDS = (
+    "queued",
+    "delivered",
+    "retried",
+    "dead_lettered",
+    "filtered",
+    "filtered_consent",
+    "filtered_conditions",
+    "skipped",
+)

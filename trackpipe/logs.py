@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
+from urllib.parse import quote, quote_plus
 
 import msgspec
 
@@ -20,6 +22,27 @@ _encoder = msgspec.json.Encoder()
 
 def redact(text: str) -> str:
     return _SECRETS.sub(lambda m: m.group(1) + "***", text)
+
+
+MASK = "***"
+
+
+def mask_values(secrets: Iterable[str]) -> list[str]:
+    """The strings to mask for these secrets: each as it is and URL-encoded, longest first (so a
+    secret that contains another is masked whole)."""
+    values: set[str] = set()
+    for secret in secrets:
+        if secret:
+            values.update({secret, quote(secret, safe=""), quote(secret), quote_plus(secret)})
+    return sorted((v for v in values if v), key=len, reverse=True)
+
+
+def mask(text: str, values: list[str]) -> str:
+    """`text` with each of `values` (from mask_values) replaced by `***`."""
+    for value in values:
+        if value in text:
+            text = text.replace(value, MASK)
+    return text
 
 
 def masked_url(url: str) -> str:

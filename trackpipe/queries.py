@@ -16,7 +16,14 @@ from rq import Worker
 
 from trackpipe.config import Config
 from trackpipe.jobs import make_queue
-from trackpipe.keys import INGEST_QUEUE, UNKNOWN_SITE_BUCKET, KeyLayout, deliver_queue, retry_queue
+from trackpipe.keys import (
+    HISTORY_FIELDS,
+    INGEST_QUEUE,
+    UNKNOWN_SITE_BUCKET,
+    KeyLayout,
+    deliver_queue,
+    retry_queue,
+)
 from trackpipe.logs import redact
 
 # Dropped-letter counts used to live in `P:dlq:dropped`, the very name of the DLQ of a destination
@@ -250,21 +257,6 @@ def collect(
 
 
 # -- delivery history (the console's destination page) ------------------------------------------------
-
-# The counters a destination's per-minute and per-hour hashes hold. `filtered` is every event not sent
-# because of a filter: `filtered_consent` (its consent category not given) + `filtered_conditions` (its
-# sources, events or filters) + `skipped` (the destination itself could not map it, or a dry run).
-# Counts written before the split existed are in `filtered` only.
-HISTORY_FIELDS = (
-    "queued",
-    "delivered",
-    "retried",
-    "dead_lettered",
-    "filtered",
-    "filtered_consent",
-    "filtered_conditions",
-    "skipped",
-)
 
 
 class HistorySpan(msgspec.Struct, frozen=True):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import time
 from typing import Any
-from urllib.parse import quote, quote_plus
 
 import msgspec
 from redis.exceptions import RedisError
@@ -24,6 +23,7 @@ from starlette.routing import Route
 
 from console.charts import stacked_bars
 from console.web import Endpoint, console_of, page, render, run_blocking
+from trackpipe.logs import mask, mask_values
 
 # trackpipe.queries imports RQ, which reads its key prefix once, at import: imported where used.
 
@@ -41,7 +41,6 @@ CHART_SERIES = {
     "dead_lettered": "dead-lettered",
     "filtered": "filtered",
 }
-MASK = "***"
 
 
 class Problem(Exception):
@@ -68,20 +67,8 @@ def _guarded(endpoint: Endpoint) -> Endpoint:
     return run
 
 
-def _mask_values(secrets: list[str]) -> list[str]:
-    """Each secret as it is and URL-encoded, longest first (a secret holding another is masked whole)."""
-    values: set[str] = set()
-    for secret in secrets:
-        if secret:
-            values.update({secret, quote(secret, safe=""), quote(secret), quote_plus(secret)})
-    return sorted((v for v in values if v), key=len, reverse=True)
-
-
 def _masked(text: Any, values: list[str]) -> str:
-    text = "" if text is None else str(text)
-    for value in values:
-        text = text.replace(value, MASK)
-    return text
+    return mask("" if text is None else str(text), values)
 
 
 def _secrets_of(request: Request, destination_id: str) -> list[str]:
@@ -92,7 +79,7 @@ def _secrets_of(request: Request, destination_id: str) -> list[str]:
     for destination in config.destinations:
         if destination.id == destination_id:
             found += destination.secrets()
-    return _mask_values(found)
+    return mask_values(found)
 
 
 def _type_of(destination: Any) -> str:
