@@ -117,6 +117,9 @@ class SourceConfig(Strict):
     dedup_window_seconds: PositiveInt | None = None
     # The source's tracking plan (trackpipe.specification); None: standard-event checks only.
     spec: SourceSpec | None = None
+    # The shard (a `[[shards]]` name) holding this source's events; None: a stable hash of the id
+    # picks one (trackpipe.shards). Changing it moves the source: see docs/OPERATIONS.md.
+    shard: Ident | None = None
 
 
 # The config accepts the settings of any destination type (trackpipe.destination_settings).
@@ -127,7 +130,15 @@ class DlqConfig(Strict):
     max_events: PositiveInt = 100_000
 
 
+class ShardConfig(Strict):
+    """One primary (plain or through Sentinel) holding its own queues, dedup, DLQs and counters."""
+
+    name: Ident
+    redis_url: str
+
+
 class Config(Strict):
+    # The one server, when there are no [[shards]]; with shards, the first shard's URL (set by parse).
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = "trackpipe"
     admin_token: str | None = None
@@ -138,6 +149,8 @@ class Config(Strict):
     inspector: InspectorConfig = msgspec.field(default_factory=InspectorConfig)
     sources: list[SourceConfig] = msgspec.field(default_factory=list)
     destinations: list[Destination] = msgspec.field(default_factory=list)
+    # Several primaries; empty: one shard, `main`, at redis_url (trackpipe.shards).
+    shards: list[ShardConfig] = msgspec.field(default_factory=list)
 
 
 def _path_of(msgspec_path: str) -> str:
@@ -234,9 +247,34 @@ def _check_destination(index: int, dest: DestinationBase, source_ids: set[str]) 
     return problems + dest.problems(where)
 
 
+def _check_shards(config: Config) -> list[str]:
+    problems: list[str] = []
+    names: set[str] = set()
+    urls: dict[str, str] = {}
+    for i, shard in enumerate(config.shards):
+        where = f"shards[{i}]"
+        if shard.name in names:
+            problems.append(f"{where}.name: {shard.name!r} is used by another shard")
+        names.add(shard.name)
+        url_problems = _check_redis_url(shard.redis_url, f"{where}.redis_url")
+        problems += url_problems
+        # Two shards on one database would share every key: each would run the other's jobs.
+        same = urls.setdefault(shard.redis_url, shard.name)
+        if not url_problems and same != shard.name:
+            problems.append(f"{where}.redis_url: the same server and database as shard {same!r}")
+    known = names or {"main"}
+    for i, source in enumerate(config.sources):
+        if source.shard is not None and source.shard not in known:
+            problems.append(
+                f"sources[{i}].shard: no shard named {source.shard!r} (shards: {', '.join(sorted(known))})"
+            )
+    return problems
+
+
 def check(config: Config) -> list[str]:
     """Checks across keys that the types alone cannot express."""
-    problems = _check_redis_url(config.redis_url, "redis_url")
+    problems = _check_redis_url(config.redis_url, "redis_url") if not config.shards else []
+    problems += _check_shards(config)
     if config.admin_token is not None and len(config.admin_token) < MIN_PLAIN_KEY_LENGTH:
         problems.append(f"admin_token: needs at least {MIN_PLAIN_KEY_LENGTH} characters")
     for i, cidr in enumerate(config.edge.trusted_proxies):
@@ -279,12 +317,23 @@ def parse(text: str | bytes, *, env: dict[str, str] | None = None, origin: str =
         raise ConfigError(f"{origin}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{origin}: not valid TOML: {exc}") from None
-    if env.get(REDIS_URL_ENV):
+    if isinstance(raw.get("shards"), list) and raw["shards"]:
+        # With shards every server is named in [[shards]]; a second place for one would be ambiguous.
+        if "redis_url" in raw:
+            raise ConfigError(f"{origin}: redis_url: not used with [[shards]]; give each shard its redis_url")
+        if env.get(REDIS_URL_ENV):
+            raise ConfigError(
+                f"{origin}: {REDIS_URL_ENV} is set, but this config has [[shards]]; unset it or drop the shards"
+            )
+    elif env.get(REDIS_URL_ENV):
         raw["redis_url"] = env[REDIS_URL_ENV]
     try:
         config = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{origin}: {_explain(exc)}") from None
+    if config.shards:
+        # Code that needs one server (the refused-event rings, alerts, sign-in) uses the first shard.
+        config = msgspec.structs.replace(config, redis_url=config.shards[0].redis_url)
     problems = check(config)
     if problems:
         raise ConfigError(f"{origin}: " + f"\n{origin}: ".join(problems))
