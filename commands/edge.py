@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -35,11 +36,40 @@ def edge_server_config(config: Config, host: str, port: int, log_level: str = "i
     )
 
 
+def aof_problems(config: Config) -> list[str]:
+    """edge.min_replicas on a shard whose primary has no AOF: every write there would get 503, so
+    the edge refuses to start. A shard not reachable now is not judged (the edge waits for it)."""
+    from redis.exceptions import RedisError
+
+    from trackpipe.connection import sync_client
+    from trackpipe.replication import check_primary
+    from trackpipe.shards import shards
+
+    if config.edge.min_replicas <= 0:
+        return []
+    problems = []
+    for shard in shards(config):
+        try:
+            with sync_client(shard.redis_url, socket_connect_timeout=2, socket_timeout=5) as client:
+                problem = check_primary(client, config.edge.min_replicas)
+        except RedisError as exc:
+            log.warning("shard %s not reachable at start, its AOF not checked: %s", shard.name, exc)
+            continue
+        if problem:
+            problems.append(problem if len(shards(config)) == 1 else f"shard {shard.name}: {problem}")
+    return problems
+
+
 def run_edge(config_arg: str | None, *, host: str, port: int, workers: int) -> int:
     config = load_from(config_arg)
     path = config_path(config_arg)
     assert path is not None  # load_from just read it (--config or TRACKPIPE_CONFIG)
     setup_logging()
+    problems = aof_problems(config)
+    if problems:
+        for problem in problems:
+            print(f"trackpipe edge: {problem}", file=sys.stderr)
+        return 2
     if workers == 1:
         server_config = edge_server_config(config, host, port)
         edge = server_config.app.edge

@@ -7,14 +7,18 @@ waits for producers) without flooding the workers with tiny jobs when they fall 
 The commands are built without I/O; the edge sends them on the event loop (`ingest.wire`),
 tools and tests with a sync redis-py client.
 
-With `min_replicas` N > 0 a write that stores events ends with `WAITAOF 1 N timeout` in the same
-round trip: the write counts as stored only when its reply says the primary and N replicas have it
-in their append-only file; otherwise the whole write fails (NotReplicated, a 503 for every request
-it holds), as any Redis error does.
+With `min_replicas` N > 0 a write that stores events ends with `WAIT N timeout` and `WAITAOF 1 N
+slice` in the same round trip, and more slices follow on the same connection until the replicas confirm or
+`replica_timeout_ms` is up (trackpipe.replication.WAIT_SLICE_MS says why): the write counts as
+stored only when a reply says the primary and N replicas have it in their append-only file;
+otherwise the whole write fails (NotReplicated, a 503 for every request it holds), as any Redis
+error does. A reconnect between slices fails the write too: WAITAOF on a new connection would
+confirm nothing of the old one's writes.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any, Protocol
 
@@ -28,6 +32,7 @@ from trackpipe.jobs import INGEST_FUNCTION, SafeJob, ingest_job_options, ingest_
 from trackpipe.keys import INGEST_QUEUE, KeyLayout
 from trackpipe.messages import IngestBatch, decode_batch, encode_batch
 from trackpipe.openjob import OpenJobWriter, held_payloads, recording_connection
+from trackpipe.replication import is_short, slice_ms
 
 # Without one, RQ would describe the job by repr() of its arguments.
 INGEST_DESCRIPTION = "ingest batch"
@@ -77,11 +82,21 @@ class WriteBuilder:
             commands.append(self._jobs.command(encode_batch(batch), batch.event_count, str(uuid.uuid4())))
             if self.min_replicas:
                 # After the script, on the same connection: it waits for everything written so far.
-                commands.append(("WAITAOF", 1, self.min_replicas, self.replica_timeout_ms))
+                # WAIT first: trackpipe.replication.WAIT_SLICE_MS says why.
+                commands.append(("WAIT", self.min_replicas, self.replica_timeout_ms))
+                commands.append(self.wait_command(self.replica_timeout_ms))
         else:
             # Samples only: nobody waits for them, so no replica wait either.
             commands.append(("LLEN", self.queue_key))
         return commands
+
+    def wait_command(self, remaining_ms: float) -> tuple[Any, ...]:
+        """One slice of the replica wait."""
+        return ("WAITAOF", 1, self.min_replicas, slice_ms(remaining_ms))
+
+    def short(self, commands: list[tuple[Any, ...]], replies: list[Any]) -> bool:
+        """The write waits for replicas and its last WAITAOF reply has not confirmed them yet."""
+        return commands[-1][0] == "WAITAOF" and is_short(replies[-1], self.min_replicas)
 
     def outcome(self, commands: list[tuple[Any, ...]], replies: list[Any]) -> int:
         """The ingest queue length after the write; NotReplicated if WAITAOF fell short."""
@@ -93,7 +108,7 @@ class WriteBuilder:
                 f"the write reached {replicas} of {self.min_replicas} required replicas"
                 f"{'' if local else ' and not the primary disk'} within {self.replica_timeout_ms} ms"
             )
-        return backlog_from(replies[-2])
+        return backlog_from(replies[-3])
 
     def _add_samples(self, commands: list[tuple[Any, ...]], samples: list[UnauthorizedSample]) -> None:
         counts: dict[str, int] = {}
@@ -114,6 +129,10 @@ def backlog_from(reply: Any) -> int:
 
 
 class Commands(Protocol):
+    # Changes whenever the underlying connection is replaced (a reconnect): a later WAITAOF would
+    # then wait for another connection's writes.
+    generation: int
+
     async def execute(self, commands: list[tuple[Any, ...]]) -> list[Any]: ...
 
 
@@ -122,6 +141,9 @@ class RedisPyCommands:
 
     def __init__(self, connection: AsyncRedis) -> None:
         self._redis = connection
+        # A pool gives no promise that two pipelines share a connection: no second slice is sent
+        # (tests on fakeredis only; the edge uses ingest.wire's single connection).
+        self.generation = -1
 
     async def execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         pipe = self._redis.pipeline(transaction=False)
@@ -154,8 +176,20 @@ class AsyncIngestStore:
 
     async def write(self, batch: IngestBatch | None, samples: list[UnauthorizedSample]) -> int:
         """Store the batch in an ingest job (and the samples); return the ingest queue length."""
-        commands = self._builder.build(batch, samples)
-        return self._builder.outcome(commands, await self._commands.execute(commands))
+        builder = self._builder
+        commands = builder.build(batch, samples)
+        deadline = time.monotonic() + builder.replica_timeout_ms / 1000
+        replies = await self._commands.execute(commands)
+        generation = self._commands.generation  # the connection that carried the write
+        while builder.short(commands, replies) and generation >= 0:
+            remaining = (deadline - time.monotonic()) * 1000
+            if remaining < 1:
+                break
+            more = await self._commands.execute([builder.wait_command(remaining)])
+            if self._commands.generation != generation:
+                raise NotReplicated("the connection was replaced while waiting for replicas")
+            replies[-1] = more[0]
+        return builder.outcome(commands, replies)
 
 
 class IngestStore:

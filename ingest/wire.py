@@ -106,6 +106,9 @@ class WireConnection:
         self._timeout = timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        # Counts connections made; ingest.store's replica wait checks it did not change (WAITAOF
+        # only waits for the writes of the connection it is sent on).
+        self.generation = 0
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         options = self._options
@@ -122,6 +125,7 @@ class WireConnection:
                     options.get("host", "localhost"), options.get("port", 6379), ssl=context
                 )
         self._reader, self._writer = reader, writer
+        self.generation += 1
         setup: list[tuple[Any, ...]] = []
         if options.get("password") is not None:
             user = options.get("username")

@@ -616,3 +616,79 @@ def test_dev_restarts_its_embedded_server_killed_with_sigkill(project: Path) -> 
         send_until_accepted(run, "after-server-kill", timeout=90)
         wait_written(run, project, "after-server-kill", timeout=120)
         stop_and_check_nothing_left(run, project)
+
+
+# -- `--replicas N`: a primary, replicas and three sentinels ------------------------------------
+
+
+def test_dev_replicas_out_of_range_is_an_error_naming_the_flag(project: Path) -> None:
+    for value in ("3", "-1", "one"):
+        done = subprocess.run(
+            [str(TRACKPIPE), "dev", "--replicas", value, "--port", str(free_port())],
+            cwd=project,
+            env=dev_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 2, (done.stdout, done.stderr)
+        assert "--replicas" in done.stderr and "Traceback" not in done.stderr
+        assert not (project / ".trackpipe").exists()
+
+
+@pytest.mark.slow
+def test_dev_with_a_replica_survives_a_primary_killed_with_sigkill(project: Path) -> None:
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    from commands.dev import write_demo_config
+    from tooling.harness import file_ids
+
+    config = project / "replicated.toml"
+    out_dir = project / "out"
+    write_demo_config(config, out_dir)
+    # Acknowledged means replicated: what got a 200 survives the kill of the primary.
+    config.write_text(config.read_text().replace("[edge]\n", "[edge]\nmin_replicas = 1\nreplica_timeout_ms = 2000\n"))
+    with dev_run(project, "--config", str(config), "--replicas", "1") as run:
+        run.wait_ready()
+        url = re.search(r"^sentinel URL: +(redis\+sentinel://\S+)", run.stdout, re.MULTILINE)
+        primary = re.search(r"^primary: +127\.0\.0\.1:(\d+), pid (\d+)", run.stdout, re.MULTILINE)
+        replica = re.search(r"^replica: +127\.0\.0\.1:(\d+), pid (\d+)", run.stdout, re.MULTILINE)
+        assert url and primary and replica, run.stdout
+        primary_port, primary_pid = int(primary.group(1)), int(primary.group(2))
+        assert re.search(rf"^failover: +kill -9 {primary_pid}\b", run.stdout, re.MULTILINE), run.stdout
+        assert f"TRACKPIPE_REDIS_URL={url.group(1)}" in run.stdout  # the status line uses the sentinels
+        with redis.Redis(port=primary_port) as conn:
+            assert conn.config_get("appendonly")["appendonly"] == "yes"
+            assert conn.info("replication")["connected_slaves"] == 1
+
+        accepted: list[str] = []
+        for i in range(5):
+            status, body = run_curl(event_curl(run, f"before-{i}"))
+            assert status == 200, body
+            accepted.append(f"before-{i}")
+        poll_until(lambda: set(accepted) <= set(file_ids(out_dir)), 60, "not delivered before the kill")
+
+        os.kill(primary_pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        run.wait_for_line("PRIMARY DIED:", timeout=30)
+        send_until_accepted(run, "after-kill", timeout=60)
+        accepted.append("after-kill")
+        recovered = time.monotonic() - killed_at
+        assert recovered < 30, f"posting worked again only after {recovered:.1f} s"
+        run.wait_for_line("FAILOVER:", timeout=30)
+        run.wait_for_line(f"port {primary_port} restarted as a replica of port", timeout=60)
+        for i in range(5):
+            send_until_accepted(run, f"after-{i}", timeout=30)
+            accepted.append(f"after-{i}")
+        poll_until(
+            lambda: set(accepted) <= set(file_ids(out_dir)),
+            90,
+            lambda: f"accepted but not delivered: {sorted(set(accepted) - set(file_ids(out_dir)))}\n{run.stdout}",
+        )
+        with redis.Redis(port=primary_port) as old:
+            poll_until(lambda: old.info("replication")["role"] == "slave", 30, "the old primary is no replica")
+        returncode = run.interrupt(whole_group=True)
+        assert returncode == 0, run.stderr()[-3000:]
+        assert "supervising the dev processes failed" not in run.stderr(), run.stderr()[-3000:]
+        assert not accepts_connections(primary_port) and not accepts_connections(int(replica.group(1)))

@@ -20,6 +20,7 @@ from tooling.replicated import replicated
 from trackpipe.config import Config, ConfigError, parse
 from trackpipe.keys import KeyLayout
 from trackpipe.messages import IngestBatch, IngestRecord
+from trackpipe.replication import WAIT_SLICE_MS
 
 JSON = {"content-type": "application/json"}
 AUTH = {"tc_s": "29", "token": TEST_KEY}
@@ -45,8 +46,10 @@ def test_waitaof_ends_a_write_only_when_replicas_are_required() -> None:
 
     commands = WriteBuilder(LAYOUT, 0, min_replicas=2, replica_timeout_ms=750).build(_batch(), [])
     assert commands[0][0] == plain[0][0]  # the same script call, then the wait
-    assert commands[-1] == ("WAITAOF", 1, 2, 750)
-    assert len(commands) == 2
+    # WAIT (its question to the replicas comes after they applied the write), then the first slice
+    # of WAITAOF; more slices follow in the store while it falls short.
+    assert commands[1:] == [("WAIT", 2, 750), ("WAITAOF", 1, 2, WAIT_SLICE_MS)]
+    assert len(commands) == 3
 
     # A write of refused-key samples only: nobody waits for it, so it waits for no replica.
     samples_only = WriteBuilder(LAYOUT, 0, min_replicas=2).build(None, [])
@@ -56,16 +59,17 @@ def test_waitaof_ends_a_write_only_when_replicas_are_required() -> None:
 def test_the_waitaof_reply_decides_whether_the_write_is_stored() -> None:
     builder = WriteBuilder(LAYOUT, 0, min_replicas=2, replica_timeout_ms=300)
     commands = builder.build(_batch(), [])
-    # The script's reply ends with the ingest queue length; WAITAOF answers [local, replicas].
-    assert builder.outcome(commands, [[b"job", 7], [1, 2]]) == 7
-    assert builder.outcome(commands, [[b"job", 7], [1, 3]]) == 7
+    # The script's reply ends with the ingest queue length; WAIT answers a count (not what decides);
+    # WAITAOF answers [local, replicas].
+    assert builder.outcome(commands, [[b"job", 7], 2, [1, 2]]) == 7
+    assert builder.outcome(commands, [[b"job", 7], 0, [1, 3]]) == 7
     with pytest.raises(NotReplicated) as short:
-        builder.outcome(commands, [[b"job", 7], [1, 1]])
+        builder.outcome(commands, [[b"job", 7], 2, [1, 1]])
     assert isinstance(short.value, StorageUnavailable)  # every request of the write gets 503
     assert "reached 1 of 2 required replicas within 300 ms" in str(short.value)
     assert "replicas" in short.value.public_reason()
     with pytest.raises(NotReplicated, match="not the primary disk"):
-        builder.outcome(commands, [[b"job", 7], [0, 2]])
+        builder.outcome(commands, [[b"job", 7], 2, [0, 2]])
     plain = WriteBuilder(LAYOUT, 0)
     assert plain.outcome(plain.build(_batch(), []), [[b"job", 4]]) == 4
 

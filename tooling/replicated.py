@@ -1,6 +1,6 @@
-"""A replicated layout from the embedded wheel: one primary, one replica and three sentinels on free
-ports, for the failover tests (and the soak, later). The wheel's valkey-server also runs as a
-sentinel (`--sentinel`)."""
+"""A replicated layout from the embedded wheel: one primary, one replica (or two) and three sentinels
+on free ports, for the failover tests, the soak's failover run and `trackpipe dev --replicas N`.
+The wheel's valkey-server also runs as a sentinel (`--sentinel`)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,13 @@ def _start(config_path: Path, text: str, *extra: str) -> subprocess.Popen:
         log.close()
 
 
-def _server_config(port: int, data_dir: Path, primary_port: int | None, appendonly: bool = False) -> str:
+def _server_config(
+    port: int,
+    data_dir: Path,
+    primary_port: int | None,
+    appendonly: bool = False,
+    settings: dict[str, str] | None = None,
+) -> str:
     lines = [
         f"port {port}",
         "bind 127.0.0.1",
@@ -45,6 +51,7 @@ def _server_config(port: int, data_dir: Path, primary_port: int | None, appendon
         f"appendonly {'yes' if appendonly else 'no'}",  # yes for WAITAOF (edge.min_replicas)
         "maxmemory-policy noeviction",
     ]
+    lines += [f"{name} {value}" for name, value in (settings or {}).items()]
     if primary_port is not None:
         lines.append(f"replicaof 127.0.0.1 {primary_port}")
     return "\n".join(lines) + "\n"
@@ -70,6 +77,12 @@ class Replicated:
     sentinel_ports: list[int]
     servers: dict[int, subprocess.Popen]
     sentinels: list[subprocess.Popen]
+    # Every replica's port (`replica_port` is the first); each server's data directory; the
+    # settings every server runs with (besides appendonly).
+    replica_ports: list[int] = dataclasses.field(default_factory=list)
+    node_dirs: dict[int, Path] = dataclasses.field(default_factory=dict)
+    appendonly: bool = False
+    settings: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def url(self, db: int = 0) -> str:
         hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
@@ -111,53 +124,143 @@ class Replicated:
 
         port = poll_until(promoted, timeout, f"no replica promoted after the primary on {old_port} died")
         self.primary_port, self.replica_port = port, old_port
+        self.replica_ports = [old_port, *(p for p in self.servers if p not in (port, old_port))]
         return port
 
-    def stop(self) -> None:
+    def restart_as_replica(self, port: int, primary_port: int) -> subprocess.Popen:
+        """Start the (dead) server of `port` again, on its own data, as a replica of `primary_port`:
+        it must not come back as a primary of its own (stale data that clients could write to)."""
+        node_dir = self.node_dirs[port]
+        text = _server_config(port, node_dir, primary_port, self.appendonly, self.settings)
+        process = _start(node_dir / f"{node_dir.name}.conf", text)
+        self.servers[port] = process
+        self.primary_port = primary_port
+        self.replica_ports = [p for p in self.servers if p != primary_port]
+        self.replica_port = self.replica_ports[0]
+        return process
+
+    def restart_sentinel(self, index: int) -> subprocess.Popen:
+        """Start a dead sentinel again on its own (self-rewritten) config file."""
+        config_path = self.data_dir / f"sentinel{index}" / "sentinel.conf"
+        log = config_path.with_suffix(".log").open("ab")
+        try:
+            process = subprocess.Popen(
+                [str(get_binary_path()), str(config_path), "--sentinel"],
+                cwd=config_path.parent,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+        finally:
+            log.close()
+        self.sentinels[index] = process
+        return process
+
+    def stop(self, graceful: bool = False) -> None:
+        """SIGKILL everything (tests); `graceful`: SIGTERM first (the servers flush their AOF), the
+        sentinels first so that they start no failover meanwhile."""
         for process in [*self.sentinels, *self.servers.values()]:
             if process.poll() is None:
-                process.send_signal(signal.SIGKILL)
+                process.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
                 process.wait(timeout=10)
 
 
 def _ready(layout: Replicated) -> bool:
     """Every sentinel sees the primary, the replica (link up) and the two other sentinels."""
     try:
-        with layout.client(layout.replica_port) as replica:
-            if replica.info("replication").get("master_link_status") != "up":
-                return False
+        for port in layout.replica_ports:
+            with layout.client(port) as replica:
+                if replica.info("replication").get("master_link_status") != "up":
+                    return False
         for port in layout.sentinel_ports:
             with redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, decode_responses=True) as sentinel:
                 state = sentinel.execute_command("SENTINEL", "MASTER", SERVICE)
                 fields = dict(zip(state[::2], state[1::2], strict=False)) if isinstance(state, list) else state
-                if int(fields["num-slaves"]) < 1 or int(fields["num-other-sentinels"]) < 2:
+                if int(fields["num-slaves"]) < len(layout.replica_ports) or int(fields["num-other-sentinels"]) < 2:
                     return False
         return True
     except (redis.RedisError, OSError, KeyError):
         return False
 
 
-@contextlib.contextmanager
-def replicated(data_dir: Path, timeout: float = 60.0, *, appendonly: bool = False) -> Iterator[Replicated]:
-    """Start a primary, one replica and three sentinels (quorum 2); yield once the sentinels see
-    them all; SIGKILL everything at the end."""
+def node_names(replicas: int) -> list[str]:
+    """The servers' directory names, in start order: `primary`, `replica`, `replica2`, ..."""
+    return ["primary", "replica", *(f"replica{i}" for i in range(2, replicas + 1))]
+
+
+def start_replicated(
+    data_dir: Path,
+    timeout: float = 60.0,
+    *,
+    appendonly: bool = False,
+    replicas: int = 1,
+    settings: dict[str, str] | None = None,
+    primary_node: str = "primary",
+    ports: list[int] | None = None,
+) -> Replicated:
+    """Start a primary (the server in `data_dir/<primary_node>`, on its own data), `replicas`
+    replicas of it and three sentinels (quorum 2), on free ports unless `ports` gives the servers'
+    (in `node_names` order); return once the sentinels see them all. The caller stops it."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    primary_port, replica_port = free_port(), free_port()
+    names = node_names(replicas)
+    if primary_node not in names:
+        raise ValueError(f"no server named {primary_node!r} among {names}")
+    server_ports = list(ports) if ports else [free_port() for _ in names]
+    by_name = dict(zip(names, server_ports, strict=True))
+    primary_port = by_name[primary_node]
+    replica_ports = [by_name[n] for n in names if n != primary_node]
     sentinel_ports = [free_port() for _ in range(3)]
-    layout = Replicated(data_dir, primary_port, replica_port, sentinel_ports, {}, [])
+    layout = Replicated(
+        data_dir,
+        primary_port,
+        replica_ports[0],
+        sentinel_ports,
+        {},
+        [],
+        replica_ports=replica_ports,
+        appendonly=appendonly,
+        settings=dict(settings or {}),
+    )
     try:
-        for name, port, upstream in (("primary", primary_port, None), ("replica", replica_port, primary_port)):
+        for name in [primary_node, *(n for n in names if n != primary_node)]:
+            port = by_name[name]
             node_dir = data_dir / name
             node_dir.mkdir(exist_ok=True)
-            text = _server_config(port, node_dir, upstream, appendonly)
+            layout.node_dirs[port] = node_dir
+            upstream = None if port == primary_port else primary_port
+            text = _server_config(port, node_dir, upstream, appendonly, settings)
             layout.servers[port] = _start(node_dir / f"{name}.conf", text)
         for i, port in enumerate(sentinel_ports):
             node_dir = data_dir / f"sentinel{i}"
             node_dir.mkdir(exist_ok=True)
             config = _sentinel_config(port, node_dir, primary_port, quorum=2)
             layout.sentinels.append(_start(node_dir / "sentinel.conf", config, "--sentinel"))
-        poll_until(lambda: _ready(layout), timeout, "the sentinels did not see the primary, the replica and each other")
+        poll_until(lambda: _ready(layout), timeout, "the sentinels did not see every server and each other")
+    except BaseException:
+        layout.stop()
+        raise
+    return layout
+
+
+@contextlib.contextmanager
+def replicated(
+    data_dir: Path,
+    timeout: float = 60.0,
+    *,
+    appendonly: bool = False,
+    replicas: int = 1,
+    settings: dict[str, str] | None = None,
+) -> Iterator[Replicated]:
+    """Start a primary, one replica (or `replicas`) and three sentinels (quorum 2); yield once the
+    sentinels see them all; SIGKILL everything at the end. `settings`: more server settings (e.g.
+    `appendfsync always`, so that WAITAOF need not wait for the replica's next fsync)."""
+    layout = start_replicated(data_dir, timeout, appendonly=appendonly, replicas=replicas, settings=settings)
+    try:
         yield layout
     finally:
         layout.stop()

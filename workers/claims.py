@@ -43,6 +43,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from trackpipe.connection import sync_client
 from trackpipe.jobs import RECOVERED_FIELD
 from trackpipe.keys import KeyLayout
+from trackpipe.replication import NotReplicated
 
 log = logging.getLogger("trackpipe.worker")
 
@@ -151,12 +152,15 @@ def reconnect_delay(attempt: int, longest: float = 5.0) -> float:
 
 def is_outage(exc: BaseException) -> bool:
     """A Redis error that says nothing about the job: the server is unreachable, loading its data,
-    or read-only (a replica after a failover). Follows the exception's causes."""
+    or read-only (a replica after a failover), or a settle write that too few replicas confirmed
+    (edge.min_replicas: the job must run again, not fail). Follows the exception's causes."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, RedisConnectionError | RedisTimeoutError | ReadOnlyError | ConnectionResetError):
+        if isinstance(
+            current, RedisConnectionError | RedisTimeoutError | ReadOnlyError | ConnectionResetError | NotReplicated
+        ):
             return True
         if isinstance(current, ResponseError) and str(current).startswith(("LOADING", "MASTERDOWN", "TRYAGAIN")):
             return True

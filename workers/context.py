@@ -13,6 +13,7 @@ from trackpipe.config import Config, SourceConfig
 from trackpipe.jobs import DELIVER_FUNCTION, delivery_job_options, delivery_queue
 from trackpipe.keys import KeyLayout
 from trackpipe.openjob import OpenJobWriter, recording_connection
+from trackpipe.replication import ReplicaWait, replica_wait
 from trackpipe.types import DestinationBase
 from workers.deadletter import fold_legacy_dropped
 from workers.dedup import Deduplicator
@@ -38,6 +39,8 @@ class WorkerContext:
         self.sources: dict[str, SourceConfig] = {s.id: s for s in config.sources}
         self.dedup = Deduplicator(connection, self.layout, config.dedup.window_seconds, config.dedup.buckets)
         self.destinations: dict[str, DestinationBase] = {d.id: d for d in config.destinations}
+        # edge.min_replicas governs the workers too: their settle writes end with WAITAOF.
+        self.replica_wait: ReplicaWait | None = replica_wait(config)
         self._senders: dict[str, Sender] = {}
         self._delivery_writers: dict[str, OpenJobWriter] = {}
         # Once per worker: counts an earlier version kept at the dropped-letter hash's old name move

@@ -10,7 +10,10 @@ with the destination's secrets before they reach a DLQ record, a log line or the
 
 A job killed after its MULTI/EXEC is not sent again (its done mark is in its own hash); killed
 between sending and EXEC, it is sent again when re-run: delivery is at least once, and only an
-answer lost in that window can make a duplicate.
+answer lost in that window can make a duplicate. With `edge.min_replicas` N > 0 the EXEC is
+followed by WAITAOF in the same round trip; short of N replicas the job is not finished (a re-run
+finds the done mark, sends nothing, and waits for the replicas again); after a failover that lost
+the settlement, the re-run sends the batch again (a duplicate, never a loss).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from trackpipe.messages import (
     encode_delivery,
 )
 from trackpipe.openjob import seal_and_read_parts
+from trackpipe.replication import confirm_settled, settle_pipeline
 from trackpipe.types import RetryConfig
 from workers import faults
 from workers.context import WorkerContext, current_context
@@ -159,7 +163,8 @@ def commit_settlement(
     layout = ctx.layout
     dest = batch.destination_id
     now_ms = int(now * 1000)
-    pipe = connection.pipeline(transaction=True)
+    # With edge.min_replicas, WAITAOF follows the EXEC in the same round trip (trackpipe.replication).
+    pipe = settle_pipeline(connection, ctx.replica_wait)
     retry_queue = delivery_retry_queue(dest, connection)
     for at, events in settled.retry.items():
         # create_job + schedule_job: enqueue_at would pass unknown options on to the function.
@@ -292,6 +297,7 @@ def process_delivery(
     """Deliver one job's batch; None if this job already settled (a re-run after a crash).
     `queue_name` is the job's queue (read from the job's hash when not given)."""
     if connection.hexists(job_key, DONE_FIELD):
+        confirm_settled(connection, job_key, DONE_FIELD, ctx.replica_wait)
         return None
     if queue_name is None:
         queue_name = (connection.hget(job_key, "origin") or b"").decode()

@@ -10,6 +10,9 @@ Steps, and what makes a re-run of a killed job end exactly as one clean run woul
 3. one MULTI/EXEC enqueues a delivery job per destination with matching events, writes the
    inspector's sample (see workers.inspector) and the counters, and marks the job done in its hash
    (a re-run after that stops at step 2). A kill before EXEC leaves nothing behind; after it, nothing is left to do.
+   With `edge.min_replicas` N > 0 the EXEC is followed by WAITAOF in the same round trip
+   (trackpipe.replication): fewer than N replicas, and the job is not finished but run again; that
+   re-run, finding the done mark, waits for the replicas again before it counts as finished.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from trackpipe.keys import (
 )
 from trackpipe.messages import DeliveryBatch, DeliveryEvent, decode_batch, encode_delivery
 from trackpipe.openjob import seal_and_read_parts
+from trackpipe.replication import confirm_settled, settle_pipeline
 from workers import faults
 from workers.context import WorkerContext, current_context
 from workers.dedup import Deduplicator
@@ -268,10 +272,12 @@ def commit_fan_out(
     status_counts: dict[tuple[str, str], int],
     now_ms: int,
 ) -> FanOut:
-    """Everything the job leaves behind, in one MULTI/EXEC ending with the job's done mark."""
+    """Everything the job leaves behind, in one MULTI/EXEC ending with the job's done mark (and,
+    with edge.min_replicas, followed by WAITAOF in the same round trip: NotReplicated if it falls
+    short, and the job runs again)."""
     layout: KeyLayout = ctx.layout
     fan_out = plan_fan_out(events, ctx.config)
-    pipe = connection.pipeline(transaction=True)
+    pipe = settle_pipeline(connection, ctx.replica_wait)
     for destination_id, delivery_events in fan_out.deliveries.items():
         payload = encode_delivery(DeliveryBatch(destination_id, delivery_events, now_ms, job_id))
         new_job_id = delivery_job_id(job_id, destination_id)
@@ -345,6 +351,7 @@ def _process_ingest(ctx: WorkerContext, connection: Redis, job_id: str, job_key:
         ],
     )
     if verdicts is None:
+        confirm_settled(connection, job_key, DONE_FIELD, ctx.replica_wait)
         return IngestOutcome(len(events), {}, {}, already_done=True)
     for i, first_seen in zip(candidates, verdicts, strict=True):
         if not first_seen:

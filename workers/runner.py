@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -31,6 +32,7 @@ from trackpipe.keys import (
     deliver_queue,
     retry_queue,
 )
+from trackpipe.shards import by_name, shards
 from workers.claims import WAKE_POLL_SECONDS, Claims, Keeper, is_outage, reconnect_delay
 from workers.context import WorkerContext, install
 from workers.scheduler import SchedulerMixin
@@ -43,6 +45,10 @@ class QueueNameError(ValueError):
 
 
 class WorkerNameError(ValueError):
+    pass
+
+
+class ShardNameError(ValueError):
     pass
 
 
@@ -360,6 +366,22 @@ def prune_dead_executions(job: Job, connection: Redis) -> None:
     if dead:
         log.info("job %s: forgetting %d dead execution(s)", job.id, len(dead))
         connection.zrem(registry.key, *dead)
+
+
+def shard_config(config: Config, shard_name: str | None) -> Config:
+    """The config as a worker of one shard sees it: `redis_url` is that shard's, so the worker's
+    connection, its keeper's, its scheduler's and every job's (dedup, fan-out, settlement) are all on
+    the shard. None: the only shard (ShardNameError when there are several: name one)."""
+    names = [s.name for s in shards(config)]
+    if shard_name is None:
+        if len(names) > 1:
+            raise ShardNameError(f"--shard: this config has {len(names)} shards; name one of {', '.join(names)}")
+        return config
+    try:
+        shard = by_name(config, shard_name)
+    except KeyError as exc:
+        raise ShardNameError(f"--shard: {exc.args[0]}") from None
+    return msgspec.structs.replace(config, redis_url=shard.redis_url)
 
 
 def check_worker_name(name: str | None) -> None:
