@@ -10,7 +10,6 @@ from typing import Any
 import msgspec
 
 from trackpipe.config import load_from
-from trackpipe.connection import sync_client
 from trackpipe.keys import KeyLayout
 from trackpipe.logs import masked_url
 
@@ -36,6 +35,7 @@ def add_parser(commands: Any, positive: Any) -> None:
         action.add_argument("--until", help="only records that last failed at or before")
         action.add_argument("--event-id", help="only this event id")
         action.add_argument("--limit", type=positive, help="at most this many records")
+        action.add_argument("--shard", help="only this shard's DLQ (default: every shard's, merged newest first)")
         if name in ("list", "show"):
             action.add_argument("--json", action="store_true", help="JSON lines on stdout")
         if name == "export":
@@ -48,17 +48,20 @@ def add_parser(commands: Any, positive: Any) -> None:
             action.add_argument("--yes", action="store_true", help="really delete (without it: a dry run)")
 
 
-def _record_json(record: Any, whole: bool) -> str:
-    """The record as one JSON line; without the (possibly large) event unless `whole`."""
-    if whole:
-        return _json.encode(record).decode()  # the event is embedded as the JSON it is
-    return _json.encode({f: getattr(record, f) for f in record.__struct_fields__ if f != "event"}).decode()
+def _record_json(record: Any, whole: bool, shard: str | None = None) -> str:
+    """The record as one JSON line; without the (possibly large) event unless `whole`; with several
+    shards, `shard` names the one holding it."""
+    fields = {f: getattr(record, f) for f in record.__struct_fields__ if whole or f != "event"}
+    if shard is not None:
+        fields["shard"] = shard
+    return _json.encode(fields).decode()  # the event is embedded as the JSON it is
 
 
 def run_dlq(args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
 
     from trackpipe import dlq
+    from trackpipe.sharded import connect
 
     config = load_from(args.config)
     layout = KeyLayout(config.key_prefix)
@@ -77,37 +80,52 @@ def run_dlq(args: argparse.Namespace) -> int:
     except dlq.DlqError as exc:
         print(f"trackpipe dlq: {exc}", file=sys.stderr)
         return 2
+    every = connect(config, socket_connect_timeout=3, socket_timeout=30)
     try:
-        with sync_client(config.redis_url, socket_connect_timeout=3, socket_timeout=30) as connection:
-            chosen: Iterable[Any]
-            if args.dlq_command in ("list", "show", "export"):
-                # Streamed: each page of the DLQ is written out as it is read, never all held at once.
-                chosen = dlq.select_iter(connection, layout, args.destination, selection, args.limit)
-            else:
-                chosen = dlq.select(connection, layout, args.destination, selection, args.limit)
-            return _act(args, connection, config, chosen, target, selection)
+        sharded = every.only(getattr(args, "shard", None))
+    except KeyError as exc:
+        every.close()
+        print(f"trackpipe dlq: --shard: {exc.args[0]}", file=sys.stderr)
+        return 2
+    current = sharded.clients[0]
+    try:
+        chosen: Iterable[Any]
+        if args.dlq_command in ("list", "show", "export"):
+            # Streamed: each page of each shard's DLQ is written out as it is read, never all held at once.
+            chosen = dlq.select_union(sharded, layout, args.destination, selection, args.limit)
+        else:
+            chosen = list(dlq.select_union(sharded, layout, args.destination, selection, args.limit))
+        return _act(args, sharded, config, chosen, target, selection)
     except RedisError as exc:
-        print(f"trackpipe dlq: cannot reach {masked_url(config.redis_url)}: {exc}", file=sys.stderr)
+        # Which shard failed is not known here when several are read: name them all.
+        where = ", ".join(f"{c.name} ({masked_url(c.shard.redis_url)})" for c in sharded)
+        where = masked_url(current.shard.redis_url) if len(sharded) == 1 and not config.shards else where
+        print(f"trackpipe dlq: cannot reach {where}: {exc}", file=sys.stderr)
         return 1
+    finally:
+        every.close()
 
 
 def _act(
-    args: argparse.Namespace, connection: Any, config: Any, chosen: Iterable[Any], target: str, selection: Any
+    args: argparse.Namespace, sharded: Any, config: Any, chosen: Iterable[Any], target: str, selection: Any
 ) -> int:
-    """Carry out the command on the chosen records: an iterator for list, show and export (read
-    as they are written out), a list for purge and replay."""
+    """Carry out the command on the chosen (shard, raw, record) letters: an iterator for list, show
+    and export (read as they are written out), a list for purge and replay."""
     from trackpipe import dlq
 
+    layout = KeyLayout(config.key_prefix)
+    several = len(config.shards) > 1
     command = args.dlq_command
     if command in ("list", "show"):
         whole = command == "show"
         count = 0
-        for _, record in chosen:
+        for shard, _, record in chosen:
             count += 1
             if args.json or whole:
-                print(_record_json(record, whole))
+                print(_record_json(record, whole, shard if several else None))
             else:
-                print(f"{record.event_id}\t{record.event_name}\tattempts {record.attempts}\t{record.reason}")
+                where = f"\t{shard}" if several else ""
+                print(f"{record.event_id}\t{record.event_name}\tattempts {record.attempts}\t{record.reason}{where}")
         if not args.json and not whole:
             print(f"{count} dead letters", file=sys.stderr)
         return 0
@@ -115,8 +133,8 @@ def _act(
         count = 0
         out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
         try:
-            for _, record in chosen:
-                out.write(_record_json(record, True) + "\n")
+            for shard, _, record in chosen:
+                out.write(_record_json(record, True, shard if several else None) + "\n")
                 count += 1
         finally:
             if out is not sys.stdout:
@@ -128,13 +146,13 @@ def _act(
         if not args.yes:
             print(f"would delete {len(chosen)} dead letters (add --yes to delete them)")
             return 0
-        print(f"deleted {dlq.purge(connection, KeyLayout(config.key_prefix), args.destination, chosen)} dead letters")
+        print(f"deleted {dlq.purge_union(sharded, layout, args.destination, chosen)} dead letters")
         return 0
     # replay
     if args.dry_run:
         print(f"would replay {len(chosen)} dead letters from {args.destination} to {target}")
-        for _, record in chosen:
-            print(f"{record.event_id}\t{record.event_name}\t{record.reason}")
+        for shard, _, record in chosen:
+            print(f"{record.event_id}\t{record.event_name}\t{record.reason}" + (f"\t{shard}" if several else ""))
         return 0
     tty = sys.stderr.isatty()
 
@@ -145,16 +163,18 @@ def _act(
             print(f"\rreplaying [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="", file=sys.stderr)
 
     try:
-        with dlq.exclusive_replay(connection, KeyLayout(config.key_prefix), args.destination) as renew:
-            # Selected again under the lock: a replay that ran meanwhile may have taken some.
-            chosen = dlq.select(connection, KeyLayout(config.key_prefix), args.destination, selection, args.limit)
+        # Each shard's replay lock, held together: no other replay picks the same letters anywhere.
+        with dlq.exclusive_replay_union(sharded, layout, args.destination) as renew:
+            # Selected again under the locks: a replay that ran meanwhile may have taken some.
+            chosen = list(dlq.select_union(sharded, layout, args.destination, selection, args.limit))
 
             def progress_and_renew(done: int, total: int) -> None:
                 renew()
                 progress(done, total)
 
-            replayed = dlq.replay(
-                connection, config, args.destination, chosen, target, rate=args.rate, progress=progress_and_renew
+            # Each letter goes back to a delivery queue on its own shard.
+            replayed = dlq.replay_union(
+                sharded, config, args.destination, chosen, target, rate=args.rate, progress=progress_and_renew
             )
     except dlq.DlqError as exc:
         print(f"trackpipe dlq replay: {exc}", file=sys.stderr)

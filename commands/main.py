@@ -31,6 +31,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _replicas(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (0, 1 or 2)") from None
+    if not 0 <= value <= 2:
+        raise argparse.ArgumentTypeError(f"{value}: dev runs 0, 1 or 2 replicas")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trackpipe", description=__doc__)
     parser.add_argument("--version", action="version", version=f"trackpipe {__version__}")
@@ -44,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--console-port", type=_port, default=8081, help="console (admin API) port (default: %(default)s)")
     dev.add_argument(
         "--redis-port", type=_port, default=0, help="embedded server port (default: 6399, or a free one if taken)"
+    )
+    dev.add_argument(
+        "--replicas",
+        type=_replicas,
+        default=0,
+        help="also run this many replicas (1 or 2) and three sentinels, to try a failover (default: none)",
     )
 
     edge = commands.add_parser("edge", help="run the HTTP edge (uvicorn)")
@@ -69,10 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--verbose", action="store_true", help="log every job")
     worker.add_argument("--metrics-port", type=_port, help="serve Prometheus metrics on this port")
     worker.add_argument("--metrics-host", help="address for --metrics-port (default: 127.0.0.1)")
+    worker.add_argument(
+        "--shard",
+        help="serve this shard's queues (a [[shards]] name); default: the only shard, or one worker "
+        "process per shard (--metrics-port P gives the i-th shard's process P+i)",
+    )
 
     status = commands.add_parser("status", help="queues, lag, workers, retries, dead letters, delivery rates")
     status.add_argument("--config", help="config file (default: TRACKPIPE_CONFIG)")
     status.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    status.add_argument("--shard", help="only this shard (a [[shards]] name)")
+    status.add_argument("--source", help="where this source's events go, and its events still waiting per shard")
 
     from commands.dlq import add_parser as add_dlq_parser
 
@@ -83,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_requests_parser(commands, _positive)
 
     bench = commands.add_parser("bench", help="measure the hot paths against their baselines")
-    bench.add_argument("what", nargs="?", default="all", choices=["edge", "batch", "worker", "e2e", "dedup", "all"])
+    bench.add_argument(
+        "what", nargs="?", default="all", choices=["edge", "batch", "worker", "e2e", "dedup", "redis", "all"]
+    )
     bench.add_argument("--json", action="store_true", help="one JSON object on stdout")
     bench.add_argument(
         "--generator",
@@ -92,7 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="edge, batch: load generator (default: wrk if on the PATH, else the built-in one)",
     )
     bench.add_argument(
-        "--duration", type=_positive, default=10, help="edge, batch, e2e: seconds of load (default: %(default)s)"
+        "--duration",
+        type=_positive,
+        default=10,
+        help="edge, batch, e2e: seconds of load; redis: per stage (default: %(default)s)",
     )
     bench.add_argument("--events", type=_positive, default=100_000, help="worker: events (default: %(default)s)")
     bench.add_argument(
@@ -120,12 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     soak.add_argument("--duration", type=_positive, default=60, help="seconds of load (default: %(default)s)")
     soak.add_argument("--rate", type=_positive, default=100, help="requests per second (default: %(default)s)")
-    soak.add_argument(
-        "--webhook-outage", type=_positive, default=10, help="seconds the webhook answers 500 (default: %(default)s)"
-    )
-    soak.add_argument(
-        "--redis-outage", type=_positive, default=3, help="seconds the Redis server is down (default: %(default)s)"
-    )
+    soak.add_argument("--webhook-outage", type=_positive, help="seconds the webhook answers 500 (default: 10)")
+    soak.add_argument("--redis-outage", type=_positive, help="seconds the Redis server is down (default: 3)")
     soak.add_argument(
         "--drain-timeout", type=_positive, default=300, help="seconds to wait for delivery after the load"
     )
@@ -149,6 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the workers with the product's default timings instead of the soak's short ones",
     )
+    soak.add_argument(
+        "--failover",
+        action="store_true",
+        help="instead: primary + replica + 3 sentinels, the primary SIGKILLed mid-load at a seeded moment",
+    )
+    soak.add_argument("--min-replicas", type=int, help="--failover: the edge's min_replicas, 0 or 1 (default: 1)")
+    soak.add_argument(
+        "--rejoin-after",
+        type=float,
+        help="--failover: seconds after the promotion to restart the old primary as a replica (default: 3)",
+    )
+    soak.add_argument("--no-rejoin", action="store_true", help="--failover: leave the old primary down")
 
     keys = commands.add_parser("keys", help="source keys")
     keys_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from trackpipe.config import load_from
-from trackpipe.connection import sync_client
 from trackpipe.keys import DESTINATION_REQUESTS_KEPT, KeyLayout
 from trackpipe.logs import masked_url
 
@@ -33,6 +32,7 @@ def add_parser(commands: Any, positive: Any) -> None:
         "--limit", type=positive, default=DESTINATION_REQUESTS_KEPT, help="at most this many (default: %(default)s)"
     )
     requests.add_argument("--json", action="store_true", help="JSON lines on stdout")
+    requests.add_argument("--shard", help="only the requests sent by this shard's workers (default: every shard's)")
 
 
 def _one_line(text: str, limit: int = BODY_CHARS) -> str:
@@ -65,6 +65,8 @@ def run_requests(args: argparse.Namespace) -> int:
 
     # Imported here: building the parser for every command must not load the destinations.
     from destinations.base import Exchange
+    from trackpipe.queries import newest_requests
+    from trackpipe.sharded import connect
 
     decoder = msgspec.json.Decoder(Exchange)
     config = load_from(args.config)
@@ -73,12 +75,27 @@ def run_requests(args: argparse.Namespace) -> int:
         print(f"trackpipe requests: no destination {args.destination!r} (configured: {known})", file=sys.stderr)
         return 2
     key = KeyLayout(config.key_prefix).destination_requests(args.destination)
+    every = connect(config, socket_connect_timeout=3, socket_timeout=10)
     try:
-        with sync_client(config.redis_url, socket_connect_timeout=3, socket_timeout=10) as connection:
-            stored = connection.lrange(key, 0, args.limit - 1)
-    except RedisError as exc:
-        print(f"trackpipe requests: cannot read {masked_url(config.redis_url)}: {exc}", file=sys.stderr)
-        return 1
+        sharded = every.only(getattr(args, "shard", None))
+    except KeyError as exc:
+        every.close()
+        print(f"trackpipe requests: --shard: {exc.args[0]}", file=sys.stderr)
+        return 2
+    per_shard = []
+    try:
+        for client in sharded:
+            try:
+                per_shard.append(client.redis.lrange(key, 0, args.limit - 1))
+            except RedisError as exc:
+                where = masked_url(client.shard.redis_url)
+                named = f"shard {client.name!r} ({where})" if config.shards else where
+                print(f"trackpipe requests: cannot read {named}: {exc}", file=sys.stderr)
+                return 1
+    finally:
+        every.close()
+    # Each shard's workers keep their own last requests: merged newest first.
+    stored = per_shard[0] if len(per_shard) == 1 else newest_requests(per_shard, args.limit)
     shown = 0
     for raw in stored:
         try:

@@ -1,7 +1,8 @@
 """Alert rules in Redis, and the evaluator that checks them from the console process.
 
 Rules (`P:alerts:rules`), their states (`P:alerts:state`) and the recent firings
-(`P:alerts:firings`) live in Redis, so that every console process shows the same ones. The evaluator
+(`P:alerts:firings`) live in Redis (the home shard's, with several shards; rules are measured over
+every shard), so that every console process shows the same ones. The evaluator
 is a thread: every `interval` seconds it takes or renews a short lock (`P:alerts:lock`; with several
 console processes one evaluates at a time, and another takes over within the lock's lifetime when it
 stops), measures each rule, and posts a Slack-compatible body to the rule's webhook when the rule
@@ -183,6 +184,39 @@ def read(redis: Redis, layout: KeyLayout, rule: AlertRule, now: float) -> Readin
     return Reading(at=now, statuses=statuses)
 
 
+def combine_readings(readings: list[Reading]) -> Reading:
+    """One rule's readings on several shards as one (pure): outcomes, DLQ sizes and status counters
+    summed, the lag the largest."""
+    first = readings[0]
+    if len(readings) == 1:
+        return first
+
+    def summed(many: list[dict[str, int] | None]) -> dict[str, int] | None:
+        present = [m for m in many if m is not None]
+        if not present:
+            return None
+        total: dict[str, int] = {}
+        for counts in present:
+            for name, value in counts.items():
+                total[name] = total.get(name, 0) + value
+        return total
+
+    dlqs = [r.dlq for r in readings if r.dlq is not None]
+    lags = [r.lag_seconds for r in readings if r.lag_seconds is not None]
+    return Reading(
+        at=first.at,
+        outcomes=summed([r.outcomes for r in readings]),
+        dlq=sum(dlqs) if dlqs else None,
+        lag_seconds=max(lags) if lags else None,
+        statuses=summed([r.statuses for r in readings]),
+    )
+
+
+def read_union(shards: list[Redis], layout: KeyLayout, rule: AlertRule, now: float) -> Reading:
+    """What `rule` needs, measured now over every shard (each shard has its own counters and queues)."""
+    return combine_readings([read(redis, layout, rule, now) for redis in shards])
+
+
 # -- posting ---------------------------------------------------------------------------------
 
 
@@ -207,9 +241,13 @@ class Evaluator:
     """Checks every rule each `interval` seconds on a thread of its own (`start`, `stop`), or once
     (`run_once`, for tests)."""
 
-    def __init__(self, config: Config, redis: Redis, *, interval: float | None = None) -> None:
+    def __init__(
+        self, config: Config, redis: Redis, *, interval: float | None = None, shards: list[Redis] | None = None
+    ) -> None:
         self.config = config
-        self.redis = redis
+        self.redis = redis  # the home shard: rules, states, firings and the lock
+        # Every shard's client (the home one first): rules are measured over their union.
+        self.shards = shards or [redis]
         self.layout = KeyLayout(config.key_prefix)
         self.interval = interval if interval is not None else interval_from_env()
         self.lock_ms = int(max(self.interval * 3, 10.0) * 1000)
@@ -263,7 +301,7 @@ class Evaluator:
         return done
 
     def _check(self, rule: AlertRule, state: RuleState | None, now: float) -> None:
-        state, transition = evaluate(rule, state, read(self.redis, self.layout, rule, now))
+        state, transition = evaluate(rule, state, read_union(self.shards, self.layout, rule, now))
         firing = b""
         if transition is not None:
             record = self._announce(rule, state, transition, now)

@@ -3,11 +3,17 @@
 - GET  /admin/sources                                                every source: events per status, duplicates
 - GET  /admin/sources/{source_id}/events?limit=&status=&test_code=   the live event inspector
 - GET  /admin/refused?site=&limit=                                   requests refused for their key, per site
+- GET  /admin/shards                                                 every shard: reachable, backlog, its sources
 - GET  /admin/destinations/{destination_id}/delivery                 counts, error details, trend
 - GET  /admin/destinations/{destination_id}/requests?limit=          the destination inspector
 - GET  /admin/dlq/{destination_id}?event=&reason=&since=&until=&limit=
 - POST /admin/dlq/{destination_id}/replay   body: {"to", "dry_run", "event", "reason", "since", "until", "limit"}
 - GET  /healthz, GET /openapi.json (no token)
+
+With several shards (`[[shards]]`) the console holds a client per shard and answers with their union:
+a source's inspector is read from the shard its events go to, its counters summed over every shard;
+destinations' counters, DLQs and last requests are summed or merged over every shard; refused
+requests, sessions and alerts live on the home shard (the first).
 
 It runs in its own process (`trackpipe console`), so its work never competes with ingestion. Every
 Redis call is a blocking redis-py call made on a thread: a DLQ listing may read and decode
@@ -44,7 +50,10 @@ from console import web
 from console.openapi import spec
 from trackpipe.config import Config
 from trackpipe.connection import sync_client
-from trackpipe.keys import DESTINATION_REQUESTS_KEPT, HISTORY_FIELDS, UNKNOWN_SITE_BUCKET, KeyLayout
+from trackpipe.keys import DESTINATION_REQUESTS_KEPT, HISTORY_FIELDS, INGEST_QUEUE, UNKNOWN_SITE_BUCKET, KeyLayout
+from trackpipe.logs import masked_url
+from trackpipe.sharded import connect
+from trackpipe.shards import assignment
 
 if TYPE_CHECKING:
     from trackpipe.dlq import Selection
@@ -128,6 +137,14 @@ def merge_failures(record: dict[str, Any], failures: list[DeliveryFailure]) -> b
     return True
 
 
+def _with_shard(raw: bytes, shard: str) -> bytes:
+    """A stored dead letter (a JSON object) with `"shard"` added."""
+    body = raw.rstrip()
+    if not body.endswith(b"}"):
+        return raw
+    return body[:-1] + b',"shard":' + _json.encode(shard) + b"}"
+
+
 def _counts(raw: dict[bytes, bytes]) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in sorted(raw.items())}
 
@@ -147,16 +164,22 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class Console:
-    """The admin API over one config and one blocking Redis client (its pool is thread-safe)."""
+    """The admin API over one config and a blocking Redis client per shard (their pools are
+    thread-safe); `redis` is the home shard's (the only one without `[[shards]]`)."""
 
     def __init__(self, config: Config, redis: Redis | None = None) -> None:
         self.config = config
         self._token = config.admin_token.encode() if config.admin_token else None
         self.layout = KeyLayout(config.key_prefix)
-        self.redis = redis or sync_client(config.redis_url, **REDIS_TIMEOUTS)
+        self.sharded = connect(config, redis or sync_client(config.redis_url, **REDIS_TIMEOUTS), **REDIS_TIMEOUTS)
+        self.redis = self.sharded.home
 
     def close(self) -> None:
-        self.redis.close()
+        self.sharded.close()
+
+    def of_source(self, source_id: str) -> Redis:
+        """The client of the shard holding source_id's events."""
+        return self.sharded.of_source(source_id).redis
 
     def authorized(self, request: Request) -> Response | None:
         """None when the request carries the admin token; the 401 answer otherwise."""
@@ -172,6 +195,7 @@ class Console:
             Route("/admin/sources", self.guard(self.sources)),
             Route("/admin/sources/{source_id}/events", self.guard(self.inspector)),
             Route("/admin/refused", self.guard(self.refused)),
+            Route("/admin/shards", self.guard(self.shards)),
             Route("/admin/destinations/{destination_id}/delivery", self.guard(self.delivery)),
             Route("/admin/destinations/{destination_id}/requests", self.guard(self.destination_requests)),
             Route("/admin/dlq/{destination_id}", self.guard(self.dlq_list)),
@@ -221,7 +245,7 @@ class Console:
         """The source's status counts, and its newest records that match, failures merged in."""
         from trackpipe.queries import decode_failures, decode_records, newest_first
 
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.of_source(source_id).pipeline(transaction=False)
         pipe.hgetall(self.layout.source_stats(source_id))
         pipe.lrange(self.layout.inspector(source_id), 0, -1)
         pipe.lrange(self.layout.inspector_tests(source_id), 0, -1)
@@ -255,9 +279,10 @@ class Console:
         return JSONResponse({"sources": await asyncio.to_thread(self._sources_view)})
 
     def _sources_view(self) -> list[dict[str, Any]]:
-        from trackpipe.queries import source_statuses
+        from trackpipe.queries import combine_sources, source_statuses
 
         settings = {s.id: s for s in self.config.sources}
+        shard_of = assignment(self.config)
         return [
             {
                 "id": found.id,
@@ -267,9 +292,32 @@ class Console:
                 "by_status": found.by_status,
                 "dedup": settings[found.id].dedup,
                 "dedup_window_seconds": settings[found.id].dedup_window_seconds or self.config.dedup.window_seconds,
+                "shard": shard_of[found.id],
             }
-            for found in source_statuses(self.config, self.redis)
+            for found in combine_sources([source_statuses(self.config, c.redis) for c in self.sharded])
         ]
+
+    async def shards(self, request: Request) -> Response:
+        return JSONResponse({"shards": await asyncio.to_thread(self._shards_view)})
+
+    def _shards_view(self) -> list[dict[str, Any]]:
+        """Every shard: whether it answers, its ingest backlog, and the sources whose events go to it."""
+        shard_of = assignment(self.config)
+        found = []
+        for i, client in enumerate(self.sharded):
+            row: dict[str, Any] = {
+                "name": client.name,
+                "url": masked_url(client.shard.redis_url),
+                "home": i == 0,
+                "sources": sorted(s for s, name in shard_of.items() if name == client.name),
+            }
+            try:
+                backlog = int(client.redis.llen(self.layout.queue(INGEST_QUEUE)))
+                row |= {"reachable": True, "backlog": backlog, "error": None}
+            except (OSError, RedisError) as exc:
+                row |= {"reachable": False, "backlog": None, "error": f"storage unavailable: {type(exc).__name__}"}
+            found.append(row)
+        return found
 
     async def refused(self, request: Request) -> Response:
         limit = _limit(request, REFUSED_DEFAULT_LIMIT)
@@ -296,13 +344,26 @@ class Console:
     def _delivery_view(self, destination_id: str) -> dict[str, Any]:
         now_minute = int(time.time() // 60)
         minutes = list(range(now_minute - TREND_MINUTES + 1, now_minute + 1))
-        pipe = self.redis.pipeline(transaction=False)
-        for minute in minutes:
-            pipe.hgetall(self.layout.destination_stats(destination_id, minute))
-        pipe.hgetall(self.layout.destination_errors(destination_id))
-        pipe.hgetall(self.layout.destination_errors_last(destination_id))
-        pipe.llen(self.layout.dlq(destination_id))
-        *per_minute, errors, last_seen, dlq_size = pipe.execute()
+        per_minute: list[dict[bytes, int]] = [{} for _ in minutes]
+        errors: dict[bytes, int] = {}
+        last_seen: dict[bytes, int] = {}
+        dlq_size = 0
+        for client in self.sharded:  # each shard's workers count their own deliveries: summed
+            pipe = client.redis.pipeline(transaction=False)
+            for minute in minutes:
+                pipe.hgetall(self.layout.destination_stats(destination_id, minute))
+            pipe.hgetall(self.layout.destination_errors(destination_id))
+            pipe.hgetall(self.layout.destination_errors_last(destination_id))
+            pipe.llen(self.layout.dlq(destination_id))
+            *shard_minutes, shard_errors, shard_last, shard_dlq = pipe.execute()
+            for held, counts in zip(per_minute, shard_minutes, strict=True):
+                for key, value in counts.items():
+                    held[key] = held.get(key, 0) + int(value)
+            for kind, n in shard_errors.items():
+                errors[kind] = errors.get(kind, 0) + int(n)
+            for kind, at in shard_last.items():
+                last_seen[kind] = max(last_seen.get(kind, 0), int(at))
+            dlq_size += int(shard_dlq)
         totals: dict[str, int] = {}
         trend = []
         for minute, counts in zip(minutes, per_minute, strict=True):
@@ -338,9 +399,16 @@ class Console:
         if isinstance(limit, Response):
             return limit
         key = self.layout.destination_requests(destination_id)
-        stored = await asyncio.to_thread(self.redis.lrange, key, 0, limit - 1)
+        stored = await asyncio.to_thread(self._requests, key, limit)
         body = b'{"destination_id":' + _json.encode(destination_id) + b',"requests":[' + b",".join(stored) + b"]}"
         return raw_json(body)
+
+    def _requests(self, key: str, limit: int) -> list[bytes]:
+        """The newest `limit` entries of a destination inspector, merged over the shards."""
+        from trackpipe.queries import newest_requests
+
+        per_shard = [c.redis.lrange(key, 0, limit - 1) for c in self.sharded]
+        return per_shard[0] if len(per_shard) == 1 else newest_requests(per_shard, limit)
 
     # -- dead letters -----------------------------------------------------------------------
 
@@ -364,7 +432,11 @@ class Console:
     def _dlq_pick(self, destination_id: str, selection: Selection, limit: int) -> list[bytes]:
         from trackpipe import dlq
 
-        return [raw for raw, _ in dlq.select_iter(self.redis, self.layout, destination_id, selection, limit)]
+        picked = dlq.select_union(self.sharded, self.layout, destination_id, selection, limit)
+        if not self.config.shards:
+            return [raw for _, raw, _ in picked]
+        # Several shards: each record as stored, with the shard holding it.
+        return [_with_shard(raw, shard) for shard, raw, _ in picked]
 
     async def dlq_replay(self, request: Request) -> Response:
         from trackpipe import dlq
@@ -393,12 +465,15 @@ class Console:
         from trackpipe import dlq
 
         if ask.dry_run:
-            chosen = dlq.select(self.redis, self.layout, destination_id, selection, ask.limit)
+            chosen = list(dlq.select_union(self.sharded, self.layout, destination_id, selection, ask.limit))
             return {"status": "ok", "dry_run": True, "would_replay": len(chosen), "to": target}
-        # Under the DLQ's replay lock: a replay running from the pages must not send the same letters.
-        with dlq.exclusive_replay(self.redis, self.layout, destination_id) as renew:
-            chosen = dlq.select(self.redis, self.layout, destination_id, selection, ask.limit)
-            replayed = dlq.replay(self.redis, self.config, destination_id, chosen, target, progress=lambda *_: renew())
+        # Under the DLQ's replay lock (on every shard): a replay running from the pages must not send
+        # the same letters. Each letter goes back to a delivery queue on its own shard.
+        with dlq.exclusive_replay_union(self.sharded, self.layout, destination_id) as renew:
+            chosen = list(dlq.select_union(self.sharded, self.layout, destination_id, selection, ask.limit))
+            replayed = dlq.replay_union(
+                self.sharded, self.config, destination_id, chosen, target, progress=lambda *_: renew()
+            )
         return {"status": "ok", "replayed": replayed, "to": target}
 
 
@@ -418,7 +493,7 @@ def create_app(config: Config, redis: Redis | None = None) -> ConsoleApp:
         # Alert rules are checked from the console process, on a thread of their own.
         from console.alerting import Evaluator
 
-        evaluator = Evaluator(config, console.redis)
+        evaluator = Evaluator(config, console.redis, shards=[c.redis for c in console.sharded])
         evaluator.start()
         try:
             yield

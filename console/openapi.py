@@ -128,6 +128,20 @@ def spec() -> dict[str, Any]:
             "by_status": _STATUS_COUNTS,
             "dedup": {"type": "boolean"},
             "dedup_window_seconds": {"type": "integer", "minimum": 1},
+            "shard": {"type": "string", "description": "the shard its events go to (`main` without [[shards]])"},
+        },
+    }
+    shard_view = {
+        "type": "object",
+        "required": ["name", "url", "home", "sources", "reachable", "backlog", "error"],
+        "properties": {
+            "name": {"type": "string"},
+            "url": {"type": "string", "description": "its redis_url, password masked"},
+            "home": {"type": "boolean", "description": "the first shard: refused requests, sessions, alerts"},
+            "sources": {"type": "array", "items": {"type": "string"}, "description": "sources whose events go to it"},
+            "reachable": {"type": "boolean"},
+            "backlog": {"type": "integer", "minimum": 0, "nullable": True, "description": "ingest jobs waiting"},
+            "error": {"type": "string", "nullable": True, "description": "why it could not be read"},
         },
     }
     refused_sample = {
@@ -185,6 +199,17 @@ def spec() -> dict[str, Any]:
                     "400",
                     "404",
                     "503",
+                )
+            },
+            "/admin/shards": {
+                "get": _admin(
+                    "Every shard: reachable or not, its ingest backlog, the sources whose events go to it",
+                    [],
+                    {
+                        "type": "object",
+                        "required": ["shards"],
+                        "properties": {"shards": {"type": "array", "items": shard_view}},
+                    },
                 )
             },
             "/admin/sources/{source_id}/events": {

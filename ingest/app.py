@@ -32,6 +32,7 @@ from ingest.commit import GroupCommitter, StorageUnavailable
 from ingest.cors import NOBODY, CorsPolicy, preflight
 from ingest.openapi import spec
 from ingest.problems import Problem, RequestRejected, invalid, too_large, unsupported
+from ingest.sharding import ShardWriter, route
 from ingest.store import AsyncIngestStore, RedisPyCommands
 from ingest.unauthorized import AuthFailure, UnauthorizedSample
 from ingest.validate import MAX_BATCH_BYTES, MAX_EVENT_BYTES, check_batch, check_event
@@ -41,6 +42,7 @@ from trackpipe.config import Config, SourceConfig
 from trackpipe.connection import async_client
 from trackpipe.keys import UNKNOWN_SITE_BUCKET, KeyLayout
 from trackpipe.messages import IngestRecord
+from trackpipe.shards import Shard, shards
 
 log = logging.getLogger("trackpipe.edge")
 
@@ -178,8 +180,11 @@ class Edge:
         config: Config,
         *,
         async_redis: Callable[[], AsyncRedis] | None = None,
+        shard_redis: Callable[[Shard], AsyncRedis] | None = None,
         redis_py_writes: bool = False,
     ) -> None:
+        """`async_redis` makes the client of every shard (in-process tests on one server), `shard_redis`
+        the client of a given shard; by default each shard's client is made from its redis_url."""
         self.config = config
         self.layout = KeyLayout(config.key_prefix)
         self.keyring = KeyRing(config.sources)
@@ -188,9 +193,14 @@ class Edge:
         self.trusted = TrustedProxies(config.edge.trusted_proxies)
         self.strict = config.edge.status_mode == "strict"
         self.retry_after = [(b"retry-after", str(config.edge.retry_after_seconds).encode())]
-        self._async_redis = async_redis or (lambda: async_client(config.redis_url, **REDIS_TIMEOUTS))
+        self._async_redis = async_redis
+        self._shard_redis = shard_redis
         self._redis_py_writes = redis_py_writes  # for in-process tests on fakeredis
-        self._commands: WireConnection | RedisPyCommands | None = None
+        self.shard_list = shards(config)
+        # One writer per shard, the home shard first; a source's writer is looked up once per request.
+        self.writers: dict[str, ShardWriter] = {}
+        self._writer_of: dict[str, ShardWriter] = {}
+        # The home shard's (what belongs to no source: refused-key samples).
         self.redis: AsyncRedis | None = None
         self.store: AsyncIngestStore | None = None
         self.committer: GroupCommitter | None = None
@@ -204,15 +214,52 @@ class Edge:
         Other settings need a restart; a changed one is named in the log."""
         keyring = KeyRing(config.sources)  # built first: a failure here changes nothing
         cors = CorsPolicy(config.sources)
+        names = [shard.name for shard in self.shard_list]
+        before = {source_id: writer.name for source_id, writer in self._writer_of.items()}
+        routes = route(names, config.sources)
+        writer_of = {source_id: self.writers[name] for source_id, name in routes.items()} if self.writers else {}
         self.keyring = keyring
         self.cors = cors
         self.known_sites = {s.site_id for s in config.sources}
-        for name in ("redis_url", "key_prefix", "edge", "worker"):
+        self._writer_of = writer_of
+        for name in ("redis_url", "key_prefix", "edge", "worker", "shards"):
             if getattr(config, name) != getattr(self.config, name):
                 log.warning("config reload: %s changed; it takes effect only after a restart", name)
+        self._log_moves(before, routes, config)
         self.config = msgspec.structs.replace(self.config, sources=config.sources)
         keys = sum(len(s.keys) for s in config.sources)
         log.info("config reloaded: %d sources, %d keys", len(config.sources), keys)
+
+    def _log_moves(self, before: dict[str, str], after: dict[str, str], config: Config) -> None:
+        """Say where a reload sent a source's events when that changed (a move between running shards
+        takes effect at once) or differs from what the new config asks (its shard is not running)."""
+        wanted = {source.id: source.shard for source in config.sources}
+        for source_id, name in after.items():
+            if wanted.get(source_id) is not None and wanted[source_id] != name:
+                log.warning(
+                    "config reload: source %s: shard %s is not running at this edge until a restart; "
+                    "its events go to shard %s",
+                    source_id,
+                    wanted[source_id],
+                    name,
+                )
+            if source_id in before and before[source_id] != name:
+                log.warning(
+                    "config reload: source %s moved from shard %s to shard %s: its new events go to %s; "
+                    "what %s holds is still delivered by that shard's workers",
+                    source_id,
+                    before[source_id],
+                    name,
+                    name,
+                    before[source_id],
+                )
+
+    def _client(self, shard: Shard) -> AsyncRedis:
+        if self._shard_redis is not None:
+            return self._shard_redis(shard)
+        if self._async_redis is not None:
+            return self._async_redis()
+        return async_client(shard.redis_url, **REDIS_TIMEOUTS)
 
     def _wire_timeouts(self) -> dict[str, float]:
         """A write may wait up to replica_timeout_ms in WAITAOF: that is not a lost connection."""
@@ -220,29 +267,44 @@ class Edge:
         extra = edge.replica_timeout_ms / 1000 if edge.min_replicas else 0.0
         return {**WIRE_TIMEOUTS, "timeout": WIRE_TIMEOUTS["timeout"] + extra}
 
-    async def start(self) -> None:
-        self.redis = self._async_redis()
-        self._commands = (
-            RedisPyCommands(self.redis)
-            if self._redis_py_writes
-            else WireConnection(self.config.redis_url, **self._wire_timeouts())
-        )
-        self.store = AsyncIngestStore(
-            self._commands,
+    def _writer(self, shard: Shard) -> ShardWriter:
+        """A shard's client, write connection, store and group committer. Each store does its own
+        WAITAOF (edge.min_replicas counts the replicas of the shard written to)."""
+        redis = self._client(shard)
+        commands: WireConnection | RedisPyCommands
+        if self._redis_py_writes:
+            commands = RedisPyCommands(redis)
+        else:
+            commands = WireConnection(shard.redis_url, **self._wire_timeouts())
+        edge = self.config.edge
+        store = AsyncIngestStore(
+            commands,
             self.layout,
-            self.config.edge.unauthorized_ring_size,
+            edge.unauthorized_ring_size,
             self.config.worker,
-            max_events=self.config.edge.commit_max_events,
-            min_replicas=self.config.edge.min_replicas,
-            replica_timeout_ms=self.config.edge.replica_timeout_ms,
+            max_events=edge.commit_max_events,
+            min_replicas=edge.min_replicas,
+            replica_timeout_ms=edge.replica_timeout_ms,
         )
-        self.committer = GroupCommitter(
-            self.store.write,
-            max_events=self.config.edge.commit_max_events,
-            interval_seconds=self.config.edge.commit_interval_ms / 1000,
-            min_events=self.config.edge.commit_min_events,
+        committer = GroupCommitter(
+            store.write,
+            max_events=edge.commit_max_events,
+            interval_seconds=edge.commit_interval_ms / 1000,
+            min_events=edge.commit_min_events,
             on_write=metrics.observe_commit,
+            name=shard.name if len(self.shard_list) > 1 else "",
         )
+        return ShardWriter(shard.name, redis, commands, store, committer)
+
+    async def start(self) -> None:
+        self.writers = {shard.name: self._writer(shard) for shard in self.shard_list}
+        home = next(iter(self.writers.values()))
+        self.redis, self.store, self.committer = home.redis, home.store, home.committer
+        routes = route(list(self.writers), self.config.sources)
+        self._writer_of = {source_id: self.writers[name] for source_id, name in routes.items()}
+        if len(self.writers) > 1:
+            counts = {name: sum(1 for n in routes.values() if n == name) for name in self.writers}
+            log.info("shards: %s", ", ".join(f"{name} ({n} sources)" for name, n in counts.items()))
         self._monitor = asyncio.get_running_loop().create_task(self._watch_backlog())
 
     async def stop(self) -> None:
@@ -253,25 +315,31 @@ class Edge:
             while not self._monitor.done():
                 self._monitor.cancel()
                 await asyncio.wait({self._monitor}, timeout=0.1)
-        if self.committer is not None:
-            await self.committer.drain()
-        if self._commands is not None:
-            self._commands.close()
+        for writer in self.writers.values():
+            await writer.committer.drain()
+            writer.close()
         metrics.flush()
-        if self.redis is not None:
-            await self.redis.aclose()
+        for writer in self.writers.values():
+            await writer.redis.aclose()
 
     async def _watch_backlog(self) -> None:
-        """Keep the backlog figure fresh even when no writes happen (e.g. while refusing)."""
-        assert self.redis is not None and self.committer is not None
+        """Keep each shard's backlog figure fresh even when no writes happen (e.g. while refusing)."""
         queue_key = self.layout.queue("ingest")
-        while not self._stopping:
+        writers = list(self.writers.values())
+
+        async def poll(writer: ShardWriter) -> None:
             try:
-                metrics.flush()
-                self.committer.backlog = int(await self.redis.llen(queue_key))
-                metrics.BACKLOG.set(self.committer.backlog)
+                writer.committer.backlog = int(await writer.redis.llen(queue_key))
+                metrics.BACKLOG.labels(writer.name).set(writer.committer.backlog)
             except Exception as exc:  # Redis down: writes will say so; keep watching
-                log.debug("backlog poll failed: %s", exc)
+                log.debug("backlog poll of shard %s failed: %s", writer.name, exc)
+
+        while not self._stopping:
+            metrics.flush()
+            if len(writers) == 1:
+                await poll(writers[0])
+            else:  # side by side: a shard that hangs does not hold up the others' figures
+                await asyncio.gather(*(poll(w) for w in writers))
             await asyncio.sleep(BACKLOG_POLL_SECONDS)
 
     # -- the hot path ----------------------------------------------------------------------
@@ -351,13 +419,15 @@ class Edge:
         received_at: int,
     ) -> Answer:
         json_type = is_json_content_type(headers.content_type)
+        # The source's shard, as the request found it (a reload while the body arrives moves nothing).
+        writer = self._writer_of.get(source.id) if source is not None else None
         try:
             if failure is not None and self.strict:
                 # Refused before the body is read: unauthenticated traffic costs little.
                 raise RequestRejected(Problem.UNAUTHORIZED, failure.value)
             if not json_type and self.strict:
                 raise unsupported(f"Content-Type must be application/json, got {headers.content_type!r}")
-            if source is not None and self.committer and self.committer.backlog > self.config.edge.max_backlog:
+            if self._backlog_full(writer):
                 return 503, error_body("ingest backlog is full, retry later"), self.retry_after
             try:
                 # The handler only awaits here, so a slow body holds a coroutine, never the loop.
@@ -399,7 +469,7 @@ class Edge:
             if batch:
                 return 200, _json.encode(BatchAnswer("ok", 0, [])), []
             return 200, OK_BODY, []
-        status, extra, why = await self._store(scope, headers, source, site_id or "", received_at, events)
+        status, extra, why = await self._store(scope, headers, source, writer, site_id or "", received_at, events)
         metrics.count_events(source.id, "rejected", len(rejected))
         if status != 200:
             return status, error_body(why), extra
@@ -421,12 +491,13 @@ class Edge:
         key or a query that makes no event, strict the same JSON errors as a POST."""
         raw = scope.get("query_string", b"")
         event = b""
+        writer = self._writer_of.get(source.id) if source is not None else None
         try:
             if failure is not None and self.strict:
                 raise RequestRejected(Problem.UNAUTHORIZED, failure.value)
             if len(raw) > MAX_EVENT_BYTES:
                 raise too_large(f"query of {len(raw)} bytes is over the limit of {MAX_EVENT_BYTES} bytes")
-            if source is not None and self.committer and self.committer.backlog > self.config.edge.max_backlog:
+            if self._backlog_full(writer):
                 return 503, error_body("ingest backlog is full, retry later"), self.retry_after
             try:
                 event = pixel.event_from_query(raw).event
@@ -445,10 +516,14 @@ class Edge:
             sample = event or redacted_query(raw)
             self._sample(site_id or "", failure or AuthFailure.MISSING_KEY, received_at, PIXEL_SAMPLE_ROUTE, sample)
             return 200, pixel.GIF, list(pixel.GIF_HEADERS)
-        status, extra, why = await self._store(scope, headers, source, site_id or "", received_at, [event])
+        status, extra, why = await self._store(scope, headers, source, writer, site_id or "", received_at, [event])
         if status != 200:
             return status, error_body(why), extra
         return 200, pixel.GIF, [*pixel.GIF_HEADERS, *extra]
+
+    def _backlog_full(self, writer: ShardWriter | None) -> bool:
+        """Over edge.max_backlog on the source's own shard (a full shard refuses only its sources)."""
+        return writer is not None and writer.committer.backlog > self.config.edge.max_backlog
 
     def _sample(self, site_id: str, failure: AuthFailure, received_at: int, route: str, body: bytes) -> None:
         """compat mode: a missing/unknown key gets 200, its events are only counted and sampled."""
@@ -472,14 +547,15 @@ class Edge:
         scope: dict[str, Any],
         headers: RequestHeaders,
         source: SourceConfig,
+        writer: ShardWriter | None,
         site_id: str,
         received_at: int,
         events: list[bytes],
     ) -> tuple[int, list[tuple[bytes, bytes]], str]:
-        """Stores the request's accepted events (one IngestRecord, through the group commit): (200, [], "")
-        once stored, (503, Retry-After, why) when storage failed."""
+        """Stores the request's accepted events (one IngestRecord, through the group commit of the
+        source's shard): (200, [], "") once stored, (503, Retry-After, why) when storage failed."""
         if events:
-            assert self.committer is not None, "edge not started"
+            assert writer is not None, "edge not started"
             if source.ip_mode != "keep":  # an address the event carries goes the way of the client's
                 events = [scrub_event_ip(e, source.ip_mode) for e in events]
             record = IngestRecord(
@@ -491,7 +567,7 @@ class Edge:
                 user_agent(headers.user_agent),
             )
             try:
-                await self.committer.submit(record)
+                await writer.committer.submit(record)
             except StorageUnavailable as failed:
                 metrics.count_events(source.id, "unavailable", len(events))
                 return 503, self.retry_after, failed.public_reason()
@@ -504,16 +580,35 @@ class Edge:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
-        assert self.redis is not None
-        try:
-            await asyncio.wait_for(self.redis.ping(), timeout=2.0)
-        except Exception as exc:
-            return JSONResponse(
-                {"status": "error", "error": f"redis unreachable: {type(exc).__name__}"},
-                status_code=503,
-                headers={"Retry-After": str(self.config.edge.retry_after_seconds)},
-            )
-        return JSONResponse({"status": "ready"})
+        """Ready while a shard answers. With several shards, one that does not is named
+        (`degraded`, still 200): every edge sees the same shards, so taking the edges out of a
+        load balancer would refuse the sources of the healthy shards too; the lost shard's
+        sources get 503 from their writes meanwhile."""
+        writers = list(self.writers.values())
+        assert writers, "edge not started"
+
+        async def ping(writer: ShardWriter) -> str | None:
+            try:
+                await asyncio.wait_for(writer.redis.ping(), timeout=2.0)
+            except Exception as exc:
+                return type(exc).__name__
+            return None
+
+        problems = await asyncio.gather(*(ping(w) for w in writers))
+        down = [(w.name, p) for w, p in zip(writers, problems, strict=True) if p is not None]
+        if not down:
+            return JSONResponse({"status": "ready"})
+        if len(writers) == 1:
+            error = f"redis unreachable: {down[0][1]}"
+        else:
+            error = "redis unreachable: " + ", ".join(f"shard {name} ({problem})" for name, problem in down)
+        if len(down) < len(writers):
+            return JSONResponse({"status": "degraded", "error": error, "unreachable": [n for n, _ in down]})
+        return JSONResponse(
+            {"status": "error", "error": error},
+            status_code=503,
+            headers={"Retry-After": str(self.config.edge.retry_after_seconds)},
+        )
 
     async def metrics(self, request: Request) -> Response:
         body, content_type = metrics.render()

@@ -78,8 +78,10 @@ class GroupCommitter:
         interval_seconds: float = 0.02,
         min_events: int = 32,
         on_write: Callable[[int, float], None] | None = None,
+        name: str = "",
     ) -> None:
         self._write = write
+        self._name = f" (shard {name})" if name else ""  # said in the log of a failed write
         self._max_events = max_events
         self._interval = interval_seconds
         self._min_events = min_events
@@ -137,7 +139,7 @@ class GroupCommitter:
             except Exception as exc:
                 self.stats.failures += 1
                 COMMIT_FAILURES.inc()
-                log.warning("ingest write failed: %s: %s", type(exc).__name__, exc)
+                log.warning("ingest write failed%s: %s: %s", self._name, type(exc).__name__, exc)
                 # A StorageUnavailable of the store's own (NotReplicated) keeps its words for the 503.
                 pending.settle(exc if isinstance(exc, StorageUnavailable) else StorageUnavailable(str(exc)))
                 continue

@@ -45,7 +45,10 @@ HEADER_TIMEOUTS = Counter(
     "Connections closed because a request's headers did not arrive within edge.header_timeout_seconds",
 )
 BACKLOG = Gauge(
-    "trackpipe_ingest_backlog_jobs", "Ingest jobs waiting, as last seen by this edge", multiprocess_mode="max"
+    "trackpipe_ingest_backlog_jobs",
+    "Ingest jobs waiting on a shard, as last seen by this edge",
+    ["shard"],
+    multiprocess_mode="max",
 )
 
 _pending_requests: dict[tuple[str, int], int] = {}

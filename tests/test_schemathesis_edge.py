@@ -252,6 +252,7 @@ def test_the_edges_own_openapi_holds(
 ADMIN_ROUTES = [
     ("GET", "/admin/sources"),
     ("GET", "/admin/refused"),
+    ("GET", "/admin/shards"),
     ("GET", "/admin/sources/{source_id}/events"),
     ("GET", "/admin/destinations/{destination_id}/delivery"),
     ("GET", "/admin/destinations/{destination_id}/requests"),

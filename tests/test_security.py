@@ -353,6 +353,7 @@ def test_the_admin_routes_are_the_documented_ones() -> None:
         ("GET", "/admin/destinations/{destination_id}/requests"),
         ("GET", "/admin/dlq/{destination_id}"),
         ("GET", "/admin/refused"),
+        ("GET", "/admin/shards"),
         ("GET", "/admin/sources"),
         ("GET", "/admin/sources/{source_id}/events"),
         ("POST", "/admin/dlq/{destination_id}/replay"),

@@ -118,7 +118,8 @@ class SourceConfig(Strict):
     # The source's tracking plan (trackpipe.specification); None: standard-event checks only.
     spec: SourceSpec | None = None
     # The shard (a `[[shards]]` name) holding this source's events; None: a stable hash of the id
-    # picks one (trackpipe.shards). Changing it moves the source: see docs/OPERATIONS.md.
+    # picks one (trackpipe.shards). Changing it moves the source: see the README, "Moving a source
+    # to another shard".
     shard: Ident | None = None
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
 import itertools
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import msgspec
 from redis import Redis
@@ -22,6 +24,9 @@ from trackpipe.config import Config
 from trackpipe.jobs import DELIVER_FUNCTION, delivery_job_options, delivery_queue
 from trackpipe.keys import KeyLayout
 from trackpipe.messages import DeadLetter, DeliveryBatch, DeliveryEvent, decode_dead_letter, encode_delivery
+
+if TYPE_CHECKING:
+    from trackpipe.sharded import Sharded
 
 REPLAY_BATCH = 100
 # Records per LRANGE when reading a DLQ: small first (a listing with a limit often needs only the
@@ -283,9 +288,16 @@ def page(
     """A page of matching records: the first `size` after the letter `after` (from the newest
     without it). The cursor is an identity, not a position, so letters arriving meanwhile neither
     repeat nor hide records on the next page. Reads stop one record past the page."""
+    return page_of(matching(connection, layout, destination_id, selection), after=after, size=size)
+
+
+def page_of(
+    found_letters: Iterable[tuple[str, bytes, DeadLetter]], *, after: str | None = None, size: int = PAGE_SIZE
+) -> Page:
+    """`page` over any stream of (identity, raw, record), newest first (one DLQ, or several shards')."""
     found: list[tuple[str, DeadLetter]] = []
     passed = after is None
-    for ident, _, record in matching(connection, layout, destination_id, selection):
+    for ident, _, record in found_letters:
         if not passed:
             passed = ident == after
             continue
@@ -396,12 +408,13 @@ def start_replay(
     *,
     ids: frozenset[str] | None = None,
     rate: float | None = None,
+    job_id: str | None = None,
 ) -> ReplayProgress:
     """Take the DLQ's replay lock and record a new replay of the matching letters; `run_replay`
     then does it. One replay per DLQ at a time: two of the same letters would send them twice
     (a record is removed with LREM after its job is made, and LREM of a gone record removes nothing)."""
     layout = KeyLayout(config.key_prefix)
-    job_id = uuid.uuid4().hex[:16]
+    job_id = job_id or uuid.uuid4().hex[:16]
     if not connection.set(layout.dlq_replay_lock(destination_id), job_id, nx=True, ex=REPLAY_LOCK_SECONDS):
         raise DlqError(f"a replay of {destination_id}'s dead letters is already running; wait for it to end")
     try:
@@ -465,3 +478,210 @@ def run_replay(
     _save(connection, layout, job)
     connection.eval(_RELEASE, 1, layout.dlq_replay_lock(job.source), job.job_id)
     return job
+
+
+# -- several shards: each shard keeps its own DLQs; listings merge them, actions stay per shard ----
+#
+# A letter keeps its identity (the hash of its stored bytes) and is carried with the name of its
+# shard: single-shard ids are unchanged, and a replay or purge acts on each letter where it is
+# stored. Byte-identical letters on two shards share an identity, as twins on one shard do, and are
+# selected together. A replayed letter goes to the delivery queue of its own shard, under that
+# shard's replay lock.
+
+
+def merged_matching(
+    sharded: Sharded,
+    layout: KeyLayout,
+    destination_id: str,
+    selection: Selection,
+    ids: frozenset[str] | None = None,
+) -> Iterator[tuple[str, str, bytes, DeadLetter]]:
+    """(shard, identity, raw, record) of the letters that match on every shard, newest first (by
+    their last failure; a tie keeps shard order). Each shard's DLQ is read page by page as needed."""
+
+    def tagged(name: str, redis: Redis) -> Iterator[tuple[str, str, bytes, DeadLetter]]:
+        for ident, raw, record in matching(redis, layout, destination_id, selection, ids):
+            yield name, ident, raw, record
+
+    streams = [tagged(c.name, c.redis) for c in sharded]
+    if len(streams) == 1:
+        yield from streams[0]
+        return
+    yield from heapq.merge(*streams, key=lambda item: -item[3].last_failure_at)
+
+
+def select_union(
+    sharded: Sharded, layout: KeyLayout, destination_id: str, selection: Selection, limit: int | None = None
+) -> Iterator[tuple[str, bytes, DeadLetter]]:
+    """(shard, raw, record) of the matching letters over every shard, newest first, at most `limit`."""
+    if limit is not None and limit <= 0:
+        return
+    for n, (shard, _, raw, record) in enumerate(merged_matching(sharded, layout, destination_id, selection), 1):
+        yield shard, raw, record
+        if limit is not None and n >= limit:
+            return
+
+
+def by_shard(chosen: Iterable[tuple[str, bytes, DeadLetter]]) -> dict[str, list[tuple[bytes, DeadLetter]]]:
+    """Chosen letters grouped by their shard (pure), each group in its order."""
+    groups: dict[str, list[tuple[bytes, DeadLetter]]] = {}
+    for shard, raw, record in chosen:
+        groups.setdefault(shard, []).append((raw, record))
+    return groups
+
+
+def purge_union(
+    sharded: Sharded, layout: KeyLayout, destination_id: str, chosen: list[tuple[str, bytes, DeadLetter]]
+) -> int:
+    """Delete each chosen letter from its own shard's DLQ."""
+    return sum(
+        purge(sharded.named(shard).redis, layout, destination_id, letters)
+        for shard, letters in by_shard(chosen).items()
+    )
+
+
+def page_union(
+    sharded: Sharded,
+    layout: KeyLayout,
+    destination_id: str,
+    selection: Selection,
+    *,
+    after: str | None = None,
+    size: int = PAGE_SIZE,
+) -> Page:
+    found = (
+        (ident, raw, record) for _, ident, raw, record in merged_matching(sharded, layout, destination_id, selection)
+    )
+    return page_of(found, after=after, size=size)
+
+
+def count_union(
+    sharded: Sharded, layout: KeyLayout, destination_id: str, selection: Selection, ids: frozenset[str] | None = None
+) -> int:
+    return sum(count(c.redis, layout, destination_id, selection, ids) for c in sharded)
+
+
+def export_lines_union(
+    sharded: Sharded, layout: KeyLayout, destination_id: str, selection: Selection, ids: frozenset[str] | None = None
+) -> Iterator[bytes]:
+    for _, _, raw, _ in merged_matching(sharded, layout, destination_id, selection, ids):
+        yield raw + b"\n"
+
+
+def sizes_union(sharded: Sharded, layout: KeyLayout, destination_ids: list[str]) -> dict[str, int]:
+    """Every given destination's DLQ size, summed over the shards."""
+    total = dict.fromkeys(destination_ids, 0)
+    for client in sharded:
+        for destination_id, n in sizes(client.redis, layout, destination_ids).items():
+            total[destination_id] += n
+    return total
+
+
+def running_replay_union(sharded: Sharded, layout: KeyLayout, destination_id: str) -> str | None:
+    """The id of a replay running on this destination's DLQ on any shard."""
+    for client in sharded:
+        found = running_replay(client.redis, layout, destination_id)
+        if found:
+            return found
+    return None
+
+
+@contextlib.contextmanager
+def exclusive_replay_union(sharded: Sharded, layout: KeyLayout, destination_id: str) -> Iterator[Callable[[], None]]:
+    """`exclusive_replay` on every shard at once (each shard's lock on its own DLQ); yields one
+    function renewing them all."""
+    with contextlib.ExitStack() as stack:
+        renewals = [stack.enter_context(exclusive_replay(c.redis, layout, destination_id)) for c in sharded]
+
+        def renew() -> None:
+            for each in renewals:
+                each()
+
+        yield renew
+
+
+def replay_union(
+    sharded: Sharded,
+    config: Config,
+    destination_id: str,
+    chosen: list[tuple[str, bytes, DeadLetter]],
+    target_id: str,
+    *,
+    rate: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """`replay` of the chosen letters, each group on its own shard (its delivery queue there), one
+    shard after another; `progress` counts over them all."""
+    total = len(chosen)
+    done = 0
+    for shard, letters in by_shard(chosen).items():
+        base = done
+
+        def step(n: int, _total: int, base: int = base) -> None:
+            if progress is not None:
+                progress(base + n, total)
+
+        done += replay(sharded.named(shard).redis, config, destination_id, letters, target_id, rate=rate, progress=step)
+    return done
+
+
+def start_replay_union(
+    sharded: Sharded,
+    config: Config,
+    destination_id: str,
+    selection: Selection,
+    target_id: str,
+    *,
+    ids: frozenset[str] | None = None,
+    rate: float | None = None,
+) -> list[tuple[str, ReplayProgress]]:
+    """`start_replay` on every shard under one job id (each shard its own lock and progress record,
+    the rate shared out among them); `run_replay` then runs each on its shard. DlqError, and nothing
+    left started, when a replay of this DLQ runs on any shard."""
+    layout = KeyLayout(config.key_prefix)
+    job_id = uuid.uuid4().hex[:16]
+    share = None if rate is None else max(0.1, rate / len(sharded))
+    started: list[tuple[str, ReplayProgress]] = []
+    try:
+        for client in sharded:
+            job = start_replay(
+                client.redis, config, destination_id, selection, target_id, ids=ids, rate=share, job_id=job_id
+            )
+            started.append((client.name, job))
+    except BaseException:
+        for name, _ in started:
+            redis = sharded.named(name).redis
+            with contextlib.suppress(Exception):
+                redis.delete(layout.dlq_replay(job_id))
+                redis.eval(_RELEASE, 1, layout.dlq_replay_lock(destination_id), job_id)
+        raise
+    return started
+
+
+def combine_progress(parts: list[ReplayProgress]) -> ReplayProgress:
+    """One replay over several shards, as its page shows it (pure): counts summed; failed if a shard
+    failed, else running or interrupted while any is, else done."""
+    first = parts[0]
+    states = [p.state for p in parts]
+    state = next((s for s in ("failed", "interrupted", "running") if s in states), "done")
+    if state == "interrupted" and "running" in states:
+        state = "running"
+    errors = [p.error for p in parts if p.error]
+    return ReplayProgress(
+        first.job_id,
+        first.source,
+        first.target,
+        sum(p.total for p in parts),
+        state,
+        sum(p.done for p in parts),
+        None if any(p.rate is None for p in parts) else sum(p.rate or 0.0 for p in parts),
+        min(p.started_at for p in parts),
+        max(p.updated_at for p in parts),
+        "; ".join(errors) if errors else None,
+    )
+
+
+def read_progress_union(sharded: Sharded, layout: KeyLayout, job_id: str) -> ReplayProgress | None:
+    """A replay's progress over the shards it runs on (None when no shard has it)."""
+    found = [p for c in sharded if (p := read_progress(c.redis, layout, job_id)) is not None]
+    return combine_progress(found) if found else None

@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import msgspec
 from redis import Redis
@@ -25,6 +26,9 @@ from trackpipe.keys import (
     retry_queue,
 )
 from trackpipe.logs import redact
+
+if TYPE_CHECKING:
+    from trackpipe.sharded import Sharded
 
 # Dropped-letter counts used to live in `P:dlq:dropped`, the very name of the DLQ of a destination
 # whose id is `dropped`. They now live in `layout.dlq_dropped`; a hash still at the old name (left by
@@ -104,6 +108,8 @@ class Status(msgspec.Struct):
     destinations: list[DestinationStatus]
     sources: list[SourceStatus] = msgspec.field(default_factory=list)
     refused: list[RefusedSite] = msgspec.field(default_factory=list)
+    # Several shards: what each holds and whether it answered (the figures above are their union).
+    shards: list[ShardStatus] = msgspec.field(default_factory=list)
 
 
 class DeliveryFailure(msgspec.Struct):
@@ -434,3 +440,224 @@ def source_quality(
     ranked = sorted(messages.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
     found = [MessageCount(*name.split("|", 1), count) for name, count in ranked if "|" in name]
     return SourceQuality(source_id, shown, by_hour, totals, found)
+
+
+# --- several shards: each shard is read as above, and the answers combined (pure) ----------------
+
+
+def sum_counts(many: Iterable[dict[str, int]]) -> dict[str, int]:
+    """Count dicts added up, keys sorted."""
+    total: dict[str, int] = {}
+    for counts in many:
+        for name, value in counts.items():
+            total[name] = total.get(name, 0) + value
+    return dict(sorted(total.items()))
+
+
+def combine_queues(per_shard: list[list[QueueStatus]]) -> list[QueueStatus]:
+    """Each queue over every shard: counts summed, the lag the largest (the oldest waiting job)."""
+    combined: dict[str, QueueStatus] = {}
+    for queues in per_shard:
+        for q in queues:
+            held = combined.get(q.name)
+            if held is None:
+                combined[q.name] = msgspec.structs.replace(q)
+                continue
+            lags = [lag for lag in (held.lag_seconds, q.lag_seconds) if lag is not None]
+            held.depth += q.depth
+            held.lag_seconds = max(lags) if lags else None
+            held.running += q.running
+            held.scheduled += q.scheduled
+            held.failed += q.failed
+            held.workers += q.workers
+    return list(combined.values())
+
+
+def combine_destinations(per_shard: list[list[DestinationStatus]]) -> list[DestinationStatus]:
+    combined: dict[str, DestinationStatus] = {}
+    for destinations in per_shard:
+        for d in destinations:
+            held = combined.get(d.id)
+            if held is None:
+                combined[d.id] = msgspec.structs.replace(d)
+                continue
+            held.dlq += d.dlq
+            held.dlq_dropped += d.dlq_dropped
+            held.last_minute = sum_counts([held.last_minute, d.last_minute])
+            held.this_minute = sum_counts([held.this_minute, d.this_minute])
+    return list(combined.values())
+
+
+def combine_sources(per_shard: list[list[SourceStatus]]) -> list[SourceStatus]:
+    """A source's counters summed over the shards (after a move, its counts on the old shard stay)."""
+    combined: dict[str, SourceStatus] = {}
+    for sources in per_shard:
+        for s in sources:
+            held = combined.get(s.id)
+            combined[s.id] = (
+                msgspec.structs.replace(s)
+                if held is None
+                else SourceStatus(
+                    s.id,
+                    held.processed + s.processed,
+                    held.duplicates + s.duplicates,
+                    sum_counts([held.by_status, s.by_status]),
+                )
+            )
+    return list(combined.values())
+
+
+class ShardStatus(msgspec.Struct):
+    """One shard in `trackpipe status` (only when there are several)."""
+
+    name: str
+    url: str  # password masked
+    reachable: bool
+    error: str | None  # why it could not be read
+    sources: list[str]  # the configured sources whose events go to it now
+    queues: list[QueueStatus]
+    waiting: int  # jobs waiting over its queues
+    scheduled: int  # retries waiting for their time
+    running: int
+    workers: int  # workers registered on its ingest queue
+
+
+def shard_summary(name: str, url: str, sources: list[str], queues: list[QueueStatus]) -> ShardStatus:
+    ingest = next((q for q in queues if q.name == INGEST_QUEUE), None)
+    return ShardStatus(
+        name,
+        url,
+        True,
+        None,
+        sources,
+        queues,
+        sum(q.depth for q in queues),
+        sum(q.scheduled for q in queues),
+        sum(q.running for q in queues),
+        ingest.workers if ingest else 0,
+    )
+
+
+def collect_union(
+    config: Config,
+    sharded: Sharded,
+    now: float | None = None,
+    *,
+    per_source: bool = False,
+    refused_latest: int = 5,
+    errors: tuple[type[BaseException], ...] = (),
+) -> Status:
+    """`collect` over every shard of `sharded`, combined; with more than one shard, `shards` says
+    what each holds. A shard whose read raises one of `errors` is reported unreachable and left out
+    of the union (the others are still read); other exceptions propagate. The refused requests are
+    the home shard's."""
+    from trackpipe.logs import masked_url
+    from trackpipe.shards import assignment
+
+    now = time.time() if now is None else now
+    if not config.shards:  # one shard: exactly what `collect` reads
+        return collect(config, sharded.home, now, per_source=per_source, refused_latest=refused_latest)
+    assigned = assignment(config)
+    home_name = config.shards[0].name
+    parts: list[Status] = []
+    shard_rows: list[ShardStatus] = []
+    refused: list[RefusedSite] = []
+    for client in sharded:
+        held = sorted(s for s, name in assigned.items() if name == client.name)
+        url = masked_url(client.shard.redis_url)
+        try:
+            part = collect(config, client.redis, now)
+            if per_source:
+                part.sources = source_statuses(config, client.redis)
+                if client.name == home_name:
+                    refused = refused_sites(config, client.redis, refused_latest)
+        except errors as exc:
+            shard_rows.append(
+                ShardStatus(client.name, url, False, f"{type(exc).__name__}: {exc}", held, [], 0, 0, 0, 0)
+            )
+            continue
+        parts.append(part)
+        shard_rows.append(shard_summary(client.name, url, held, part.queues))
+    return Status(
+        now,
+        combine_queues([p.queues for p in parts]),
+        combine_destinations([p.destinations for p in parts]),
+        combine_sources([p.sources for p in parts]) if per_source else [],
+        refused,
+        shard_rows,
+    )
+
+
+def combine_histories(histories: list[DeliveryHistory]) -> DeliveryHistory:
+    """One destination's history over the shards (the same span and `now` on each): point by point."""
+    first = histories[0]
+    points = [
+        HistoryPoint(point.at, sum_counts(h.points[i].counts for h in histories))
+        for i, point in enumerate(first.points)
+    ]
+    totals = sum_counts(h.totals for h in histories)
+    return DeliveryHistory(first.destination_id, first.span, first.step_seconds, points, totals)
+
+
+def combine_by_destination(per_shard: list[dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
+    """`last_hour_by_destination` answers of several shards, added up."""
+    found: dict[str, list[dict[str, int]]] = {}
+    for answer in per_shard:
+        for destination_id, counts in answer.items():
+            found.setdefault(destination_id, []).append(counts)
+    return {d: sum_counts(many) for d, many in found.items()}
+
+
+def combine_quality(qualities: list[SourceQuality], top: int = 20) -> SourceQuality:
+    """One source's quality over the shards it has been on (the same hours on each)."""
+    first = qualities[0]
+    by_hour = [sum_counts(q.by_hour[i] for q in qualities) for i in range(len(first.hours))]
+    totals = {s: sum(q.totals.get(s, 0) for q in qualities) for s in QUALITY_STATUSES}
+    messages: dict[tuple[str, str], int] = {}
+    for q in qualities:
+        for m in q.messages:
+            messages[(m.level, m.kind)] = messages.get((m.level, m.kind), 0) + m.count
+    ranked = sorted(messages.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    return SourceQuality(first.source_id, first.hours, by_hour, totals, [MessageCount(*k, n) for k, n in ranked])
+
+
+def newest_requests(per_shard: list[list[bytes]], limit: int) -> list[bytes]:
+    """Destination-inspector entries (JSON, each newest first per shard) merged newest first by
+    their `at`; an entry without one sorts last."""
+
+    def at(raw: bytes) -> int:
+        try:
+            value = _at_decoder.decode(raw).at
+        except msgspec.DecodeError:
+            return 0
+        return value if isinstance(value, int) else 0
+
+    merged = [raw for found in per_shard for raw in found]
+    return sorted(merged, key=lambda raw: -at(raw))[:limit]
+
+
+class _At(msgspec.Struct):
+    at: int | float | None = None
+
+
+_at_decoder = msgspec.json.Decoder(_At)
+
+
+def source_waiting(connection: Redis, layout: KeyLayout, source_id: str) -> int:
+    """Events of `source_id` in this shard's ingest jobs that are waiting or taken by a worker and not
+    yet done (read from the jobs' parts: as many round trips as there are such jobs, for an operator
+    checking a move, never on a hot path). A part that does not decode is not counted."""
+    from trackpipe.messages import decode_batch
+
+    job_ids = [j.decode() for j in connection.lrange(layout.queue(INGEST_QUEUE), 0, -1)]
+    for claims in connection.scan_iter(match=f"{layout.claims_prefix}*", count=500):
+        job_ids += [j.decode() for j in connection.lrange(claims, 0, -1)]
+    waiting = 0
+    for job_id in dict.fromkeys(job_ids):
+        for part in connection.lrange(layout.job_parts(job_id), 0, -1):
+            try:
+                batch = decode_batch(part)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue  # a delivery job's part, or damaged
+            waiting += sum(len(r.events) for r in batch.records if r.source_id == source_id)
+    return waiting

@@ -8,7 +8,7 @@ Pure functions over the config; the I/O (clients per shard) is left to each proc
 - A source goes to its `shard` when set, else to the shard chosen by rendezvous hashing of its id
   (highest sha256 of shard name and source id): stable across restarts and processes, and adding
   a shard moves only the sources the new one wins (about 1/n of them). Changing a source's shard is
-  a move: see docs/OPERATIONS.md ("Moving a source to another shard").
+  a move: see the README, "Moving a source to another shard".
 - The first shard is the home shard: what belongs to no source (events refused for an unknown key,
   console sign-ins and alert state) lives there.
 """

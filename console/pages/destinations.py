@@ -7,6 +7,7 @@ the dead-letter page, and the destination inspector's last requests. The live pa
 Counts come from the per-minute (last hour) and per-hour (day, week, month) counters the workers keep
 (trackpipe.queries.delivery_history). Requests were stored with the destination's secrets masked; they
 are masked again here (its secrets, the admin token, plain source keys) so that no page can show one.
+Several shards: every figure is summed over them, and their last requests merged newest first.
 """
 
 from __future__ import annotations
@@ -105,11 +106,15 @@ def _span(request: Request) -> str:
 
 
 def _list_view(request: Request) -> dict[str, Any]:
-    from trackpipe.queries import last_hour_by_destination
+    from trackpipe.queries import combine_by_destination, last_hour_by_destination
 
     console = console_of(request)
     destinations = console.config.destinations
-    counts = last_hour_by_destination(console.redis, console.layout, [d.id for d in destinations])
+    now = time.time()
+    ids = [d.id for d in destinations]
+    counts = combine_by_destination(
+        [last_hour_by_destination(c.redis, console.layout, ids, now) for c in console.sharded]
+    )
     return {"rows": [{"id": d.id, "type": _type_of(d), **counts[d.id]} for d in destinations]}
 
 
@@ -146,17 +151,32 @@ def _share(part: int, whole: int) -> str:
 
 
 def _destination_view(request: Request, destination_id: str, span: str) -> dict[str, Any]:
-    from trackpipe.queries import delivery_history
+    from trackpipe.queries import combine_histories, delivery_history, newest_requests
 
     console = console_of(request)
     layout = console.layout
-    history = delivery_history(console.redis, layout, destination_id, span)
-    pipe = console.redis.pipeline(transaction=False)
-    pipe.hgetall(layout.destination_errors(destination_id))
-    pipe.hgetall(layout.destination_errors_last(destination_id))
-    pipe.llen(layout.dlq(destination_id))
-    pipe.lrange(layout.destination_requests(destination_id), 0, REQUESTS_SHOWN - 1)
-    errors, last_seen, dlq_size, stored = pipe.execute()
+    now = time.time()
+    histories = []
+    errors: dict[bytes, int] = {}
+    last_seen: dict[bytes, int] = {}
+    dlq_size = 0
+    per_shard: list[list[bytes]] = []
+    for client in console.sharded:  # each shard's workers keep their own counters: summed
+        histories.append(delivery_history(client.redis, layout, destination_id, span, now))
+        pipe = client.redis.pipeline(transaction=False)
+        pipe.hgetall(layout.destination_errors(destination_id))
+        pipe.hgetall(layout.destination_errors_last(destination_id))
+        pipe.llen(layout.dlq(destination_id))
+        pipe.lrange(layout.destination_requests(destination_id), 0, REQUESTS_SHOWN - 1)
+        shard_errors, shard_last, shard_dlq, shard_stored = pipe.execute()
+        for kind, n in shard_errors.items():
+            errors[kind] = errors.get(kind, 0) + int(n)
+        for kind, at in shard_last.items():
+            last_seen[kind] = max(last_seen.get(kind, 0), int(at))
+        dlq_size += int(shard_dlq)
+        per_shard.append(shard_stored)
+    history = histories[0] if len(histories) == 1 else combine_histories(histories)
+    stored = per_shard[0] if len(per_shard) == 1 else newest_requests(per_shard, REQUESTS_SHOWN)
     masks = _secrets_of(request, destination_id)
     error_rows = sorted(
         (

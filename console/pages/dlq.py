@@ -6,6 +6,11 @@ carrying the CSRF token.
 
 A confirmation page freezes its selection at the time it was shown (`frozen_at`): letters that
 arrive between the dry run and the click are neither replayed nor purged by it.
+
+Several shards: each keeps its own DLQs. The pages list a destination's letters merged newest first
+over every shard; a purge deletes each letter on its shard; a replay runs on every shard at once
+under one id (each shard's lock, its letters back to its own delivery queue, the rate shared out),
+and its page shows the sum.
 """
 
 from __future__ import annotations
@@ -129,9 +134,12 @@ async def index(request: Request) -> Response:
         from trackpipe import dlq
 
         ids = [d.id for d in console.config.destinations]
-        sizes = dlq.sizes(console.redis, console.layout, ids)
-        dropped = console.redis.hgetall(console.layout.dlq_dropped)
-        running = {d: dlq.running_replay(console.redis, console.layout, d) for d in ids if sizes[d]}
+        sizes = dlq.sizes_union(console.sharded, console.layout, ids)
+        dropped: dict[bytes, int] = {}
+        for client in console.sharded:
+            for name, n in client.redis.hgetall(console.layout.dlq_dropped).items():
+                dropped[name] = dropped.get(name, 0) + int(n)
+        running = {d: dlq.running_replay_union(console.sharded, console.layout, d) for d in ids if sizes[d]}
         return [
             {
                 "id": d.id,
@@ -161,9 +169,9 @@ async def letters(request: Request) -> Response:
         (after,) = dlq.check_ids([after])
 
     def read() -> tuple[Any, int, str | None]:
-        found = dlq.page(console.redis, console.layout, destination_id, choice.selection, after=after)
-        size = console.redis.llen(console.layout.dlq(destination_id))
-        return found, int(size), dlq.running_replay(console.redis, console.layout, destination_id)
+        found = dlq.page_union(console.sharded, console.layout, destination_id, choice.selection, after=after)
+        size = sum(int(c.redis.llen(console.layout.dlq(destination_id))) for c in console.sharded)
+        return found, size, dlq.running_replay_union(console.sharded, console.layout, destination_id)
 
     found, size, running = await run_blocking(read)
     rows = [
@@ -200,7 +208,7 @@ def _download(console: Any, destination_id: str, choice: Choice) -> Iterator[byt
 
     piece: list[bytes] = []
     held = 0
-    for line in dlq.export_lines(console.redis, console.layout, destination_id, choice.selection, choice.ids):
+    for line in dlq.export_lines_union(console.sharded, console.layout, destination_id, choice.selection, choice.ids):
         piece.append(line)
         held += len(line)
         if held >= EXPORT_CHUNK:
@@ -278,10 +286,10 @@ async def _confirm(
     )
 
     def read() -> tuple[int, list[Any], str | None]:
-        total = dlq.count(console.redis, console.layout, destination_id, selection, choice.ids)
-        found = dlq.matching(console.redis, console.layout, destination_id, selection, choice.ids)
-        first = [record for _, _, record in _first(found)]
-        return total, first, dlq.running_replay(console.redis, console.layout, destination_id)
+        total = dlq.count_union(console.sharded, console.layout, destination_id, selection, choice.ids)
+        found = dlq.merged_matching(console.sharded, console.layout, destination_id, selection, choice.ids)
+        first = [record for _, _, _, record in _first(found)]
+        return total, first, dlq.running_replay_union(console.sharded, console.layout, destination_id)
 
     total, sample, running = await run_blocking(read)
     return render(
@@ -315,19 +323,19 @@ async def _purge(request: Request, destination_id: str, choice: Choice) -> Respo
 
     def delete() -> int:
         # A running replay holds letters it has counted: deleting under it would be a surprise.
-        if dlq.running_replay(console.redis, console.layout, destination_id):
+        if dlq.running_replay_union(console.sharded, console.layout, destination_id):
             raise dlq.DlqError(f"a replay of {destination_id}'s dead letters is running: purge once it has ended")
         deleted = 0
         while True:  # a bounded batch at a time, never the whole DLQ in memory
             chosen = [
-                (raw, record)
-                for _, raw, record in _take(
-                    dlq.matching(console.redis, console.layout, destination_id, choice.selection, choice.ids)
+                (shard, raw, record)
+                for shard, _, raw, record in _take(
+                    dlq.merged_matching(console.sharded, console.layout, destination_id, choice.selection, choice.ids)
                 )
             ]
             if not chosen:
                 return deleted
-            removed = dlq.purge(console.redis, console.layout, destination_id, chosen)
+            removed = dlq.purge_union(console.sharded, console.layout, destination_id, chosen)
             deleted += removed
             if removed == 0:
                 return deleted  # they left meanwhile; nothing more to do
@@ -348,22 +356,25 @@ async def _replay(request: Request, destination_id: str, choice: Choice, target:
     from trackpipe import dlq
 
     console = console_of(request)
-    job = await run_blocking(
-        dlq.start_replay, console.redis, console.config, destination_id, choice.selection, target,
+    started = await run_blocking(
+        dlq.start_replay_union, console.sharded, console.config, destination_id, choice.selection, target,
         ids=choice.ids, rate=rate,
     )  # fmt: skip
+    job_id = started[0][1].job_id
     log.info(
         "replay %s: %d dead letters of %s to %s at %s events/s",
-        job.job_id, job.total, destination_id, target, rate or "full speed",
+        job_id, sum(job.total for _, job in started), destination_id, target, rate or "full speed",
     )  # fmt: skip
 
-    def run() -> None:
-        done = dlq.run_replay(console.redis, console.config, job, choice.selection, ids=choice.ids)
+    def run(redis: Any, job: Any) -> None:
+        done = dlq.run_replay(redis, console.config, job, choice.selection, ids=choice.ids)
         log.info("replay %s %s: %d of %d replayed %s", job.job_id, done.state, done.done, done.total, done.error or "")
 
-    # The console process does the replay on a thread of its own; the page follows it in Redis.
-    threading.Thread(target=run, name=f"replay-{job.job_id}", daemon=True).start()
-    return RedirectResponse(f"/dlq/{destination_id}/replays/{job.job_id}", status_code=303)
+    # The console process does the replay on a thread of its own per shard; the page follows it in Redis.
+    for shard, job in started:
+        redis = console.sharded.named(shard).redis
+        threading.Thread(target=run, args=(redis, job), name=f"replay-{job_id}-{shard}", daemon=True).start()
+    return RedirectResponse(f"/dlq/{destination_id}/replays/{job_id}", status_code=303)
 
 
 # -- a replay's progress ------------------------------------------------------------------------------
@@ -377,7 +388,7 @@ async def _progress(request: Request) -> tuple[str, Any]:
     job_id = request.path_params["job_id"]
     if not (job_id.isalnum() and len(job_id) <= 32):
         raise BadRequest(404, f"no replay {job_id[:40]!r}")
-    job = await run_blocking(dlq.read_progress, console.redis, console.layout, job_id)
+    job = await run_blocking(dlq.read_progress_union, console.sharded, console.layout, job_id)
     if job is None or job.source != destination_id:
         raise BadRequest(404, f"no replay {job_id!r} of {destination_id}'s dead letters (or it ended over a week ago)")
     return destination_id, job

@@ -11,6 +11,10 @@ console could list, so the console does not probe them. It shows what decides th
 Redis answering (all an edge's `/readyz` checks: the console reads the same server) and the ingest
 backlog against `edge.max_backlog` (above it every edge answers 503 with `Retry-After`). Probe each
 edge's `/readyz` from the load balancer for the processes themselves.
+
+Several shards: the queues and destinations are their union, workers are listed per shard, and a
+table shows each shard (reachable or not, its backlog, its sources); an unreachable shard is named
+there and left out of the figures, not a 503.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from console.web import Endpoint, console_of, page, render, run_blocking
+from trackpipe.keys import HISTORY_FIELDS
 
 # trackpipe.queries and rq read RQ's key prefix once, at import: imported where used.
 
@@ -48,11 +53,12 @@ def _guarded(endpoint: Endpoint) -> Endpoint:
     return run
 
 
-def _workers(console: Any, now: float) -> list[dict[str, Any]]:
+def _workers(console: Any, now: float, redis: Any = None, shard: str | None = None) -> list[dict[str, Any]]:
     from rq import Worker
 
-    found = sorted(Worker.all(connection=console.redis), key=lambda w: w.name)
-    pipe = console.redis.pipeline(transaction=False)
+    redis = console.redis if redis is None else redis
+    found = sorted(Worker.all(connection=redis), key=lambda w: w.name)
+    pipe = redis.pipeline(transaction=False)
     for worker in found:
         pipe.exists(console.layout.lease(worker.name))
     leases = pipe.execute() if found else []
@@ -68,31 +74,48 @@ def _workers(console: Any, now: float) -> list[dict[str, Any]]:
                 "state": str(worker.get_state()),
                 "heartbeat_age": None if beat is None else max(0.0, now - beat.timestamp()),
                 "alive": bool(lease),
+                "shard": shard,
             }
         )
     return rows
 
 
 def _view(request: Request) -> dict[str, Any]:
-    from trackpipe.queries import collect, last_hour_by_destination
+    from trackpipe.queries import collect_union, combine_by_destination, last_hour_by_destination
 
     console = console_of(request)
     config = console.config
     now = time.time()
-    status = collect(config, console.redis, now)
-    last_hour = last_hour_by_destination(console.redis, console.layout, [d.id for d in config.destinations], now)
-    ingest = next(q for q in status.queues if q.name == "ingest")
-    workers = _workers(console, now)
+    status = collect_union(config, console.sharded, now, errors=(OSError, RedisError))
+    reachable = {s.name for s in status.shards if s.reachable} if status.shards else set(console.sharded.names)
+    ids = [d.id for d in config.destinations]
+    last_hour = combine_by_destination(
+        [last_hour_by_destination(c.redis, console.layout, ids, now) for c in console.sharded if c.name in reachable]
+    )
+    empty = dict.fromkeys([*HISTORY_FIELDS, "dlq"], 0)
+    ingest = next((q for q in status.queues if q.name == "ingest"), None)
+    several = len(console.sharded) > 1
+    workers = [
+        w
+        for c in console.sharded
+        if c.name in reachable
+        for w in _workers(console, now, c.redis, c.name if several else None)
+    ]
+    # An edge refuses a source's events when the backlog of that source's shard is full: with several
+    # shards the fullest one is shown (its sources are the ones refused).
+    backlogs = [q.depth for sh in status.shards if sh.reachable for q in sh.queues if q.name == "ingest"]
+    backlog = max(backlogs, default=0) if status.shards else (ingest.depth if ingest else 0)
     return {
+        "shards": status.shards,
         "queues": status.queues,
-        "destinations": [{"id": d.id, **last_hour[d.id]} for d in config.destinations],
+        "destinations": [{"id": d.id, **last_hour.get(d.id, empty)} for d in config.destinations],
         "workers": workers,
         "workers_alive": sum(1 for w in workers if w["alive"]),
         "edge": {
-            "backlog": ingest.depth,
+            "backlog": backlog,
             "max_backlog": config.edge.max_backlog,
-            "accepting": ingest.depth < config.edge.max_backlog,
-            "lag": ingest.lag_seconds,
+            "accepting": backlog < config.edge.max_backlog,
+            "lag": ingest.lag_seconds if ingest else None,
         },
         "updated_at": int(now * 1000),
         "refresh_seconds": REFRESH_SECONDS,

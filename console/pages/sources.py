@@ -4,6 +4,9 @@ event's detail with its per-destination outcome) and its data-quality view.
 The inspector keeps a bounded sample per source (workers.inspector: per event name and minute, test
 events apart, rejected events always); filtering, search and paging happen here, over that sample.
 Records are stored with the IP already masked; any plain source key found in a payload is masked too.
+
+Several shards: the inspector is read from the shard the source's events go to; its counters and
+quality are summed over every shard (after a move, the old shard's counts still count).
 """
 
 from __future__ import annotations
@@ -182,18 +185,31 @@ def view_of(row: Row, config: Config) -> dict[str, Any]:
     }
 
 
+def quality_of(console: Any, source_id: str, *, hours: int, top: int = 20) -> Any:
+    """A source's data quality summed over every shard (the same hours on each)."""
+    from trackpipe.queries import combine_quality, source_quality
+
+    now_ms = time.time_ns() // 1_000_000
+    found = [
+        source_quality(c.redis, console.layout, source_id, hours=hours, now_ms=now_ms, top=top) for c in console.sharded
+    ]
+    return found[0] if len(found) == 1 else combine_quality(found, top)
+
+
 # --- pages -----------------------------------------------------------------------------------------
 
 
 async def sources_page(request: Request) -> Response:
     console = console_of(request)
-    from trackpipe.queries import source_quality, source_statuses
+    from trackpipe.queries import combine_sources, source_statuses
 
     def read() -> list[dict[str, Any]]:
-        statuses = {s.id: s for s in source_statuses(console.config, console.redis)}
+        statuses = {
+            s.id: s for s in combine_sources([source_statuses(console.config, c.redis) for c in console.sharded])
+        }
         out = []
         for source in console.config.sources:
-            quality = source_quality(console.redis, console.layout, source.id, hours=24, top=1)
+            quality = quality_of(console, source.id, hours=24, top=1)
             day = sum(quality.totals.values())
             invalid = quality.totals.get("INVALID_ACCEPTED", 0) + quality.totals.get("INVALID_REJECTED", 0)
             found = statuses.get(source.id)
@@ -226,7 +242,9 @@ async def _inspector_context(request: Request) -> dict[str, Any] | Response:
         return render(request, "error.html", status_code=400, status=400, detail=str(exc))
     console = console_of(request)
     try:
-        counts, rows = await run_blocking(read_rows, console.config, console.layout, console.redis, source.id)
+        counts, rows = await run_blocking(
+            read_rows, console.config, console.layout, console.of_source(source.id), source.id
+        )
     except (OSError, RedisError) as exc:
         return _unavailable(request, exc)
     picked = [row for row in rows if matches(row, filters)]
@@ -266,7 +284,7 @@ async def event_page(request: Request) -> Response:
     handle = request.path_params["handle"]
     console = console_of(request)
     try:
-        _, rows = await run_blocking(read_rows, console.config, console.layout, console.redis, source.id)
+        _, rows = await run_blocking(read_rows, console.config, console.layout, console.of_source(source.id), source.id)
     except (OSError, RedisError) as exc:
         return _unavailable(request, exc)
     row = next((r for r in rows if r.handle == handle), None)
@@ -289,10 +307,8 @@ async def quality_page(request: Request) -> Response:
             detail=f"range: {span[:20]!r} is not one of 24h, 7d, 35d",
         )
     console = console_of(request)
-    from trackpipe.queries import source_quality
-
     try:
-        quality = await run_blocking(source_quality, console.redis, console.layout, source.id, hours=RANGES[span])
+        quality = await run_blocking(quality_of, console, source.id, hours=RANGES[span])
     except (OSError, RedisError) as exc:
         return _unavailable(request, exc)
     # Hours for a day, days for longer ranges: a chart stays readable.
