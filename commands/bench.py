@@ -34,6 +34,13 @@ REPORTS = {
         lambda m: m.value < 500 and m.detail.get("lost") == 0 and m.detail.get("accepted", 0) > 0,
     ),
     "dedup": Report("bytes_per_id", "baseline_bytes_per_id", "<= 16 bytes/id", lambda m: m.value <= 16),
+    # Not a target: the figures the capacity model in docs/PERFORMANCE.md is built from.
+    "redis": Report(
+        "single_events_per_core",
+        "batch_events_per_core",
+        "server CPU per event (info)",
+        lambda m: m.value > 0 and m.baseline > 0,
+    ),
 }
 
 
@@ -47,6 +54,10 @@ def measure(name: str, args: argparse.Namespace) -> Any:
         return bench_worker(args.events, args.job_events, args.baseline_events)
     if name == "e2e":
         return bench_e2e(args.rate, args.duration, args.e2e_batch)
+    if name == "redis":
+        from tooling.benchredis import bench_redis
+
+        return bench_redis(args.duration)
     return bench_dedup(args.ids)
 
 
@@ -99,6 +110,27 @@ def run_bench(args: argparse.Namespace) -> int:
                 f"{'  fsync':<12} {always:>12,.1f} {everysec:>12,.1f} {m.figures['fsync_ratio']:>8}  "
                 f"{m.unit:<10} {target:<28} -"
             )
+    if "redis" in results:
+        _print_capacity(results["redis"])
     for name, m in results.items():
         print(f"  {name}: {msgspec.json.encode(m.detail).decode()}")
     return 0
+
+
+def _print_capacity(m: Any) -> None:
+    """Server CPU per event by stage, and what one primary core sustains."""
+    print(f"{'redis':<12} {'appendfsync':<12} {'edge µs':>9} {'workers µs':>11} {'total µs':>9} {'events/s/core':>14}")
+    figures = m.figures
+    for kind in ("single", "batch"):
+        for policy in ("always", "everysec"):
+            key = f"{kind}_{policy}"
+            print(
+                f"  {kind:<10} {policy:<12} {figures[key + '_edge_us_per_event']:>9.2f} "
+                f"{figures[key + '_workers_us_per_event']:>11.2f} {figures[key + '_total_us_per_event']:>9.2f} "
+                f"{figures[key + '_events_per_core']:>14,.0f}"
+            )
+        if f"{kind}_waitaof_cpu_ratio" in figures:
+            print(
+                f"  {kind:<10} WAITAOF (min_replicas 1 vs 0): primary CPU per event "
+                f"x{figures[kind + '_waitaof_cpu_ratio']}, edge rate x{figures[kind + '_waitaof_rate_ratio']}"
+            )

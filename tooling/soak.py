@@ -78,9 +78,10 @@ abandoned_grace_seconds = 1
 maintenance_interval_seconds = 1
 """
 SOAK_CONFIG = """
-redis_url = "redis://127.0.0.1:{redis_port}/0"
+redis_url = "{redis_url}"
 [edge]
 retry_after_seconds = 1
+{edge_settings}
 {worker_timings}
 [[sources]]
 id = "soak-web"
@@ -102,6 +103,19 @@ path = "{out_dir}"
 max_attempts = 1000
 backoff_seconds = [1, 1, 2]
 """
+
+
+def soak_config(redis_url: str, hook_url: str, out_dir: Path, default_timings: bool, edge_settings: str = "") -> str:
+    """The config of a soak run: one source, the webhook and the file destination."""
+    return SOAK_CONFIG.format(
+        redis_url=redis_url,
+        edge_settings=edge_settings,
+        site=SITE,
+        key=KEY,
+        hook_url=hook_url,
+        out_dir=out_dir,
+        worker_timings="" if default_timings else FAST_TIMINGS,
+    )
 
 
 class FaultRecord(msgspec.Struct):
@@ -276,6 +290,9 @@ def v1_event(event_id: str) -> bytes:
     return msgspec.json.encode({"event_name": "page_view", "event_id": event_id, "properties": {"page": "soak"}})
 
 
+Answer = tuple[float, float, str]  # (monotonic time sent, time answered, HTTP status or "connection error")
+
+
 class Producer:
     """Posts unique ids at a steady rate; remembers which ids were answered 200, and when."""
 
@@ -287,6 +304,7 @@ class Producer:
         self.statuses: Counter[str] = Counter()
         self.ok_times: list[float] = []  # monotonic time of each 200
         self.accepted_at: dict[str, float] = {}  # id -> monotonic time of its 200
+        self.answers: list[Answer] = []  # every request: (sent, answered, status), in answer order
         self.stop = False
         self._n = 0
 
@@ -306,6 +324,7 @@ class Producer:
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         ).encode()
         self.sent += len(ids)
+        sent_at = time.monotonic()
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), 5)
             try:
@@ -317,10 +336,12 @@ class Producer:
                 writer.close()
         except (OSError, TimeoutError, ValueError, IndexError):
             self.statuses["connection error"] += 1
+            self.answers.append((sent_at, time.monotonic(), "connection error"))
             return
+        now = time.monotonic()
         self.statuses[str(status)] += 1
+        self.answers.append((sent_at, now, str(status)))
         if status == 200:
-            now = time.monotonic()
             self.accepted.update(ids)
             self.ok_times.append(now)
             self.accepted_at.update(dict.fromkeys(ids, now))
@@ -375,9 +396,7 @@ class Slot:
 class Pipeline:
     """The processes; a supervisor restarts the role workers that exit and notes every exit."""
 
-    def __init__(self, config_file: Path, edge_port: int, redis_port: int, env: dict[str, str], layout: str) -> None:
-        from redis import Redis
-
+    def __init__(self, config_file: Path, edge_port: int, redis: RedisTarget, env: dict[str, str], layout: str) -> None:
         from trackpipe.keys import KeyLayout
 
         self.config_file = config_file
@@ -399,7 +418,7 @@ class Pipeline:
         self.lock = threading.RLock()
         self.stopping = False
         # Reads RQ's worker hashes to see whether a worker is running a job at the moment.
-        self._redis = Redis(port=redis_port, socket_timeout=1, socket_connect_timeout=1)
+        self._redis = connect(redis, socket_timeout=1, socket_connect_timeout=1)
         self._worker_key = f"{KeyLayout().rq_prefix}:worker:"
 
     def _spawn(self, *args: str, env: dict[str, str]) -> subprocess.Popen:
@@ -691,17 +710,101 @@ class Chaos:
                     self._kill(arg, want, f"SIGKILL burst #{n + 1}, wanted {want}")
 
 
-def pending_work(redis_port: int) -> int:
+class Tally(msgspec.Struct):
+    """What reached each destination, set against the ids answered 200 (see SoakReport)."""
+
+    delivered: dict[str, int]
+    lost: dict[str, int]
+    duplicates: dict[str, int]
+    duplicates_explained: dict[str, int]
+    duplicates_unexplained: dict[str, int]
+    unexplained_arrivals: dict[str, dict[str, list[float]]]
+    unexpected_ids: dict[str, int]
+
+
+def tally(
+    accepted: set[str],
+    received: dict[str, Counter[str]],
+    arrivals: dict[str, Arrivals],
+    windows: list[Window],
+    started: float,
+) -> Tally:
+    """Delivered, lost and repeated ids per destination; a repeat is explained when the id arrived
+    within a window around a fault that hit one of its deliveries (see EXPLAIN_BEFORE)."""
+    duplicates = {d: sum(n - 1 for n in got.values() if n > 1) for d, got in received.items()}
+    resent = {
+        d: {i for start, end, dests in windows if d in dests for i in arrived_between(arrivals[d], start, end)}
+        for d in received
+    }
+    explained = {d: sum(n - 1 for i, n in got.items() if n > 1 and i in resent[d]) for d, got in received.items()}
+    unexplained = {d: duplicates[d] - explained[d] for d in received}
+    return Tally(
+        delivered={d: len(accepted & set(got)) for d, got in received.items()},
+        lost={d: len(accepted - set(got)) for d, got in received.items()},
+        duplicates=duplicates,
+        duplicates_explained=explained,
+        duplicates_unexplained=unexplained,
+        # For a report that explains itself: the first unexplained repeats, each with its arrivals
+        # (s from the start), to set against the faults' times.
+        unexplained_arrivals={
+            d: {
+                i: [round(seen - started, 2) for seen, ids in arrivals[d] if i in ids]
+                for i in sorted(i for i, n in got.items() if n > 1 and i not in resent[d])[:10]
+            }
+            for d, got in received.items()
+            if unexplained[d]
+        },
+        unexpected_ids={d: len(set(got) - accepted) for d, got in received.items()},
+    )
+
+
+def drain(
+    accepted: set[str],
+    sink: Sink,
+    tail: FileTail,
+    redis: RedisTarget,
+    timeout: float,
+    note: Callable[[str, str], None],
+) -> float:
+    """Wait until every accepted id reached both destinations; the seconds waited.
+
+    Re-runs of killed jobs and retries wait on RQ's maintenance and scheduler. Gives up early once
+    ids are missing and Redis has held no job at all for 10 s: nothing can deliver them."""
+    load_end = time.monotonic()
+    deadline = load_end + timeout
+    drained = False
+    idle_since: float | None = None
+    while time.monotonic() < deadline and not drained:
+        tail.poll()
+        drained = accepted <= set(sink.ids()) and accepted <= set(tail.ids())
+        if not drained:
+            if pending_work(redis) == 0:
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since >= 10:
+                    break
+            else:
+                idle_since = None
+            time.sleep(0.5)
+    seconds = time.monotonic() - load_end
+    if drained:
+        note("drained", f"after {seconds:.1f} s")
+    elif idle_since is not None:
+        note("gave up waiting for delivery", f"after {seconds:.1f} s: no job left in Redis")
+    else:
+        note("gave up waiting for delivery", f"after {seconds:.1f} s")
+    return seconds
+
+
+def pending_work(redis: RedisTarget) -> int:
     """Jobs still waiting or in progress (queued, taken, started, scheduled or claimed); -1 if
     Redis does not answer. 0 while ids are missing means nothing is left to deliver them."""
-    from redis import Redis
     from redis.exceptions import RedisError
 
     from trackpipe.keys import KeyLayout
 
     layout = KeyLayout()
     try:
-        with Redis(port=redis_port, socket_timeout=5) as connection:
+        with connect(redis, socket_timeout=5) as connection:
             total = 0
             for pattern in (f"{layout.rq_prefix}:queue:*", f"{layout.prefix}:claims:*"):
                 for key in connection.scan_iter(pattern):
@@ -746,16 +849,7 @@ def run_soak(
         sink = Sink()
         tail = FileTail(tmp / "out")
         config_file = tmp / "soak.toml"
-        config_file.write_text(
-            SOAK_CONFIG.format(
-                redis_port=redis_port,
-                site=SITE,
-                key=KEY,
-                hook_url=sink.url,
-                out_dir=tmp / "out",
-                worker_timings="" if default_timings else FAST_TIMINGS,
-            )
-        )
+        config_file.write_text(soak_config(f"redis://127.0.0.1:{redis_port}/0", sink.url, tmp / "out", default_timings))
         pipeline = Pipeline(config_file, edge_port, redis_port, {**os.environ}, layout)
         faults: list[FaultRecord] = []
         outage: list[tuple[float, float]] = []
@@ -856,35 +950,12 @@ def run_soak(
             load_stopped = faults[-1].at
             seconds = time.monotonic() - started
             accepted = producer.accepted
-            # Re-runs of killed jobs and retries wait on RQ's maintenance and scheduler. Give up early
-            # once ids are missing and Redis has held no job at all for 10 s: nothing can deliver them.
-            load_end = time.monotonic()
-            deadline = load_end + drain_timeout
-            drained = False
-            idle_since: float | None = None
-            while time.monotonic() < deadline and not drained:
-                tail.poll()
-                drained = accepted <= set(sink.ids()) and accepted <= set(tail.ids())
-                if not drained:
-                    if pending_work(redis_port) == 0:
-                        idle_since = idle_since or time.monotonic()
-                        if time.monotonic() - idle_since >= 10:
-                            break
-                    else:
-                        idle_since = None
-                    time.sleep(0.5)
-            drain_seconds = time.monotonic() - load_end
-            if drained:
-                note("drained", f"after {drain_seconds:.1f} s")
-            elif idle_since is not None:
-                note("gave up waiting for delivery", f"after {drain_seconds:.1f} s: no job left in Redis")
-            else:
-                note("gave up waiting for delivery", f"after {drain_seconds:.1f} s")
+            drain_seconds = drain(accepted, sink, tail, redis_port, drain_timeout, note)
             workers = pipeline.reports()
             tail.poll()
             arrivals = {HOOK: sink.arrivals(), FILE: tail.arrivals()}
             received = {HOOK: sink.ids(), FILE: file_ids(tmp / "out")}
-            errors = _delivery_errors(redis_port, received)
+            errors = delivery_errors(redis_port, received)
             missing = {d: locate(redis_port, accepted - set(got)) for d, got in received.items() if accepted - set(got)}
         finally:
             pipeline.stop()
@@ -893,26 +964,9 @@ def run_soak(
             server.stop()
     # A 200 read just after the stop may have been written just before it: allow 0.2 s.
     ok_in_outage = sum(1 for t in producer.ok_times for down, up in outage if down + 0.2 <= t <= up)
-    delivered = {d: len(accepted & set(got)) for d, got in received.items()}
-    lost = {d: len(accepted - set(got)) for d, got in received.items()}
-    duplicates = {d: sum(n - 1 for n in got.values() if n > 1) for d, got in received.items()}
-    resent = {
-        d: {i for start, end, dests in windows if d in dests for i in arrived_between(arrivals[d], start, end)}
-        for d in received
-    }
-    explained = {d: sum(n - 1 for i, n in got.items() if n > 1 and i in resent[d]) for d, got in received.items()}
-    unexpected = {d: len(set(got) - accepted) for d, got in received.items()}
-    unexplained = {d: duplicates[d] - explained[d] for d in received}
-    # For a report that explains itself: the first unexplained repeats, each with its arrivals (s
-    # from the start), to set against the faults' times.
-    unexplained_arrivals = {
-        d: {
-            i: [round(seen - started, 2) for seen, ids in arrivals[d] if i in ids]
-            for i in sorted(i for i, n in got.items() if n > 1 and i not in resent[d])[:10]
-        }
-        for d, got in received.items()
-        if unexplained[d]
-    }
+    counts = tally(accepted, received, arrivals, windows, started)
+    lost = counts.lost
+    unexplained = counts.duplicates_unexplained
     recovery: dict[str, float | None] = {}
     last_delivery: dict[str, float | None] = {}
     fault_time = started + last_fault
@@ -934,15 +988,15 @@ def run_soak(
         statuses=dict(producer.statuses),
         events_sent=producer.sent,
         events_accepted=len(accepted),
-        delivered=delivered,
+        delivered=counts.delivered,
         lost=lost,
-        duplicates=duplicates,
-        duplicates_explained=explained,
+        duplicates=counts.duplicates,
+        duplicates_explained=counts.duplicates_explained,
         duplicates_unexplained=unexplained,
-        unexplained_arrivals=unexplained_arrivals,
+        unexplained_arrivals=counts.unexplained_arrivals,
         delivery_errors=errors,
         missing=missing,
-        unexpected_ids=unexpected,
+        unexpected_ids=counts.unexpected_ids,
         ok_during_redis_outage=ok_in_outage,
         kills_by_state=dict(chaos.states),
         workers=workers,
@@ -959,24 +1013,32 @@ def run_soak(
     return report
 
 
-def _server_setting(redis_port: int, name: str) -> str:
-    from redis import Redis
-
-    with Redis(port=redis_port, socket_timeout=5) as connection:
+def _server_setting(redis: RedisTarget, name: str) -> str:
+    with connect(redis, socket_timeout=5) as connection:
         return str(connection.config_get(name).get(name, "?"))
 
 
-def _delivery_errors(redis_port: int, destinations: dict[str, Any]) -> dict[str, dict[str, int]]:
-    from redis import Redis
-
+def delivery_errors(redis: RedisTarget, destinations: dict[str, Any]) -> dict[str, dict[str, int]]:
     from trackpipe.keys import KeyLayout
 
     layout = KeyLayout()
-    with Redis(port=redis_port, socket_timeout=5) as connection:
+    with connect(redis, socket_timeout=5) as connection:
         return {
             d: {k.decode(): int(v) for k, v in connection.hgetall(layout.destination_errors(d)).items()}
             for d in destinations
         }
+
+
+RedisTarget = int | str  # a local server's port, or a redis_url (redis+sentinel:// follows the primary)
+
+
+def connect(redis: RedisTarget, **options: Any) -> Any:
+    """A redis-py client of a local port or of a URL (through the product's connection factory)."""
+    from redis import Redis
+
+    from trackpipe.connection import sync_client
+
+    return sync_client(redis, **options) if isinstance(redis, str) else Redis(port=redis, **options)
 
 
 def _wait_for(check: Callable[[], Any], timeout: float) -> Any:
@@ -989,12 +1051,10 @@ def _wait_for(check: Callable[[], Any], timeout: float) -> Any:
     return None
 
 
-def locate(redis_port: int, ids: set[str], limit: int = 20) -> dict[str, list[str]]:
+def locate(redis: RedisTarget, ids: set[str], limit: int = 20) -> dict[str, list[str]]:
     """Where undelivered ids sit in Redis (job parts, job arguments, DLQs), with each holding job's
     status and RQ registries: the diagnosis when the soak finds events not delivered."""
     import zlib
-
-    from redis import Redis
 
     from trackpipe.jobs import MsgpackSerializer
     from trackpipe.keys import KeyLayout
@@ -1015,7 +1075,7 @@ def locate(redis_port: int, ids: set[str], limit: int = 20) -> dict[str, list[st
                 for raw in r.events
             ]
 
-    with Redis(port=redis_port, socket_timeout=10) as connection:
+    with connect(redis, socket_timeout=10) as connection:
         registries = {
             key.decode(): {m.decode() for m in connection.zrange(key, 0, -1)}
             for key in connection.scan_iter(f"{layout.rq_prefix}:*")
