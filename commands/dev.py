@@ -505,6 +505,16 @@ def run_dev(args: argparse.Namespace) -> int:
             write_demo_config(path, data_dir / "out")
             print(f"wrote a demo config to {path}")
     config = load(path)
+    if config.shards:
+        # dev points every process at its own embedded server; a config naming several primaries
+        # cannot be folded onto one without changing where each source's events live.
+        print(
+            f"trackpipe dev: {path}: has [[shards]] ({', '.join(s.name for s in config.shards)}); dev runs one "
+            "embedded server: drop the shards to try the config here, or start the servers and run "
+            "`trackpipe edge`, `worker` and `console` on it",
+            file=sys.stderr,
+        )
+        return 2
     try:
         # Bound first: a taken port stops dev before it starts anything.
         console_socket = bind_socket(args.host, args.console_port)

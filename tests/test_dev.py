@@ -477,8 +477,13 @@ def test_dev_stopped_with_sigterm_takes_its_server_down(project: Path) -> None:
         (None, "no such config file"),
         ('redis_url = "redis://127.0.0.1:6379/0"\n[edge]\nstatus_mod = "strict"\n', "edge.status_mod: unknown key"),
         ('redis_url = "redis://127.0.0.1:6379/0\n', "not valid TOML"),
+        (
+            '[[shards]]\nname = "a"\nredis_url = "redis://127.0.0.1:1/0"\n'
+            '[[shards]]\nname = "b"\nredis_url = "redis://127.0.0.1:2/0"\n',
+            "has [[shards]] (a, b); dev runs one embedded server",
+        ),
     ],
-    ids=["missing", "misspelt-key", "invalid-toml"],
+    ids=["missing", "misspelt-key", "invalid-toml", "shards"],
 )
 def test_dev_with_bad_config_exits_2_without_starting_a_server(
     project: Path, content: str | None, expected: str
