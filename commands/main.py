@@ -185,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="--failover: seconds after the promotion to restart the old primary as a replica (default: 3)",
     )
     soak.add_argument("--no-rejoin", action="store_true", help="--failover: leave the old primary down")
+    soak.add_argument(
+        "--shards",
+        type=int,
+        help="instead: N (2 to 4) primaries, sources on each, worker and server kills; each source's data on its shard",
+    )
 
     keys = commands.add_parser("keys", help="source keys")
     keys_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)

@@ -1,6 +1,7 @@
-"""`trackpipe soak`: the pipeline under load and faults (tooling.soak), or through a failover of its
-primary (`--failover`, tooling.failover); exits 1 on any loss (with --failover and
---min-replicas 0, a loss is that setting's risk: reported, exit 0)."""
+"""`trackpipe soak`: the pipeline under load and faults (tooling.soak), through a failover of its
+primary (`--failover`, tooling.failover), or over several shards (`--shards N`, tooling.shardsoak);
+exits 1 on any loss (with --failover and --min-replicas 0, a loss is that setting's risk: reported,
+exit 0; with --shards also on misplaced data or a 503 for a source whose shard was up)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,22 @@ def run_soak(args: argparse.Namespace) -> int:
         if value is not None and value < 0:
             return _refuse(f"{option} {value} must be 0 or more")
     progress = (lambda line: None) if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
-    if args.failover:
+    if args.shards is not None:
+        code = _shards_arguments(args)
+        if code:
+            return code
+        from tooling.shardsoak import run_shard_soak
+
+        report = run_shard_soak(
+            args.shards,
+            args.duration,
+            args.rate,
+            log=progress,
+            drain_timeout=args.drain_timeout,
+            seed=args.seed,
+            default_timings=args.default_timings,
+        )
+    elif args.failover:
         code = _failover_arguments(args)
         if code:
             return code
@@ -67,6 +83,24 @@ def run_soak(args: argparse.Namespace) -> int:
     text = msgspec.json.encode(report).decode()
     print(text if args.json else msgspec.json.format(text, indent=2))
     return 0 if report.ok else 1
+
+
+def _shards_arguments(args: argparse.Namespace) -> int:
+    """0 when the arguments fit a sharded run, else 2 with the problem named on stderr."""
+    from tooling.shardsoak import MAX_SHARDS, MIN_DURATION, MIN_SHARDS
+
+    if args.failover:
+        return _refuse("--shards and --failover are separate runs; choose one")
+    if not MIN_SHARDS <= args.shards <= MAX_SHARDS:
+        return _refuse(f"--shards {args.shards}: from {MIN_SHARDS} to {MAX_SHARDS}")
+    for option in ("--webhook-outage", "--redis-outage", "--random-kills", "--min-replicas", "--rejoin-after"):
+        if getattr(args, option[2:].replace("-", "_")) is not None:
+            return _refuse(f"{option} does not apply to --shards")
+    if args.no_rejoin:
+        return _refuse("--no-rejoin does not apply to --shards")
+    if args.duration < MIN_DURATION:
+        return _refuse(f"--shards needs --duration of at least {MIN_DURATION}")
+    return 0
 
 
 def _failover_arguments(args: argparse.Namespace) -> int:

@@ -87,6 +87,9 @@ retry_after_seconds = 1
 id = "soak-web"
 site_id = "{site}"
 keys = ["{key}"]
+{destinations}"""
+# The webhook and the file destination (the sharded soak uses them too).
+DESTINATIONS_CONFIG = """
 [[destinations]]
 id = "soak-hook"
 type = "webhook"
@@ -112,8 +115,7 @@ def soak_config(redis_url: str, hook_url: str, out_dir: Path, default_timings: b
         edge_settings=edge_settings,
         site=SITE,
         key=KEY,
-        hook_url=hook_url,
-        out_dir=out_dir,
+        destinations=DESTINATIONS_CONFIG.format(hook_url=hook_url, out_dir=out_dir),
         worker_timings="" if default_timings else FAST_TIMINGS,
     )
 
@@ -318,9 +320,10 @@ class Producer:
             return "/events/batch", b'{"batch":[' + b",".join(make(i) for i in ids) + b"]}", ids
         return "/events", make(f"soak-{n}"), [f"soak-{n}"]
 
-    async def _one(self, route: str, body: bytes, ids: list[str]) -> None:
+    async def _one(self, route: str, body: bytes, ids: list[str], query: str = f"tc_s={SITE}&token={KEY}") -> str:
+        """Post one request (to the source `query` names); its status, or "connection error"."""
         head = (
-            f"POST {route}?tc_s={SITE}&token={KEY} HTTP/1.1\r\nHost: soak\r\nContent-Type: application/json\r\n"
+            f"POST {route}?{query} HTTP/1.1\r\nHost: soak\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         ).encode()
         self.sent += len(ids)
@@ -337,7 +340,7 @@ class Producer:
         except (OSError, TimeoutError, ValueError, IndexError):
             self.statuses["connection error"] += 1
             self.answers.append((sent_at, time.monotonic(), "connection error"))
-            return
+            return "connection error"
         now = time.monotonic()
         self.statuses[str(status)] += 1
         self.answers.append((sent_at, now, str(status)))
@@ -345,6 +348,7 @@ class Producer:
             self.accepted.update(ids)
             self.ok_times.append(now)
             self.accepted_at.update(dict.fromkeys(ids, now))
+        return str(status)
 
     async def run(self) -> None:
         started = time.monotonic()
@@ -762,11 +766,12 @@ def drain(
     accepted: set[str],
     sink: Sink,
     tail: FileTail,
-    redis: RedisTarget,
+    redis: RedisTarget | list[RedisTarget],
     timeout: float,
     note: Callable[[str, str], None],
 ) -> float:
-    """Wait until every accepted id reached both destinations; the seconds waited.
+    """Wait until every accepted id reached both destinations; the seconds waited. `redis`: the
+    server, or every shard's.
 
     Re-runs of killed jobs and retries wait on RQ's maintenance and scheduler. Gives up early once
     ids are missing and Redis has held no job at all for 10 s: nothing can deliver them."""
@@ -778,7 +783,7 @@ def drain(
         tail.poll()
         drained = accepted <= set(sink.ids()) and accepted <= set(tail.ids())
         if not drained:
-            if pending_work(redis) == 0:
+            if all(pending_work(r) == 0 for r in (redis if isinstance(redis, list) else [redis])):
                 idle_since = idle_since or time.monotonic()
                 if time.monotonic() - idle_since >= 10:
                     break
