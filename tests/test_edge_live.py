@@ -232,6 +232,7 @@ def test_unread_bodies_do_not_leak_into_the_next_request(
 # -- Redis outage --------------------------------------------------------------------------------
 
 
+@pytest.mark.own_valkey
 @pytest.mark.parametrize("mode", ["compat", "strict"])
 def test_redis_outage_answers_503_then_recovers(
     tmp_path: Path, valkey: ValkeyServer, valkey_url: str, mode: str

@@ -251,6 +251,7 @@ def test_a_dead_lock_holder_delays_retries_by_seconds(
     assert survivor.poll() is None
 
 
+@pytest.mark.own_valkey
 @pytest.mark.slow
 def test_scheduler_rides_out_a_redis_outage_while_its_worker_lives(
     setup: tuple[Path, str, Path], tmp_path: Path, valkey, valkey_client: redis.Redis, workers: list[subprocess.Popen]
@@ -293,6 +294,7 @@ def sigterm_while_redis_is_down(
     return worker, scheduler
 
 
+@pytest.mark.own_valkey
 def test_sigterm_while_redis_is_down_stops_the_scheduler(
     setup: tuple[Path, str, Path], tmp_path: Path, valkey, valkey_client: redis.Redis, workers: list[subprocess.Popen]
 ) -> None:
@@ -303,6 +305,7 @@ def test_sigterm_while_redis_is_down_stops_the_scheduler(
         leftover(scheduler, worker.pid)
 
 
+@pytest.mark.own_valkey
 @pytest.mark.slow
 def test_sigterm_while_redis_is_down_stops_the_worker(
     setup: tuple[Path, str, Path], tmp_path: Path, valkey, valkey_client: redis.Redis, workers: list[subprocess.Popen]
@@ -312,6 +315,7 @@ def test_sigterm_while_redis_is_down_stops_the_worker(
     assert not scheduler.running()
 
 
+@pytest.mark.own_valkey
 @pytest.mark.parametrize("pdeathsig", [True, False], ids=["pdeathsig", "parent-pid-check"])
 @pytest.mark.slow
 def test_scheduler_ends_when_its_worker_dies_while_redis_hangs(

@@ -333,6 +333,7 @@ def test_admin_numbers_that_int_cannot_read_are_refused_not_crashed(tmp_path: Pa
     assert all(code == 400 for code in answers.values()), answers
 
 
+@pytest.mark.own_valkey
 def test_admin_routes_answer_503_when_redis_is_down(tmp_path: Path, valkey: Any, valkey_url: str) -> None:
     auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     config = edge_config(tmp_path, valkey_url, "strict")

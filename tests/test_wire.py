@@ -297,6 +297,7 @@ def password(valkey: ValkeyServer, valkey_client: redis.Redis) -> Iterator[str]:
             admin.close()
 
 
+@pytest.mark.own_valkey
 def test_right_password_in_url_authenticates(valkey: ValkeyServer, password: str) -> None:
     url = f"redis://:{quote(password, safe='')}@127.0.0.1:{valkey.port}/2"
 
@@ -312,6 +313,7 @@ def test_right_password_in_url_authenticates(valkey: ValkeyServer, password: str
         check.close()
 
 
+@pytest.mark.own_valkey
 @pytest.mark.parametrize(
     ("credentials", "expected"),
     [("", "NOAUTH"), (":wrong@", "WRONGPASS"), ("default:wrong@", "WRONGPASS")],
@@ -342,6 +344,7 @@ def test_missing_or_wrong_password_raises_without_hanging(
         check.close()
 
 
+@pytest.mark.own_valkey
 def test_acl_user_and_password_in_url(valkey: ValkeyServer, valkey_client: redis.Redis) -> None:
     valkey_client.acl_setuser("alice", enabled=True, passwords=["+s3cret"], commands=["+@all"], keys=["*"])
     url = f"redis://alice:s3cret@127.0.0.1:{valkey.port}/0"
@@ -499,6 +502,7 @@ def test_rediss_url_ssl_options_are_honoured(valkey: ValkeyServer, certificate: 
 # -- server down, silent, closing, garbage ---------------------------------------------------------
 
 
+@pytest.mark.own_valkey
 def test_refused_connection_fails_fast_and_the_same_connection_recovers(
     valkey: ValkeyServer, valkey_url: str, valkey_client: redis.Redis
 ) -> None:
