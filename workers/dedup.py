@@ -18,6 +18,8 @@ Both fields vanish with the job hash when RQ deletes the finished job.
 from __future__ import annotations
 
 import hashlib
+import struct
+from hashlib import blake2b
 
 import msgspec
 from redis import Redis
@@ -35,6 +37,10 @@ class DedupKey(msgspec.Struct, frozen=True):
     bucket: int
     # The source's own window (SourceConfig.dedup_window_seconds); None: the config's default.
     window_seconds: int | None = None
+
+
+# One id in the claim's blob: field, slot, bucket, namespace number (see CLAIM_SCRIPT).
+_ENTRY = struct.Struct(">8sIIH")
 
 
 def dedup_key(source_id: str, event_id: str, buckets: int, window_seconds: int | None = None) -> DedupKey:
@@ -143,18 +149,48 @@ class Deduplicator:
     def claim(self, connection: Redis, job_key: str, items: list[tuple[DedupKey, int]]) -> list[bool] | None:
         """First-seen flags for (key, received_at) items, or None if the job's fan-out is done.
         Items of any windows mix in one call (one round trip)."""
+        return self._claim(connection, job_key, *self.keys_blob(items), len(items))
+
+    def claim_ids(
+        self, connection: Redis, job_key: str, items: list[tuple[str, str, int | None, int]]
+    ) -> list[bool] | None:
+        """`claim` for (source id, event id, the source's own window or None, received_at) items:
+        the same call, without a DedupKey made per event (the ingest job's hot path)."""
+        return self._claim(connection, job_key, *self.ids_blob(items), len(items))
+
+    def keys_blob(self, items: list[tuple[DedupKey, int]]) -> tuple[bytes, dict[int | None, int]]:
+        """The claim's blob and namespaces (window -> number) for (key, received_at) items."""
         spaces: dict[int | None, int] = {}
         parts = []
         for key, received_at in items:
             space = spaces.setdefault(key.window_seconds, len(spaces))
             window = key.window_seconds or self._window
-            parts.append(
-                key.field
-                + slot_of(received_at, window).to_bytes(4, "big")
-                + key.bucket.to_bytes(4, "big")
-                + space.to_bytes(2, "big")
-            )
-        args: list[bytes | str | int] = [VERDICT_TTL_SECONDS, DONE_FIELD, VERDICT_FIELD, b"".join(parts)]
+            parts.append(_ENTRY.pack(key.field, slot_of(received_at, window), key.bucket, space))
+        return b"".join(parts), spaces
+
+    def ids_blob(self, items: list[tuple[str, str, int | None, int]]) -> tuple[bytes, dict[int | None, int]]:
+        """keys_blob for (source id, event id, own window, received_at) items, with the same result."""
+        spaces: dict[int | None, int] = {}
+        parts = []
+        append = parts.append
+        pack = _ENTRY.pack
+        buckets = self._buckets
+        default = self._window
+        for source_id, event_id, own, received_at in items:
+            if own == default:
+                own = None
+            space = spaces.get(own)
+            if space is None:
+                space = spaces[own] = len(spaces)
+            digest = blake2b(f"{source_id}\0{event_id}".encode(), digest_size=12).digest()
+            bucket = int.from_bytes(digest[DIGEST_FIELD_BYTES:], "big") % buckets
+            append(pack(digest[:DIGEST_FIELD_BYTES], received_at // ((own or default) * 1000), bucket, space))
+        return b"".join(parts), spaces
+
+    def _claim(
+        self, connection: Redis, job_key: str, blob: bytes, spaces: dict[int | None, int], count: int
+    ) -> list[bool] | None:
+        args: list[bytes | str | int] = [VERDICT_TTL_SECONDS, DONE_FIELD, VERDICT_FIELD, blob]
         for window in spaces:
             args += self._namespace(window)
         reply = self._script(keys=[job_key], args=args, client=connection)
@@ -162,6 +198,6 @@ class Deduplicator:
         if text == "done":
             return None
         flags = text[1:]
-        if len(flags) != len(items):
-            raise RuntimeError(f"{job_key}: stored dedup verdicts cover {len(flags)} events, the job has {len(items)}")
+        if len(flags) != count:
+            raise RuntimeError(f"{job_key}: stored dedup verdicts cover {len(flags)} events, the job has {count}")
         return [flag == "1" for flag in flags]

@@ -17,11 +17,12 @@ Steps, and what makes a re-run of a killed job end exactly as one clean run woul
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -47,7 +48,7 @@ from workers.inspector import (
     QUALITY_TTL_SECONDS,
     Candidate,
     InspectorRecord,
-    candidate,
+    candidate_of,
     masked_payload,
     message_command,
     message_field,
@@ -55,7 +56,7 @@ from workers.inspector import (
     test_code_of,
 )
 from workers.normalize import fill_client, normalize
-from workers.routing import FanOut, accepts, refused_for_consent
+from workers.routing import FanOut, accepts, refused_for_consent, takes_all
 from workers.specification import judge
 from workers.standard import check_common, check_standard_event
 from workers.status import EventStatus, quality_status
@@ -91,7 +92,7 @@ def process_event(
     raw: bytes,
     source: SourceConfig,
     site_received_at: int,
-    id_seed: str,
+    id_seed: str | Callable[[], str],
     ip: str | None = None,
     user_agent: str | None = None,
 ) -> ProcessedEvent:
@@ -108,15 +109,21 @@ def process_event(
         return ProcessedEvent(
             source.id, site_received_at, EventStatus.INVALID_REJECTED, None, [], [f"not valid JSON: {exc}"], raw
         )
-    result = normalize(decoded, received_at=site_received_at, source_id=source.id, id_seed=id_seed)
-    event = fill_client(result.event, ip, user_agent) if result.event else result.event
-    warnings = list(result.warnings)
-    errors = list(result.errors)
+    # Decoded for this call alone: normalize may change it in place.
+    result = normalize(decoded, received_at=site_received_at, source_id=source.id, id_seed=id_seed, owned=True)
+    event = result.event
+    warnings = result.warnings  # normalize's own lists: extended here, never shared
+    errors = result.errors
+    if event and (ip or user_agent):
+        event = fill_client(event, ip, user_agent)
     if not errors:
-        judged = judge(event, check_standard_event(event) + check_common(event), source.spec)
-        event = judged.event
-        warnings += judged.warnings
-        errors += judged.errors
+        findings = check_standard_event(event)
+        common = check_common(event)
+        if findings or common or source.spec is not None:
+            judged = judge(event, findings + common if common else findings, source.spec)
+            event = judged.event
+            warnings += judged.warnings
+            errors += judged.errors
     status = quality_status(errors, warnings, source.on_invalid)
     if status is EventStatus.INVALID_REJECTED and not errors:
         errors.append("rejected: the source rejects invalid events (on_invalid = reject)")
@@ -131,7 +138,7 @@ def process_event(
         raw,
         event_id,
         # `dedup = false` (per source): repeats are delivered, no id is remembered.
-        dedupable=status is not EventStatus.INVALID_REJECTED and not result.generated_id and source.dedup,
+        status is not EventStatus.INVALID_REJECTED and not result.generated_id and source.dedup,
     )
 
 
@@ -145,41 +152,60 @@ def decode_and_normalize(
         if payload:  # the edge's jobs carry an empty argument: their events are all in parts
             records.extend(decode_batch(payload).records)
     processed = []
+    append = processed.append
     for r, record in enumerate(records):
         source = sources.get(record.source_id) or msgspec.structs.replace(DEFAULT_SOURCE, id=record.source_id)
+        received_at, ip, user_agent = record.received_at, record.ip, record.user_agent
         for e, raw in enumerate(record.events):
-            processed.append(
-                process_event(raw, source, record.received_at, f"{job_id}:{r}:{e}", record.ip, record.user_agent)
-            )
+            # The seed's text is made only for an event that needs an id generated.
+            seed = functools.partial(_seed_text, job_id, r, e)
+            append(process_event(raw, source, received_at, seed, ip, user_agent))
     return processed
 
 
+def _seed_text(job_id: str, record: int, event: int) -> str:
+    return f"{job_id}:{record}:{event}"
+
+
 def plan_fan_out(events: list[ProcessedEvent], config: Config) -> FanOut:
-    """Which delivery job gets which events (pure)."""
+    """Which delivery job gets which events (pure). Each event is encoded once, for all its
+    destinations; what depends only on the source is decided once per (source, destination)."""
     deliveries: dict[str, list[DeliveryEvent]] = defaultdict(list)
     filtered: dict[str, int] = defaultdict(int)
     filtered_consent: dict[str, int] = defaultdict(int)
     destinations_of: list[dict[str, str]] = []
+    # source id -> its destinations, each with whether it takes every event of the source unseen.
+    plans: dict[str, list[tuple[Any, bool]]] = {}
+    encode = _json.encode
+    filtered_value = EventStatus.FILTERED.value
     for item in events:
         routes: dict[str, str] = {}
-        if item.event is not None and item.status in (EventStatus.VALID, EventStatus.INVALID_ACCEPTED):
+        event = item.event
+        if event is not None and item.status in _DELIVERED:
+            plan = plans.get(item.source_id)
+            if plan is None:
+                plan = plans[item.source_id] = [(d, takes_all(d, item.source_id)) for d in config.destinations]
             body: bytes | None = None
-            for destination in config.destinations:
-                if accepts(destination, item.source_id, item.event):
-                    body = body or _json.encode(item.event)
+            for destination, all_taken in plan:
+                if all_taken or accepts(destination, item.source_id, event):
+                    if body is None:
+                        body = encode(event)
                     deliveries[destination.id].append(
                         DeliveryEvent(
-                            str(item.event_id), str(item.event.get("event_name")), body, received_at=item.received_at
+                            str(item.event_id), str(event.get("event_name")), body, 0, None, None, item.received_at
                         )
                     )
                     routes[destination.id] = "queued"
                 else:
                     filtered[destination.id] += 1
-                    if refused_for_consent(destination, item.source_id, item.event):
+                    if refused_for_consent(destination, item.source_id, event):
                         filtered_consent[destination.id] += 1
-                    routes[destination.id] = EventStatus.FILTERED.value
+                    routes[destination.id] = filtered_value
         destinations_of.append(routes)
     return FanOut(dict(deliveries), destinations_of, dict(filtered), dict(filtered_consent))
+
+
+_DELIVERED = frozenset({EventStatus.VALID, EventStatus.INVALID_ACCEPTED})
 
 
 def delivery_job_id(ingest_job_id: str, destination_id: str) -> str:
@@ -187,27 +213,58 @@ def delivery_job_id(ingest_job_id: str, destination_id: str) -> str:
     return f"{ingest_job_id}_{hashlib.sha1(destination_id.encode()).hexdigest()[:12]}"
 
 
-def _inspector_records(events: list[ProcessedEvent], fan_out: FanOut) -> dict[str, list[Candidate]]:
+def _inspector_record(
+    item: ProcessedEvent, routes: dict[str, str], name: str | None, test_code: str | None
+) -> InspectorRecord:
+    payload: Any = masked_payload(item.event) if item.event else item.raw[:2048].decode("utf-8", "replace")
+    return InspectorRecord(
+        item.received_at,
+        _STATUS_TEXT[item.status],
+        item.event_id,
+        name,
+        item.warnings,
+        item.errors,
+        routes,
+        test_code,
+        payload,
+    )
+
+
+def _inspector_records(
+    events: list[ProcessedEvent], fan_out: FanOut, caps: tuple[int, int] | None = None
+) -> dict[str, list[Candidate]]:
     """Per source, every event as the inspector would keep it, oldest first (the sampling itself is
-    SAMPLE_SCRIPT's, which sees how many of each name this minute already kept)."""
+    SAMPLE_SCRIPT's, which sees how many of each name this minute already kept). The records are
+    made only for the candidates sent (see workers.inspector.Candidate). With `caps` (per name, for
+    test events), candidates past their group's cap are left out here: plan_samples would send only
+    the first `cap` of each group anyway (the first is kept even at a cap of 0, so the group still
+    shows in the command, as plan_samples would have it)."""
     kept: dict[str, list[Candidate]] = defaultdict(list)
+    seen: dict[tuple[str, int, bool, str | None], int] = defaultdict(int)
+    rejected = EventStatus.INVALID_REJECTED
     for item, routes in zip(events, fan_out.destinations_of, strict=True):
-        test_code = test_code_of(item.event) if item.event else None
-        payload: Any = masked_payload(item.event) if item.event else item.raw[:2048].decode("utf-8", "replace")
-        name = item.event.get("event_name") if item.event else None
+        event = item.event
+        if event:
+            test_code = test_code_of(event)
+            name = event.get("event_name")
+            if not isinstance(name, str):
+                name = None
+        else:
+            test_code = name = None
+        if caps is not None and item.status is not rejected:
+            to_tests = test_code is not None
+            group = (item.source_id, item.received_at // 60_000, to_tests, None if to_tests else name or "")
+            count = seen[group]
+            if count >= caps[to_tests] and count:
+                continue
+            seen[group] = count + 1
         kept[item.source_id].append(
-            candidate(
-                InspectorRecord(
-                    item.received_at,
-                    item.status.value,
-                    item.event_id,
-                    name if isinstance(name, str) else None,
-                    item.warnings,
-                    item.errors,
-                    routes,
-                    test_code,
-                    payload,
-                )
+            candidate_of(
+                item.received_at,
+                _STATUS_TEXT[item.status],
+                name,
+                test_code,
+                functools.partial(_inspector_record, item, routes, name, test_code),
             )
         )
     return kept
@@ -219,8 +276,9 @@ def _queue_inspector(
     """The inspector's sample of the job: one EVAL per source, inside the fan-out's MULTI."""
     if not inspector.events_per_source:
         return
+    caps = (inspector.per_name_per_minute, inspector.test_events_per_minute)
     for plan in plan_samples(
-        _inspector_records(events, fan_out),
+        _inspector_records(events, fan_out, caps),
         list_key=layout.inspector,
         test_list_key=layout.inspector_tests,
         counter_key=layout.inspector_sample,
@@ -231,6 +289,9 @@ def _queue_inspector(
         pipe.execute_command(*plan.command)
 
 
+_STATUS_TEXT = {status: status.value for status in EventStatus}
+
+
 def _queue_quality(pipe: Any, layout: KeyLayout, events: list[ProcessedEvent]) -> None:
     """Events per source, hour (of receipt) and status, and warnings and errors per kind: the
     console's data-quality view; counted here, written inside the fan-out's MULTI."""
@@ -238,7 +299,7 @@ def _queue_quality(pipe: Any, layout: KeyLayout, events: list[ProcessedEvent]) -
     messages: dict[tuple[str, int], dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for item in events:
         hour = item.received_at // 3_600_000
-        statuses[(item.source_id, hour)][item.status.value] += 1
+        statuses[(item.source_id, hour)][_STATUS_TEXT[item.status]] += 1
         if item.warnings or item.errors:
             found = messages[(item.source_id, hour)]
             # One count per event and kind: an event with three bad items counts once for that kind.
@@ -259,7 +320,7 @@ def count_statuses(events: list[ProcessedEvent]) -> dict[tuple[str, str], int]:
     """(source id, status) -> events."""
     counts: dict[tuple[str, str], int] = defaultdict(int)
     for item in events:
-        counts[(item.source_id, item.status.value)] += 1
+        counts[(item.source_id, _STATUS_TEXT[item.status])] += 1
     return dict(counts)
 
 
@@ -342,11 +403,11 @@ def _process_ingest(ctx: WorkerContext, connection: Redis, job_id: str, job_key:
     ]
     windows = {s.id: s.dedup_window_seconds for s in sources.values()}  # None: dedup.window_seconds
     dedup: Deduplicator = ctx.dedup
-    verdicts = dedup.claim(
+    verdicts = dedup.claim_ids(
         connection,
         job_key,
         [
-            (dedup.key_for(item.source_id, str(item.event_id), windows.get(item.source_id)), item.received_at)
+            (item.source_id, str(item.event_id), windows.get(item.source_id), item.received_at)
             for item in (events[i] for i in candidates)
         ],
     )

@@ -7,6 +7,7 @@ reported as a warning, every reason not to deliver as an error.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +34,9 @@ class Normalized(msgspec.Struct):
 
 
 def _to_millis(value: Any) -> int | None:
+    if type(value) is int and value >= 0:  # the usual case, first
+        millis = value * 1000 if value < SECONDS_THRESHOLD else value
+        return millis if millis <= MAX_MILLIS else None
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
@@ -71,6 +75,11 @@ def _consent_categories(value: Any) -> list[str] | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return [_category(value)]
     if isinstance(value, list):
+        for item in value:
+            if type(item) is not str:
+                break
+        else:  # the usual case: a list of strings
+            return [item.strip() for item in value]
         out = []
         for item in value:
             if isinstance(item, bool) or not isinstance(item, str | int | float):
@@ -92,11 +101,15 @@ def _move_into_context(event: dict[str, Any], context: dict[str, Any], keys: tup
             context[key] = event.pop(key)
 
 
-def normalize(raw: Any, *, received_at: int, source_id: str, id_seed: str) -> Normalized:
-    """Normalize one decoded event. `id_seed` makes a generated event_id deterministic."""
+def normalize(
+    raw: Any, *, received_at: int, source_id: str, id_seed: str | Callable[[], str], owned: bool = False
+) -> Normalized:
+    """Normalize one decoded event. `id_seed` (or the function making it, called only when an id is
+    generated) makes a generated event_id deterministic. The input is left as it was, unless the
+    caller hands it over (`owned`: an event it decoded for this call alone), which saves copying it."""
     if not isinstance(raw, dict):
         return Normalized({}, [], ["event is not a JSON object"], 2)
-    event: dict[str, Any] = dict(raw)
+    event: dict[str, Any] = raw if owned else dict(raw)
     warnings: list[str] = []
     errors: list[str] = []
     version = 2
@@ -119,7 +132,7 @@ def normalize(raw: Any, *, received_at: int, source_id: str, id_seed: str) -> No
         if context is not None:
             warnings.append("context was not an object and was replaced")
         context = {}
-    else:
+    elif not owned:
         context = dict(context)
     event["context"] = context
     # Rules 1 and 2: root metadata into context (v2 clients send event_id/timestamp at the root).
@@ -128,13 +141,13 @@ def normalize(raw: Any, *, received_at: int, source_id: str, id_seed: str) -> No
     # Rule 3: page.location (v1 name) becomes context.page.url.
     page = context.get("page")
     if isinstance(page, dict) and "location" in page and "url" not in page:
-        page = dict(page)
+        page = page if owned else dict(page)
         page["url"] = page.pop("location")
         context["page"] = page
 
     # Rule 4: the timestamp as integer milliseconds.
     if "event_timestamp" in context:
-        millis = parse_timestamp(context["event_timestamp"])
+        millis = _to_millis(stamp) if type(stamp := context["event_timestamp"]) is int else parse_timestamp(stamp)
         if millis is None:
             shown = repr(context["event_timestamp"])[:60]
             warnings.append(f"context.event_timestamp {shown} is not a time; receive time used")
@@ -148,7 +161,7 @@ def normalize(raw: Any, *, received_at: int, source_id: str, id_seed: str) -> No
     user = event.get("user")
     if isinstance(user, dict) and "consent_categories" in user:
         categories = _consent_categories(user["consent_categories"])
-        user = dict(user)
+        user = user if owned else dict(user)
         if categories is None:
             warnings.append("user.consent_categories is not a list of categories; removed")
             del user["consent_categories"]
@@ -159,10 +172,11 @@ def normalize(raw: Any, *, received_at: int, source_id: str, id_seed: str) -> No
     # Rule 6: an event id, generated (deterministically) when missing.
     event_id = context.get("event_id")
     generated = False
-    if isinstance(event_id, int | float) and not isinstance(event_id, bool):
+    if isinstance(event_id, (int, float)) and not isinstance(event_id, bool):
         context["event_id"] = event_id = _category(event_id)
     if not isinstance(event_id, str) or not event_id.strip():
-        context["event_id"] = str(uuid.uuid5(GENERATED_ID_NAMESPACE, id_seed))
+        seed = id_seed if isinstance(id_seed, str) else id_seed()
+        context["event_id"] = str(uuid.uuid5(GENERATED_ID_NAMESPACE, seed))
         generated = True
         warnings.append("context.event_id is missing; generated (this event cannot be deduplicated)")
 

@@ -43,6 +43,17 @@ def accepts(destination: Destination, source_id: str, event: dict[str, Any]) -> 
     return destination.filters is None or filters.passes(destination.filters, event)
 
 
+def takes_all(destination: Destination, source_id: str) -> bool:
+    """True if the destination takes every event of the source whatever it holds (no events,
+    consent or filter conditions; the source among its sources): `accepts` need not look."""
+    return (
+        (destination.sources is None or source_id in destination.sources)
+        and destination.events is None
+        and destination.consent_category is None
+        and destination.filters is None
+    )
+
+
 def refused_for_consent(destination: Destination, source_id: str, event: dict[str, Any]) -> bool:
     """For an event `accepts` turned away: True if the consent check is what did it. The checks run in
     `accepts`'s order and the first that fails decides (as in `why_filtered`), so the counts agree with

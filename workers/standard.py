@@ -9,7 +9,10 @@ so the judge can remove exactly the property a `bad_value` finding names.
 from __future__ import annotations
 
 import math
-from typing import Any
+import sys
+from typing import Annotated, Any, Literal
+
+import msgspec
 
 from trackpipe.events import (
     ITEM_KEYS,
@@ -118,6 +121,89 @@ def _check_items(items: Any) -> list[Finding]:
     return findings
 
 
+# --- the quick look ----------------------------------------------------------------------------
+#
+# Most events have nothing to report. A typed look (msgspec converting the event to a Struct made
+# for its name, in C) tells those apart; an event it does not take goes to the full check below,
+# which alone makes findings. Each shape is at least as strict as the full check (a value the full
+# check takes but the shape does not, an empty `user` for one, only costs the full check), so
+# "the shape takes it" always means "the full check would find nothing".
+
+_FLOAT = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]  # finite
+_NUMBER = int | _FLOAT  # bool is neither: msgspec's strict conversion keeps them apart
+# A required property that is there: not null, "", [] or {} (0 and false are values).
+_PRESENT = Annotated[str, msgspec.Meta(min_length=1)] | int | float | bool
+_CURRENCY = Annotated[str, msgspec.Meta(min_length=3, max_length=3, pattern=r"\A[A-Z]{3}\Z")]
+_PAYMENT = Literal[tuple(sorted(PAYMENT_METHODS))]  # type: ignore[valid-type]
+_PURCHASE_STATUS = Literal[tuple(sorted(PURCHASE_STATUSES))]  # type: ignore[valid-type]
+_ANY: Any = Any
+
+
+class _Product(msgspec.Struct):
+    name: _PRESENT  # type: ignore[valid-type]
+    price: _NUMBER  # type: ignore[valid-type]
+    currency: _CURRENCY | None = None
+
+
+_Item = msgspec.defstruct(
+    "_Item",
+    [
+        *(
+            (key, _NUMBER if key in ITEM_NUMBER_PROPERTIES else _Product if key == "product" else _PRESENT)
+            for key in ITEM_KEYS
+        ),
+        *((key, _NUMBER | None, None) for key in ITEM_NUMBER_PROPERTIES if key not in ITEM_KEYS),
+    ],
+    kw_only=True,
+)
+
+
+class _User(msgspec.Struct):
+    consent_categories: _ANY  # a non-empty user without it is a finding
+
+
+def _shape(name: str, required: tuple[str, ...]) -> type:
+    """The Struct an event of this standard name converts to only if the full check finds nothing."""
+    numbers = set(NUMBER_PROPERTIES)
+    booleans: set[str] = set()
+    if name in VIDEO_EVENTS:
+        numbers.update(VIDEO_NUMBER_PROPERTIES)
+        booleans.update(VIDEO_BOOLEAN_PROPERTIES)
+    typed: dict[str, Any] = {
+        "items": list[_Item],  # type: ignore[valid-type]
+        "user": _User,
+        "payment_method": _PAYMENT,
+        "currency": _CURRENCY,
+        **({"status": _PURCHASE_STATUS} if name == "purchase" else {}),
+        **dict.fromkeys(numbers, _NUMBER),
+        **dict.fromkeys(booleans, bool),
+    }
+    fields: list[Any] = []
+    for key in required:
+        kind = typed.get(key, _PRESENT)
+        if key == "items":
+            kind = Annotated[list[_Item], msgspec.Meta(min_length=1)]  # type: ignore[valid-type]
+        fields.append((key, kind | None if key in NULLABLE else kind))
+    fields += [(key, kind | None, None) for key, kind in typed.items() if key not in required]
+    return msgspec.defstruct(f"_{name}_shape", fields, kw_only=True)
+
+
+_SHAPES = {name: _shape(name, required) for name, (required, _) in STANDARD_EVENTS.items()}
+
+
+def _fine(event: dict[str, Any], name: str, conditional: tuple[str, ...]) -> bool:
+    """True only if check_standard_event would find nothing in the event (a standard one)."""
+    try:
+        msgspec.convert(event, _SHAPES[name])
+    except (msgspec.ValidationError, TypeError):
+        return False
+    for key in conditional:
+        triggers = ("value", "revenue") if key == "currency" else ("currency",)
+        if _missing(event, key) and any(not _missing(event, t) for t in triggers):
+            return False
+    return True
+
+
 def check_standard_event(event: dict[str, Any]) -> list[Finding]:
     """What a standard event lacks (`missing`) or carries with a wrong type or value (`bad_value`),
     as the events reference describes it; [] for custom events."""
@@ -126,6 +212,15 @@ def check_standard_event(event: dict[str, Any]) -> list[Finding]:
     if rule is None:
         return []
     required, conditional = rule
+    if _fine(event, name, conditional):
+        return []
+    return _findings(event, name, required, conditional)
+
+
+def _findings(
+    event: dict[str, Any], name: str, required: tuple[str, ...], conditional: tuple[str, ...]
+) -> list[Finding]:
+    """The full check of a standard event."""
     missing = _absent(event, required)
     findings = [Finding(key, f"{name}: required property {key!r} is missing", "missing") for key in missing]
     for key in conditional:

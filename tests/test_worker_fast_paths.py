@@ -1,0 +1,177 @@
+"""The worker's quick paths against the full ones they stand in for (pure, no Redis): the typed look
+at standard events (workers.standard._fine) never passes an event the full check finds fault with,
+the inspector's early cut keeps what plan_samples would send, and the dedup claim built from ids
+equals the one built from DedupKeys."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from typing import Any
+
+import pytest
+import redis
+
+from trackpipe.events import STANDARD_EVENTS, VIDEO_EVENTS
+from trackpipe.keys import KeyLayout
+from workers import standard
+from workers.dedup import Deduplicator
+from workers.ingest import _inspector_records, decode_and_normalize, plan_fan_out
+from workers.inspector import plan_samples
+
+USER = {"id": "7", "consistent_anonymous_id": "ca-7", "consent_categories": ["1", "3"]}
+ITEM = {"id": "SKU-9", "quantity": 1, "product": {"name": "Mug", "price": 35, "currency": "EUR"}}
+GOOD_VALUES: dict[str, Any] = {
+    "user": USER,
+    "items": [ITEM],
+    "currency": "EUR",
+    "value": 42.5,
+    "revenue": 35,
+    "payment_method": "card",
+    "status": "pending",
+    "total_length": 120,
+    "full_screen": True,
+    "sound": 3,
+    "bitrate": 1200,
+    "cursor_position": 0,
+}
+# Values each property may be given: good ones, and the ways producers get them wrong.
+ODD_VALUES: list[Any] = [
+    None, "", 0, 0.0, -1, 1.5, math.inf, -math.inf, math.nan, True, False, "x", "EUR", "eur", "EURO", "EUR\n",
+    [], {}, [1], {"a": 1}, "card", "bitcoin", "pending", "lost", 10**30, "3",
+]  # fmt: skip
+KEYS = sorted(
+    {k for required, conditional in STANDARD_EVENTS.values() for k in (*required, *conditional)}
+    | {"tax", "shipping", "seek_position", "ad_enabled", "livestream", "status", "payment_method", "currency"}
+)
+
+
+def _good(name: str) -> dict[str, Any]:
+    required, _ = STANDARD_EVENTS[name]
+    event: dict[str, Any] = {"event_name": name, "context": {"event_id": "e"}}
+    for key in required:
+        event[key] = copy.deepcopy(GOOD_VALUES.get(key, "v"))
+    return event
+
+
+def _mutate(rng: random.Random, event: dict[str, Any]) -> dict[str, Any]:
+    event = copy.deepcopy(event)
+    for _ in range(rng.choice([1, 1, 2, 3])):
+        where = rng.random()
+        if where < 0.55:
+            key = rng.choice(KEYS)
+            if rng.random() < 0.2:
+                event.pop(key, None)
+            else:
+                event[key] = copy.deepcopy(rng.choice(ODD_VALUES))
+        elif where < 0.85:
+            items = event.setdefault("items", [copy.deepcopy(ITEM)])
+            if isinstance(items, list) and items and isinstance(items[0], dict):
+                item = items[0]
+                target = item["product"] if isinstance(item.get("product"), dict) and rng.random() < 0.5 else item
+                key = rng.choice(["id", "quantity", "product", "name", "price", "currency", "discount", "value"])
+                if rng.random() < 0.2:
+                    target.pop(key, None)
+                else:
+                    target[key] = copy.deepcopy(rng.choice(ODD_VALUES))
+            else:
+                event["items"] = rng.choice([[5], [copy.deepcopy(ITEM), "x"], [], [copy.deepcopy(ITEM)] * 2])
+        else:
+            user = rng.choice([{}, {"id": "1"}, {"consent_categories": []}, "u", None, dict(USER)])
+            event["user"] = user
+    return event
+
+
+@pytest.mark.parametrize("name", sorted(STANDARD_EVENTS))
+def test_the_typed_look_passes_only_what_the_full_check_passes(name: str) -> None:
+    rng = random.Random(name)
+    required, conditional = STANDARD_EVENTS[name]
+    good = _good(name)
+    # The plain good event takes the quick path (else the quick path would be worth nothing).
+    assert standard._fine(good, name, conditional), name
+    assert standard._findings(good, name, required, conditional) == []
+    passed = 0
+    for _ in range(400):
+        event = _mutate(rng, good)
+        if standard._fine(event, name, conditional):
+            passed += 1
+            assert standard._findings(event, name, required, conditional) == [], (name, event)
+    assert 0 < passed < 400  # some mutations are harmless, most are not
+
+
+def test_the_typed_look_refuses_what_only_looks_like_a_number() -> None:
+    event = _good("purchase")
+    for value in (True, math.inf, math.nan, "1", None, -math.inf, [], {}):
+        assert not standard._fine({**event, "value": value}, "purchase", ())
+    assert VIDEO_EVENTS  # the catalogue's video events have shapes too
+    assert all(name in standard._SHAPES for name in VIDEO_EVENTS)
+
+
+def test_the_inspector_cut_keeps_what_plan_samples_sends() -> None:
+    from tests.worker_corpus import config, corpus
+
+    cfg = config()
+    sources = {s.id: s for s in cfg.sources}
+    layout = KeyLayout(cfg.key_prefix)
+    for caps in ((0, 0), (1, 0), (2, 1), (5, 5)):
+        for job_id, payload in corpus(seed=5):
+            events = decode_and_normalize(payload, job_id, sources)
+            fan_out = plan_fan_out(events, cfg)
+
+            sent = [
+                [
+                    p.command
+                    for p in plan_samples(
+                        _inspector_records(events, fan_out, cut),
+                        list_key=layout.inspector,
+                        test_list_key=layout.inspector_tests,
+                        counter_key=layout.inspector_sample,
+                        list_size=100,
+                        per_name_per_minute=caps[0],
+                        test_per_minute=caps[1],
+                    )
+                ]
+                for cut in (caps, None)
+            ]
+            assert sent[0] == sent[1]
+
+
+def test_ids_blob_equals_keys_blob() -> None:
+    # No server: registering the script only hashes it.
+    dedup = Deduplicator(redis.Redis(port=1), KeyLayout("trackpipe"), 86_400, 64)
+    rng = random.Random(3)
+    items = [
+        (rng.choice(["web", "app", "a.b"]), f"id-{rng.randrange(10**6)}", rng.choice([None, 86_400, 3_600, 60]),
+         1_700_000_000_000 + rng.randrange(10**9))
+        for _ in range(300)
+    ]  # fmt: skip
+    by_keys = dedup.keys_blob([(dedup.key_for(s, e, w), t) for s, e, w, t in items])
+    assert dedup.ids_blob(items) == by_keys
+    assert len(by_keys[1]) == 3  # the default window (86_400 among them) and two of their own
+
+
+def test_normalize_in_place_gives_what_a_copy_gives() -> None:
+    import copy as copying
+
+    import msgspec
+
+    from tests.worker_corpus import corpus
+    from trackpipe.messages import decode_batch
+    from workers.normalize import normalize
+
+    checked = 0
+    for job_id, payload in corpus(seed=9):
+        for record in decode_batch(payload).records:
+            for raw in record.events:
+                try:
+                    decoded = msgspec.json.decode(raw)
+                except msgspec.MsgspecError:
+                    continue
+                kept = copying.deepcopy(decoded)
+                args: dict[str, Any] = {"received_at": record.received_at, "source_id": "s", "id_seed": job_id}
+                by_copy = normalize(decoded, **args)
+                assert decoded == kept  # the input left alone
+                assert normalize(decoded, owned=True, **args) == by_copy
+                checked += 1
+    assert checked > 100
