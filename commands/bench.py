@@ -11,6 +11,10 @@ import msgspec
 
 MEASUREMENTS = ["edge", "batch", "worker", "e2e", "dedup"]
 
+# The server's fsync policy behind each figure, where the measurement does not report its own
+# (`detail.appendfsync`): every bench server runs the product's default, `always`.
+FSYNC_DEFAULT = {"worker": "always", "dedup": "n/a (memory)", "redis": "always, everysec"}
+
 
 class Report(msgspec.Struct):
     """How one measurement is named in the JSON and checked against its target."""
@@ -68,8 +72,12 @@ def as_json(name: str, m: Any) -> dict[str, Any]:
         out[report.baseline_key] = m.baseline
         out["ratio"] = m.ratio
     out.update(m.figures)
-    out.update(target=report.target, met=report.met(m), detail=m.detail)
+    out.update(appendfsync=fsync_of(name, m), target=report.target, met=report.met(m), detail=m.detail)
     return out
+
+
+def fsync_of(name: str, m: Any) -> str:
+    return str(m.detail.get("appendfsync") or FSYNC_DEFAULT.get(name, "always"))
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -81,6 +89,8 @@ def run_bench(args: argparse.Namespace) -> int:
         print("trackpipe bench: --generator wrk: wrk is not on the PATH", file=sys.stderr)
         return 2
 
+    if args.what == "capacity":
+        return run_capacity_command(args)
     names = MEASUREMENTS if args.what == "all" else [args.what]
     results: dict[str, Any] = {}
     for name in names:
@@ -95,13 +105,16 @@ def run_bench(args: argparse.Namespace) -> int:
         f"machine: {info['cores']} cores, {info['cpu']}, Python {info['python']}, {info['redis_server']}, "
         f"wrk on PATH: {info['wrk']}"
     )
-    print(f"{'measurement':<12} {'value':>12} {'baseline':>12} {'ratio':>8}  {'unit':<10} {'target':<28} met")
+    print(f"{'measurement':<12} {'value':>12} {'baseline':>12} {'ratio':>8}  {'unit':<10} {'target':<28} met  fsync")
     for name, m in results.items():
         report = REPORTS[name]
         baseline = f"{m.baseline:>12,.1f}" if report.baseline_key else f"{'-':>12}"
         ratio = f"{m.ratio:>8}" if report.baseline_key else f"{'-':>8}"
         met = "yes" if report.met(m) else "NO"
-        print(f"{name:<12} {m.value:>12,.1f} {baseline} {ratio}  {m.unit:<10} {report.target:<28} {met}")
+        print(
+            f"{name:<12} {m.value:>12,.1f} {baseline} {ratio}  {m.unit:<10} {report.target:<28} {met:<4} "
+            f"{fsync_of(name, m)}"
+        )
         if "fsync_everysec_rps" in m.figures:
             # The price of a 200 meaning "on disk": the same edge with the server at each fsync policy.
             always, everysec = m.figures["fsync_always_rps"], m.figures["fsync_everysec_rps"]
@@ -134,3 +147,69 @@ def _print_capacity(m: Any) -> None:
                 f"  {kind:<10} WAITAOF (min_replicas 1 vs 0): primary CPU per event "
                 f"x{figures[kind + '_waitaof_cpu_ratio']}, edge rate x{figures[kind + '_waitaof_rate_ratio']}"
             )
+
+
+def run_capacity_command(args: argparse.Namespace) -> int:
+    """`trackpipe bench capacity`: the step table as it goes (stderr), then the report."""
+    from tooling.bench import machine
+    from tooling.capacity import run_capacity
+
+    def progress(line: str) -> None:
+        if not args.json:
+            print(f"  step: {line}", file=sys.stderr, flush=True)
+
+    report = run_capacity(
+        args.events_per_request,
+        args.duration,
+        start_rate=args.start_rate,
+        max_steps=args.max_steps,
+        edges=args.edges,
+        ingest_workers=args.ingest_workers,
+        shared_workers=args.shared_workers or 0,
+        progress=progress,
+    )
+    info = machine()
+    if args.json:
+        print(msgspec.json.encode({"machine": info, "capacity": report}).decode())
+        return 0
+    print(
+        f"machine: {info['cores']} cores, {info['cpu']}, Python {info['python']}, {info['redis_server']} "
+        f"(appendfsync {report.appendfsync})"
+    )
+    print(
+        f"layout: {report.layout}; {report.events_per_request} event(s) per request, steps of {report.duration} s; "
+        f"load average {report.load_average[0]} -> {report.load_average[1]}"
+    )
+    print(
+        f"{'req/s':>9} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'late p99':>9} "
+        f"{'busy':>5} {'µs/event':>9} {'kept up':>7}  held"
+    )
+    for step in report.steps:
+        verdict = "yes" if step.held else "no: " + "; ".join(step.why_not)
+        print(
+            f"{step.requests_per_second:>9,.0f} {step.events_per_second:>10,.0f} {_ms(step.p50_ms):>8} "
+            f"{_ms(step.p99_ms):>8} {_ms(step.max_ms):>8} {step.generator_lateness.p99_ms:>9.1f} "
+            f"{step.machine_busy:>5.0%} {step.us_per_event:>9.1f} {'yes' if step.sustained else 'no':>7}  {verdict}"
+        )
+    met = "met" if report.met else "NOT met"
+    print(
+        f"held: {report.held_requests_per_second:,.0f} requests/s = {report.held_events_per_second:,.0f} events/s, "
+        f"p50 {_ms(report.p50_ms)} / p99 {_ms(report.p99_ms)} / max {_ms(report.max_ms)} ms "
+        f"(target >= {report.target_events_per_second:,.0f} events/s: {met}; appendfsync {report.appendfsync})"
+    )
+    print(f"kept up with (p99 aside): {report.sustained_requests_per_second:,.0f} requests/s")
+    # Where the CPU went: at the highest held step, else at the highest step kept up with.
+    shown = [s for s in report.steps if s.held] or [s for s in report.steps if s.sustained]
+    if shown:
+        step = max(shown, key=lambda s: s.requests_per_second)
+        print(
+            f"CPU at {step.requests_per_second:,.0f} requests/s ({'held' if step.held else 'kept up'}): "
+            "cores busy, share of all used, µs per event, cores' worth of waiting for a core"
+        )
+        for name, cpu in sorted(step.cpu.items(), key=lambda item: -item[1].seconds):
+            print(f"  {name:<24} {cpu.cores:>6.2f} {cpu.share:>7.1%} {cpu.us_per_event:>8.1f} {cpu.waiting:>6.2f}")
+    return 0
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"

@@ -107,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="measure the hot paths against their baselines")
     bench.add_argument(
-        "what", nargs="?", default="all", choices=["edge", "batch", "worker", "e2e", "dedup", "redis", "all"]
+        "what",
+        nargs="?",
+        default="all",
+        choices=["edge", "batch", "worker", "e2e", "dedup", "redis", "capacity", "all"],
     )
     bench.add_argument("--json", action="store_true", help="one JSON object on stdout")
     bench.add_argument(
@@ -120,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--duration",
         type=_positive,
         default=10,
-        help="edge, batch, e2e: seconds of load; redis: per stage (default: %(default)s)",
+        help="edge, batch, e2e: seconds of load; redis: per stage; capacity: per step (default: %(default)s)",
     )
     bench.add_argument("--events", type=_positive, default=100_000, help="worker: events (default: %(default)s)")
     bench.add_argument(
@@ -141,6 +144,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--e2e-batch", type=_positive, default=1, help="e2e: events per request (default: %(default)s, single events)"
+    )
+    bench.add_argument(
+        "--events-per-request",
+        type=_positive,
+        default=1,
+        help="capacity: events per request (default: %(default)s; more than 1: /events/batch)",
+    )
+    bench.add_argument(
+        "--start-rate", type=_positive, help="capacity: first step's requests/s (default: 2000 events/s' worth)"
+    )
+    bench.add_argument("--max-steps", type=_positive, default=8, help="capacity: steps at most (default: %(default)s)")
+    bench.add_argument("--edges", type=_positive, default=1, help="capacity: edge processes (default: %(default)s)")
+    bench.add_argument(
+        "--ingest-workers", type=_positive, default=1, help="capacity: ingest workers (default: %(default)s)"
+    )
+    bench.add_argument(
+        "--shared-workers",
+        type=_positive,
+        help="capacity: this many workers on every queue instead of one per role (ingest, each destination)",
     )
 
     soak = commands.add_parser(

@@ -83,6 +83,13 @@ def test_bench_all_in_smoke_mode_reports_every_measurement() -> None:
     assert e2e["webhook_received"] == e2e["file_received"] == e2e["accepted"]
     assert e2e["lost"] == 0 and e2e["duplicates"] == 0
     assert 0 < e2e["p50_ms"] <= e2e["p99_ms"]
+    # Latency from the schedule, the generator's own lateness beside it, the fsync setting named.
+    assert e2e["latency_from"] == "schedule" and e2e["appendfsync"] == "always"
+    lateness = e2e["generator_lateness"]
+    assert lateness["requests"] == e2e["statuses"]["200"] and 0 <= lateness["late_share"] <= 1
+    assert 0 <= lateness["p99_ms"] <= lateness["max_ms"]
+    for name in ("edge", "batch", "worker", "e2e"):
+        assert report[name]["appendfsync"] == "always"
 
     dedup = report["dedup"]
     assert dedup["detail"]["ids"] == 200_000 and 0 < dedup["bytes_per_id"] < dedup["baseline_bytes_per_id"]
@@ -97,6 +104,7 @@ def test_bench_prints_a_table_with_the_machine_line() -> None:
     lines = done.stdout.splitlines()
     assert lines[0].startswith("machine: ") and "valkey" in lines[0]
     assert any(line.startswith("worker ") for line in lines)
+    assert lines[1].split()[-1] == "fsync" and next(x for x in lines if x.startswith("worker ")).endswith(" always")
 
 
 @pytest.mark.slow
@@ -155,3 +163,53 @@ def test_bench_edge_with_wrk() -> None:
     assert edge["detail"]["generator"] == "wrk"
     assert edge["detail"]["events_stored"] >= edge["detail"]["events_answered_200"] > 0
     assert edge["fsync_always_rps"] > 0 and edge["fsync_everysec_rps"] > 0 and edge["durability_cost"] < 1
+
+
+# The load generator's schedule and lateness accounting (pure: no server, no clock).
+
+
+def test_schedule_spreads_requests_evenly_from_the_start() -> None:
+    from tooling.loadgen import due_offset, scheduled_count
+
+    assert scheduled_count(8_000, 10) == 80_000
+    assert scheduled_count(0.2, 1) == 1  # never an empty schedule
+    assert [due_offset(n, 4) for n in range(5)] == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def test_lateness_counts_sends_after_their_due_time() -> None:
+    from tooling.loadgen import lateness
+
+    # 100 sends: 97 on time or early (negative), 3 late by 2, 5 and 40 ms.
+    late = [-0.0002] * 50 + [0.0] * 47 + [0.002, 0.005, 0.040]
+    summary = lateness(late)
+    assert summary.requests == 100
+    assert summary.max_ms == 40.0
+    assert summary.p99_ms == 40.0  # the 99th of 100 sorted values
+    assert summary.late_share == 0.03
+    assert lateness([0.0005, 0.0009]).late_share == 0.0  # within a millisecond is on time
+    assert lateness([]).requests == 0
+
+
+def test_run_load_takes_due_times_from_the_schedule() -> None:
+    """Against a real local server: every request's due time is `start + n / rate` whatever its send."""
+    import asyncio
+
+    from tooling.harness import free_port, wait_http
+    from tooling.loadgen import run_load
+
+    port = free_port()
+    bare = subprocess.Popen([sys.executable, "-m", "tooling.bare", "--port", str(port)], stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        result = asyncio.run(
+            run_load(f"http://127.0.0.1:{port}/events", lambda i: b"{}", connections=4, duration=0.5, rate=40)
+        )
+    finally:
+        bare.kill()
+        bare.wait()
+    assert result.scheduled == 20 and result.sent == 20 and result.ok == 20
+    start = result.due_times[0]
+    for n, due in result.due_times.items():
+        assert due == pytest.approx(start + n / 40, abs=1e-6)
+        assert result.send_times[n] >= due - 0.001  # never more than the loop's lead before its time
+    assert result.lateness is not None and result.lateness.requests == 20
