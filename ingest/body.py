@@ -79,6 +79,14 @@ def parse_content_length(header: str | None) -> int | None:
     return int(digits)
 
 
+def body_arrived(receive: Receive) -> bool:
+    """True when the server already holds the whole body, so reading it cannot wait: uvicorn's
+    `receive` is a method of its request cycle, whose `more_body` turns False once the request's
+    last byte is in. Anything else (another server, a test's receive) says False, and the caller
+    reads with its timeout."""
+    return getattr(getattr(receive, "__self__", None), "more_body", True) is False
+
+
 async def read_body(receive: Receive, *, limit: int, content_length: int | None, gzip: bool) -> bytes:
     """The request body, decompressed, at most `limit` bytes; RequestRejected otherwise."""
     wire_limit = limit + GZIP_OVERHEAD if gzip else limit
@@ -114,6 +122,7 @@ __all__ = [
     "BoundedGunzip",
     "ClientDisconnected",
     "RequestRejected",
+    "body_arrived",
     "content_coding",
     "parse_content_length",
     "read_body",

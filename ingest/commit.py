@@ -9,8 +9,9 @@ makes a new RQ job when there is none to join (`trackpipe.openjob`), and returns
 Writes are paced: a write that holds fewer than `min_events` starts no sooner than `interval` after
 the previous one began. Fewer, larger writes mean fewer round trips and fuller jobs while workers
 keep up (a job costs a worker several milliseconds whatever its size). A lone request after a
-quiet spell is written at once; a busy edge writes as soon as `min_events` have gathered. A failed
-write answers every request it holds with StorageUnavailable and counts in COMMIT_FAILURES.
+quiet spell is written at once; a busy edge writes as soon as `min_events` have gathered. With no
+write in flight, a write that holds `min_events` takes no more (see `_batch`). A failed write
+answers every request it holds with StorageUnavailable and counts in COMMIT_FAILURES.
 """
 
 from __future__ import annotations
@@ -90,14 +91,29 @@ class GroupCommitter:
         self._queue: deque[_Pending] = deque()
         self._flusher: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()  # the open write has min_events, or another is queued behind it
+        # A write is in flight. Without one, requests arriving together (64 connections answered by
+        # one write come back together) would all join one write and leave the loop idle while it is
+        # in flight, every time; split, one half's write is in flight while the other half is served.
+        self._writing = False
         self.backlog = 0  # ingest queue length seen by the latest write
         self.stats = CommitStats()
 
     def _batch(self, adding: int = 0) -> _Pending:
-        """The newest write with room for `adding` more events; otherwise a new one."""
-        if not self._queue or (self._queue[-1].events and self._queue[-1].events + adding > self._max_events):
-            self._queue.append(_Pending(asyncio.get_running_loop()))
-        return self._queue[-1]
+        """The newest write with room for `adding` more events; otherwise a new one. With no write in
+        flight, the next write takes no more once it holds `min_events`: it can go at once, and what
+        arrives after it goes in the one behind it, which gathers while the first is in flight."""
+        queue = self._queue
+        last = queue[-1] if queue else None
+        if last is None or (
+            last.events
+            and (
+                last.events + adding > self._max_events
+                or (len(queue) == 1 and not self._writing and last.events >= self._min_events)
+            )
+        ):
+            last = _Pending(asyncio.get_running_loop())
+            queue.append(last)
+        return last
 
     async def submit(self, record: IngestRecord) -> None:
         """Returns once the record is stored in Redis; raises StorageUnavailable otherwise."""
@@ -134,6 +150,7 @@ class GroupCommitter:
             self._last_write_started = loop.time()
             batch = IngestBatch(pending.records) if pending.records else None
             started = time.perf_counter()
+            self._writing = True
             try:
                 self.backlog = await self._write(batch, pending.samples)
             except Exception as exc:
@@ -143,6 +160,8 @@ class GroupCommitter:
                 # A StorageUnavailable of the store's own (NotReplicated) keeps its words for the 503.
                 pending.settle(exc if isinstance(exc, StorageUnavailable) else StorageUnavailable(str(exc)))
                 continue
+            finally:
+                self._writing = False
             self.stats.writes += 1
             self.stats.events += pending.events
             pending.settle(None)

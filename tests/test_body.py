@@ -16,6 +16,7 @@ from ingest.body import (
     GZIP_OVERHEAD,
     BoundedGunzip,
     ClientDisconnected,
+    body_arrived,
     content_coding,
     parse_content_length,
     read_body,
@@ -346,3 +347,26 @@ def test_parse_content_length_invalid(header: str) -> None:
         parse_content_length(header)
     assert info.value.problem is Problem.INVALID_BODY
     assert info.value.reason == f"invalid Content-Length {header!r}"
+
+
+class Cycle:
+    """Like uvicorn's request cycle: `receive` is its method, `more_body` False once the body is in."""
+
+    def __init__(self, more_body: bool) -> None:
+        self.more_body = more_body
+
+    async def receive(self) -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+
+def test_body_arrived_only_when_the_server_says_the_whole_body_is_in() -> None:
+    # The edge reads such a body without arming its body timeout (it cannot wait).
+    assert body_arrived(Cycle(more_body=False).receive) is True
+    assert body_arrived(Cycle(more_body=True).receive) is False
+    # Any other receive (another server, a test's) is read with the timeout.
+    assert body_arrived(FakeReceive([])) is False
+
+    async def receive() -> dict[str, Any]:
+        return {}
+
+    assert body_arrived(receive) is False

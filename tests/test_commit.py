@@ -468,6 +468,29 @@ def test_enough_events_are_written_without_waiting_for_the_interval() -> None:
     run(test, store, interval_seconds=30, min_events=3)
 
 
+def test_a_burst_with_no_write_in_flight_is_split_once_at_min_events() -> None:
+    """Requests arriving together while nothing is written (closed-loop clients answered by one write)
+    split into a first write of min_events and one that gathers the rest while the first is in
+    flight: one half is served while the other's write is on its way."""
+    store = FakeStore()
+
+    async def test(store: FakeStore, committer: GroupCommitter) -> None:
+        store.hold()
+        burst = [asyncio.ensure_future(committer.submit(record(n))) for n in range(10)]
+        await store.started()
+        await settle()
+        assert store.sizes() == [4]
+        late = [asyncio.ensure_future(committer.submit(record(n))) for n in range(10, 15)]
+        await settle()
+        store.release()
+        await asyncio.wait_for(asyncio.gather(*burst, *late), WAIT)
+        # Only the first write is cut: the second took the rest of the burst and the late ones.
+        assert store.sizes() == [4, 11]
+        assert store.most_in_flight == 1
+
+    run(test, store, interval_seconds=30, min_events=4)
+
+
 def test_failed_write_counts_in_commit_failures_metric() -> None:
     """`trackpipe_edge_commit_failures_total` (README, metrics) counts each failed write, not the
     requests it held, and a successful write leaves it alone."""

@@ -664,6 +664,23 @@ async def test_shutdown_while_the_backlog_monitor_polls() -> None:
             await client.aclose()
 
 
+async def test_the_edge_tunes_the_collector_while_it_runs_and_restores_it() -> None:
+    """While the edge runs, what existed at its start is frozen out of the collector's walks and
+    the first generation runs less often (GC_GEN0_THRESHOLD); stopping gives both back."""
+    import gc
+
+    from ingest.app import GC_GEN0_THRESHOLD
+
+    before = gc.get_threshold()
+    async with running() as harness:
+        assert gc.get_threshold()[0] >= GC_GEN0_THRESHOLD
+        assert gc.get_threshold()[1:] == before[1:]
+        assert gc.get_freeze_count() > 0
+        assert (await harness.post(event("gc"))).status_code == 200
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
+
+
 # -- the other routes --------------------------------------------------------------------------
 
 
