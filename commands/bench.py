@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -38,6 +39,8 @@ REPORTS = {
         lambda m: m.value < 500 and m.detail.get("lost") == 0 and m.detail.get("accepted", 0) > 0,
     ),
     "dedup": Report("bytes_per_id", "baseline_bytes_per_id", "<= 16 bytes/id", lambda m: m.value <= 16),
+    # Not a target: delivery-worker CPU per event (webhook + file); the baseline is `--compare`'s code.
+    "deliver": Report("us_per_event", "baseline_us_per_event", "delivery CPU per event (info)", lambda m: m.value > 0),
     # Not a target: the figures the capacity model in docs/PERFORMANCE.md is built from.
     "redis": Report(
         "single_events_per_core",
@@ -62,6 +65,10 @@ def measure(name: str, args: argparse.Namespace) -> Any:
         from tooling.benchredis import bench_redis
 
         return bench_redis(args.duration)
+    if name == "deliver":
+        from tooling.benchdeliver import bench_deliver
+
+        return bench_deliver(args.events, args.job_events, compare=Path(args.compare) if args.compare else None)
     return bench_dedup(args.ids)
 
 
@@ -91,6 +98,12 @@ def run_bench(args: argparse.Namespace) -> int:
 
     if args.what == "capacity":
         return run_capacity_command(args)
+    if getattr(args, "compare", None) and not (Path(args.compare) / "workers" / "deliver.py").is_file():
+        print(
+            f"trackpipe bench: --compare {args.compare}: not a trackpipe checkout (no workers/deliver.py)",
+            file=sys.stderr,
+        )
+        return 2
     names = MEASUREMENTS if args.what == "all" else [args.what]
     results: dict[str, Any] = {}
     for name in names:

@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         "what",
         nargs="?",
         default="all",
-        choices=["edge", "batch", "worker", "e2e", "dedup", "redis", "capacity", "all"],
+        choices=["edge", "batch", "worker", "e2e", "dedup", "redis", "deliver", "capacity", "all"],
     )
     bench.add_argument("--json", action="store_true", help="one JSON object on stdout")
     bench.add_argument(
@@ -125,18 +125,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=10,
         help="edge, batch, e2e: seconds of load; redis: per stage; capacity: per step (default: %(default)s)",
     )
-    bench.add_argument("--events", type=_positive, default=100_000, help="worker: events (default: %(default)s)")
+    bench.add_argument(
+        "--events", type=_positive, default=100_000, help="worker, deliver: events (default: %(default)s)"
+    )
     bench.add_argument(
         "--job-events",
         type=_positive,
         default=2_000,
-        help="worker: events per ingest job (default: %(default)s, the edge's commit_max_events)",
+        help="worker, deliver: events per ingest job (default: %(default)s, the edge's commit_max_events)",
     )
     bench.add_argument(
         "--baseline-events",
         type=_positive,
         default=2_000,
         help="worker: one-job-per-event events (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--compare",
+        help="deliver: a checkout of older code to measure against in the same run (its repository root)",
     )
     bench.add_argument("--ids", type=_positive, default=1_000_000, help="dedup: ids remembered (default: %(default)s)")
     bench.add_argument(

@@ -39,15 +39,19 @@ class FileSender:
         self.directory = Path(settings.path)
         self._clock = clock
 
-    def _line(self, event: OutgoingEvent) -> bytes:
+    def _lines(self, events: list[OutgoingEvent]) -> bytes:
         mapping = self.settings.mapping
-        return (event.body if mapping is None else _encoder.encode(apply(mapping, event.event))) + b"\n"
+        if mapping is None:  # the stored JSON as it is: one join, no copy of each line
+            bodies = [event.body for event in events]
+        else:
+            bodies = [_encoder.encode(apply(mapping, event.event)) for event in events]
+        return b"\n".join(bodies) + b"\n"
 
     def send(self, events: list[OutgoingEvent]) -> list[Outcome]:
         if not events:
             return []
         target = hour_file(self.directory, self._clock())
-        data = b"".join(self._line(e) for e in events)
+        data = self._lines(events)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd = os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)  # read: to see a torn end

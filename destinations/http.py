@@ -130,9 +130,17 @@ class HttpSender:
             if 0 <= index < len(events):
                 outcomes[index] = self._masked(outcome)
         for request in requests:
-            for index, outcome in zip(request.indexes, self._exchange(request), strict=True):
+            answers = self._exchange(request)
+            if len(answers) != len(request.indexes):
+                raise ValueError(f"{len(answers)} outcomes for a request of {len(request.indexes)} events")
+            # An answer is mostly one shared outcome for the whole request: mask it once.
+            masked: dict[int, Outcome] = {}
+            for index, outcome in zip(request.indexes, answers, strict=True):
                 if 0 <= index < len(events):
-                    outcomes[index] = self._masked(outcome)
+                    done = masked.get(id(outcome))
+                    if done is None:
+                        done = masked[id(outcome)] = self._masked(outcome)
+                    outcomes[index] = done
         # A position build() forgot is a bug in the vendor module: retry rather than claim delivery.
         return [o if o is not None else Retry("no request was built for this event") for o in outcomes]
 
