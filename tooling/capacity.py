@@ -37,6 +37,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from tooling.bench import BENCH_KEY, BENCH_SITE, E2E_CONFIG
 from tooling.loadgen import Lateness, percentile
 
 HOLD_P99_MS = 250.0
@@ -48,25 +49,11 @@ GROWTH_FLOOR = 20
 SAMPLE_SECONDS = 0.25
 CONNECTIONS = 64
 
-SITE = "1"
-KEY = "bench-key-0123456789"
+# The e2e bench's pipeline: one source, a file and a webhook destination.
+SITE, KEY = BENCH_SITE, BENCH_KEY
 HOOK = "bench-hook"
 FILE = "bench-file"
-CONFIG = """
-redis_url = "{redis_url}"
-[[sources]]
-id = "bench-web"
-site_id = "1"
-keys = ["bench-key-0123456789"]
-[[destinations]]
-id = "bench-file"
-type = "file"
-path = "{out_dir}"
-[[destinations]]
-id = "bench-hook"
-type = "webhook"
-url = "{hook_url}"
-"""
+CONFIG = E2E_CONFIG
 
 
 # ---------------------------------------------------------------- pure step logic
