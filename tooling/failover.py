@@ -39,7 +39,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tooling.harness import file_ids, free_port
-from tooling.replicated import Replicated, _server_config, _start, replicated
+from tooling.replicated import Replicated, replicated
 from tooling.soak import (
     DESTINATIONS,
     EXPLAIN_BEFORE,
@@ -216,12 +216,8 @@ def _role(port: int) -> str | None:
 def _rejoin(layout: Replicated, old_port: int, new_port: int) -> subprocess.Popen:
     """Start the killed primary again on its data, as a replica of the new primary from its first
     moment (`replicaof` in its config): never a primary with stale data beside the promoted one."""
-    node_dir = layout.data_dir / "primary"
-    settings = "".join(f"{name} {value}\n" for name, value in SERVER_SETTINGS.items())
-    text = _server_config(old_port, node_dir, new_port, appendonly=True) + settings
-    process = _start(node_dir / "primary.conf", text)
-    layout.servers[old_port] = process
-    return process
+    layout.settings = {**layout.settings, **SERVER_SETTINGS}  # what the run set with CONFIG SET
+    return layout.restart_as_replica(old_port, new_port)
 
 
 def _replica_state(port: int) -> str:
