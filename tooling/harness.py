@@ -14,8 +14,10 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Self
 
 import httpx
 import msgspec
@@ -99,8 +101,81 @@ class Received:
     method: str = "POST"
 
 
-class HookServer:
-    """A real HTTP/1.1 server (keep-alive) on a free port in a thread. Each POST gets the next reply of
+class LocalServer:
+    """A real HTTP/1.1 server (keep-alive) on a free loopback port, in a thread: each request whose
+    method is in `METHODS` goes to `_handle`; those in `REFUSED` get an empty 405. The scaffolding
+    of the webhook receiver below and of the vendor servers (tooling/vendors)."""
+
+    METHODS: tuple[str, ...] = ("POST",)
+    REFUSED: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        def handle(handler: BaseHTTPRequestHandler) -> None:
+            owner._handle(handler)
+
+        def refuse(handler: BaseHTTPRequestHandler) -> None:
+            send_reply(handler, 405, b"")
+
+        for method in self.METHODS:
+            setattr(Handler, f"do_{method}", handle)
+        for method in self.REFUSED:
+            setattr(Handler, f"do_{method}", refuse)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.port: int = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def send_reply(
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    body: bytes,
+    headers: Iterable[tuple[str, str]] = (),
+    *,
+    content_length: bool = True,
+) -> None:
+    """Write one answer; a client that already gave up (timeout) only gets its connection closed."""
+    try:
+        handler.send_response(status)
+        for name, value in headers:
+            handler.send_header(name, value)
+        if content_length:
+            handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+        handler.wfile.flush()
+    except OSError:
+        handler.close_connection = True
+
+
+class HookServer(LocalServer):
+    """A real HTTP/1.1 server (keep-alive) on a free port in a thread. Each POST (PUT, PATCH) gets the next reply of
     the script, the last reply repeating; every request is recorded in `received`. With `secret`, the
     server checks X-Trackpipe-Signature itself (hmac) and answers 401 "bad signature" when it is wrong.
 
@@ -108,30 +183,16 @@ class HookServer:
             ... post to server.url ...
     """
 
+    METHODS = ("POST", "PUT", "PATCH")
+
     def __init__(self, *replies: Reply, secret: str | None = None) -> None:
         self.secret = secret
         self.received: list[Received] = []
         self._script = list(replies) or [Reply()]
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                owner._handle(self)
-
-            do_PUT = do_PATCH = do_POST
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.port = self._httpd.server_address[1]
+        super().__init__()
         self.url = f"http://127.0.0.1:{self.port}/hook"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def script(self, *replies: Reply) -> None:
         with self._lock:
@@ -170,32 +231,11 @@ class HookServer:
             )
         if reply.delay:
             self._stopping.wait(reply.delay)
-        try:
-            handler.send_response(reply.status)
-            for name, value in reply.headers:
-                handler.send_header(name, value)
-            handler.send_header("Content-Length", str(len(reply.body)))
-            handler.end_headers()
-            handler.wfile.write(reply.body)
-            handler.wfile.flush()
-        except OSError:  # the client gave up (timeout) and closed the connection
-            handler.close_connection = True
-
-    def start(self) -> HookServer:
-        self._thread.start()
-        return self
+        send_reply(handler, reply.status, reply.body, reply.headers)
 
     def stop(self) -> None:
         self._stopping.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=10)
-
-    def __enter__(self) -> HookServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().stop()
 
 
 def line_event_id(line: bytes) -> str | None:

@@ -30,9 +30,11 @@ import dataclasses
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tooling.harness import LocalServer, send_reply
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 RESERVED_PREFIXES = ("google_", "ga_", "firebase_")
@@ -331,13 +333,15 @@ def _user_property_messages(properties: Any) -> list[dict[str, str]]:
     return found
 
 
-class Ga4Server:
+class Ga4Server(LocalServer):
     """A real HTTP/1.1 server on a free port in a thread (see the module docstring).
 
     with Ga4Server(measurement_id="G-TEST123", api_secret="s3cret") as ga4:
         ... send to ga4.url ...
         assert ga4.requests()[0].messages == []
     """
+
+    REFUSED = ("GET",)
 
     def __init__(
         self, *, api_secret: str, measurement_id: str | None = None, firebase_app_id: str | None = None
@@ -350,31 +354,8 @@ class Ga4Server:
         self._received: list[Ga4Received] = []
         self._failures: list[tuple[int, str | None]] = []
         self._lock = threading.Lock()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                owner._handle(self)
-
-            def do_GET(self) -> None:
-                self._answer(405, b"")
-
-            def _answer(self, status: int, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.port = self._httpd.server_address[1]
+        super().__init__()
         self.url = f"http://127.0.0.1:{self.port}/mp/collect"  # the `endpoint` setting
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def fail(self, status: int, *, retry_after: str | None = None, times: int = 1) -> None:
         """Answer the next `times` requests with `status` (e.g. 429 or 503), with `Retry-After`."""
@@ -428,29 +409,4 @@ class Ga4Server:
             status, answer = 404, b"Not Found"
         with self._lock:
             self._received.append(Ga4Received(parts.path, query, body, payload, messages, status))
-        try:
-            handler.send_response(status)
-            for name, value in headers:
-                handler.send_header(name, value)
-            if status != 204:
-                handler.send_header("Content-Length", str(len(answer)))
-            handler.end_headers()
-            handler.wfile.write(answer)
-            handler.wfile.flush()
-        except OSError:
-            handler.close_connection = True
-
-    def start(self) -> Ga4Server:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=10)
-
-    def __enter__(self) -> Ga4Server:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        send_reply(handler, status, answer, headers, content_length=status != 204)

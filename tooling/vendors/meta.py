@@ -30,9 +30,11 @@ import re
 import secrets
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tooling.harness import LocalServer, send_reply
 
 HASHED_FIELDS = ("em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country")
 CUSTOMER_FIELDS = (
@@ -217,8 +219,10 @@ def check_event(index: int, event: Any, now: float) -> None:
             raise _invalid(f"data[{index}].custom_data.contents[{position}]: needs id and an integer quantity")
 
 
-class MetaServer:
+class MetaServer(LocalServer):
     """A real HTTP/1.1 server on a free port in a thread (see the module docstring)."""
+
+    METHODS = ("POST", "GET")
 
     def __init__(self, pixel_id: str, access_token: str, api_version: str | None = None) -> None:
         self.pixel_id = pixel_id
@@ -227,25 +231,8 @@ class MetaServer:
         self.received: list[MetaRequest] = []
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                owner._handle(self)
-
-            def do_GET(self) -> None:
-                owner._handle(self)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.port = self._httpd.server_address[1]
+        super().__init__()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     # --- for tests ---------------------------------------------------------------------------------
 
@@ -339,29 +326,4 @@ class MetaServer:
             raw = json.dumps(answer).encode()
         with self._lock:
             self.received.append(MetaRequest(parts.path, query, headers, body, status, answer))
-        try:
-            handler.send_response(status)
-            handler.send_header("Content-Type", "application/json")
-            for name, value in extra:
-                handler.send_header(name, value)
-            handler.send_header("Content-Length", str(len(raw)))
-            handler.end_headers()
-            handler.wfile.write(raw)
-            handler.wfile.flush()
-        except OSError:  # the client gave up and closed the connection
-            handler.close_connection = True
-
-    def start(self) -> MetaServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=10)
-
-    def __enter__(self) -> MetaServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        send_reply(handler, status, raw, [("Content-Type", "application/json"), *extra])

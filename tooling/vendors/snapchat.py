@@ -24,9 +24,11 @@ import ipaddress
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tooling.harness import LocalServer, send_reply
 
 MAX_EVENTS = 2000
 EVENT_NAMES = frozenset(
@@ -129,7 +131,7 @@ def _check_event(event: Any, where: str, app_asset: bool) -> None:
             raise Invalid(f"{where}.app_data.extinfo: 16 strings starting with a2 or i2")
 
 
-class SnapchatServer:
+class SnapchatServer(LocalServer):
     """Snapchat's Conversions API v3 on a free local port, in a thread. `endpoint` is the setting to
     configure (with its `{asset_id}`).
 
@@ -145,22 +147,9 @@ class SnapchatServer:
         self.received: list[Request] = []
         self._scripted: list[Answer] = []
         self._lock = threading.Lock()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                owner._handle(self)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        super().__init__()
+        self.base = f"http://127.0.0.1:{self.port}"
         self.endpoint = self.base + "/v3/{asset_id}/events"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def answer_next(self, *answers: Answer) -> None:
         """The next requests get these answers (after being recorded), whatever they hold."""
@@ -204,28 +193,4 @@ class SnapchatServer:
         headers = {name.lower(): value for name, value in handler.headers.items()}
         with self._lock:
             self.received.append(Request(handler.path, headers, body, answer.status))
-        try:
-            handler.send_response(answer.status)
-            handler.send_header("Content-Type", "application/json")
-            for name, value in answer.headers:
-                handler.send_header(name, value)
-            handler.send_header("Content-Length", str(len(payload)))
-            handler.end_headers()
-            handler.wfile.write(payload)
-        except OSError:
-            handler.close_connection = True
-
-    def start(self) -> SnapchatServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=10)
-
-    def __enter__(self) -> SnapchatServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        send_reply(handler, answer.status, payload, [("Content-Type", "application/json"), *answer.headers])

@@ -21,8 +21,10 @@ import json
 import re
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tooling.harness import LocalServer, send_reply
 
 PATH = "/open_api/v1.3/event/track/"
 MAX_EVENTS = 1000
@@ -143,7 +145,7 @@ def _check_event(event: Any, where: str, source: str) -> None:
             raise Invalid(40002, f"{where}.app.app_id: required for app events")
 
 
-class TiktokServer:
+class TiktokServer(LocalServer):
     """TikTok's Events API on a free local port, in a thread. `url` is the endpoint to configure.
 
     with TiktokServer(access_token="tok", pixel_code="PX") as server:
@@ -159,21 +161,8 @@ class TiktokServer:
         self.received: list[Request] = []
         self._scripted: list[Answer] = []
         self._lock = threading.Lock()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                owner._handle(self)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}{PATH}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        super().__init__()
+        self.url = f"http://127.0.0.1:{self.port}{PATH}"
 
     def answer_next(self, *answers: Answer) -> None:
         """The next requests get these answers (after being recorded), whatever they hold."""
@@ -217,28 +206,4 @@ class TiktokServer:
         headers = {name.lower(): value for name, value in handler.headers.items()}
         with self._lock:
             self.received.append(Request(handler.path, headers, body, answer.status, code))
-        try:
-            handler.send_response(answer.status)
-            handler.send_header("Content-Type", "application/json")
-            for name, value in answer.headers:
-                handler.send_header(name, value)
-            handler.send_header("Content-Length", str(len(payload)))
-            handler.end_headers()
-            handler.wfile.write(payload)
-        except OSError:
-            handler.close_connection = True
-
-    def start(self) -> TiktokServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=10)
-
-    def __enter__(self) -> TiktokServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        send_reply(handler, answer.status, payload, [("Content-Type", "application/json"), *answer.headers])
