@@ -20,14 +20,12 @@ the report counts those 200s.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import os
 import random
 import subprocess
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -59,6 +57,7 @@ from tooling.soak import (
     first_arrivals,
     locate,
     soak_config,
+    start_load,
     tally,
 )
 
@@ -275,17 +274,8 @@ def run_failover(
             rejoined: float | None = None
             in_sync: float | None = None
             try:
-                pipeline.start_edge()
-                for name in pipeline.slots:
-                    pipeline.start_worker(name)
-                threading.Thread(target=pipeline.supervise, daemon=True).start()
-                loop_thread = threading.Thread(target=lambda: asyncio.run(producer.run()), daemon=True)
-                started = time.monotonic()
-                loop_thread.start()
-
-                def note(fault: str, detail: str = "") -> None:
-                    faults.append(FaultRecord(round(time.monotonic() - started, 2), fault, detail))
-                    log(f"{faults[-1].at:7.2f}s {fault} {detail}")
+                pipeline.start_all()
+                loop_thread, started, note = start_load(producer, faults, log)
 
                 time.sleep(max(0.0, started + duration * kill_fraction - time.monotonic()))
                 old_port = servers.kill_primary()

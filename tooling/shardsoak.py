@@ -22,7 +22,6 @@ hours), and the dedup mark of every accepted id are on the source's shard and on
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import random
@@ -60,7 +59,9 @@ from tooling.soak import (
     connect,
     delivery_errors,
     drain,
+    end_processes,
     locate,
+    start_load,
     tally,
     v1_event,
     v2_event,
@@ -574,14 +575,8 @@ def run_shard_soak(
             end = time.monotonic() + 30
             while len(shard_children(supervisor.pid)) < shards and time.monotonic() < end:
                 time.sleep(0.1)
-            loop_thread = threading.Thread(target=lambda: asyncio.run(producer.run()), daemon=True)
-            started = time.monotonic()
-            loop_thread.start()
+            loop_thread, started, note = start_load(producer, faults, log)
             sampler.thread.start()
-
-            def note(fault: str, detail: str = "") -> None:
-                faults.append(FaultRecord(round(time.monotonic() - started, 2), fault, detail))
-                log(f"{faults[-1].at:7.2f}s {fault} {detail}")
 
             for planned in plan:
                 time.sleep(max(0.0, started + duration * planned.fraction - time.monotonic()))
@@ -643,7 +638,7 @@ def run_shard_soak(
         finally:
             producer.stop = True
             sampler.stop.set()
-            _stop(processes, str(config_file))
+            end_processes(processes, str(config_file), timeout=90)
             sink.close()
             tail.close()
             for server in servers.values():
@@ -731,19 +726,3 @@ def run_shard_soak(
     return report
 
 
-def _stop(processes: list[subprocess.Popen], marker: str) -> None:
-    """SIGTERM each (the supervisor stops its children warmly), then end whatever is left that runs
-    with this run's config (a SIGKILLed worker's forked scheduler)."""
-    for proc in processes:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in processes:
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    for pid_dir in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError, ValueError):
-            if marker.encode() in (pid_dir / "cmdline").read_bytes():
-                os.kill(int(pid_dir.name), signal.SIGKILL)

@@ -32,6 +32,7 @@ restarted: if it dies on its own (say, when Redis goes away), the report shows i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -600,22 +601,49 @@ class Pipeline:
         self.stopping = True
         self._redis.close()
         procs = [p for p in (self.edge, *(s.proc for s in self.slots.values())) if p is not None]
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        # A SIGKILLed RQ worker leaves its forked scheduler process behind: end those too.
-        marker = str(self.config_file).encode()
-        for pid_dir in Path("/proc").glob("[0-9]*"):
-            try:
-                if marker in (pid_dir / "cmdline").read_bytes():
-                    os.kill(int(pid_dir.name), signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
+        end_processes(procs, str(self.config_file), timeout=30)
+
+    def start_all(self) -> None:
+        """The edge, every worker slot, and the supervisor thread that restarts supervised ones."""
+        self.start_edge()
+        for name in self.slots:
+            self.start_worker(name)
+        threading.Thread(target=self.supervise, daemon=True).start()
+
+
+def end_processes(processes: list[subprocess.Popen], marker: str, timeout: float) -> None:
+    """SIGTERM each (a worker supervisor stops its children warmly), SIGKILL what is still there
+    after `timeout`; then end whatever else runs with `marker` (the run's config path) on its
+    command line: a SIGKILLed RQ worker leaves its forked scheduler process behind."""
+    for proc in processes:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in processes:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for pid_dir in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, ValueError):
+            if marker.encode() in (pid_dir / "cmdline").read_bytes():
+                os.kill(int(pid_dir.name), signal.SIGKILL)
+
+
+def start_load(
+    producer: Producer, faults: list[FaultRecord], log: Callable[[str], None]
+) -> tuple[threading.Thread, float, Callable[..., None]]:
+    """Start the producer on a thread of its own; return that thread, the run's start (monotonic)
+    and `note(fault, detail="")`, which records a fault at its time since the start and logs it."""
+    thread = threading.Thread(target=lambda: asyncio.run(producer.run()), daemon=True)
+    started = time.monotonic()
+    thread.start()
+
+    def note(fault: str, detail: str = "") -> None:
+        faults.append(FaultRecord(round(time.monotonic() - started, 2), fault, detail))
+        log(f"{faults[-1].at:7.2f}s {fault} {detail}")
+
+    return thread, started, note
 
 
 def _client_ports(pid: int) -> set[int]:
@@ -861,17 +889,8 @@ def run_soak(
         windows: list[Window] = []
         producer = Producer(edge_port, rate)
         try:
-            pipeline.start_edge()
-            for name in pipeline.slots:
-                pipeline.start_worker(name)
-            threading.Thread(target=pipeline.supervise, daemon=True).start()
-            loop_thread = threading.Thread(target=lambda: asyncio.run(producer.run()), daemon=True)
-            started = time.monotonic()
-            loop_thread.start()
-
-            def note(fault: str, detail: str = "") -> None:
-                faults.append(FaultRecord(round(time.monotonic() - started, 2), fault, detail))
-                log(f"{faults[-1].at:7.2f}s {fault} {detail}")
+            pipeline.start_all()
+            loop_thread, started, note = start_load(producer, faults, log)
 
             def server_outage(server: Any, kill: bool) -> Any:
                 """Stop the server (SIGKILL: no shutdown, no final AOF flush beyond what the setting
