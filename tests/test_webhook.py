@@ -362,3 +362,18 @@ def test_retry_after_longer_than_the_backoff_wins() -> None:
 def test_retry_after_shorter_than_the_backoff_is_ignored() -> None:
     assert next_attempt_at(2, TABLE, NOW, not_before=NOW + 0.5) == NOW + 5
     assert next_attempt_at(1, TABLE, NOW, not_before=NOW - 100) == NOW + 1
+
+
+def test_the_receiver_drops_a_request_whose_sender_went_away_mid_body() -> None:
+    """A sender killed mid-request leaves half a body: the receiver (as a real server) neither
+    records nor answers it, and the next, complete request is taken as usual."""
+    import socket
+
+    import httpx
+
+    with HookServer() as server, socket.create_connection(("127.0.0.1", server.port)) as raw:
+        raw.sendall(b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b'{"batch":[')
+        raw.shutdown(socket.SHUT_WR)
+        assert raw.recv(100) == b""  # closed without an answer
+        assert httpx.post(server.url, content=b'{"batch":[]}').status_code == 200
+        assert [r.body for r in server.requests()] == [b'{"batch":[]}']

@@ -152,6 +152,18 @@ class LocalServer:
         self.stop()
 
 
+def read_body(handler: BaseHTTPRequestHandler) -> bytes | None:
+    """The request's body; None when the client went away before sending all of it (a sender
+    killed mid-request): an incomplete request is dropped unanswered, as a real server does, and
+    its connection closed."""
+    expected = int(handler.headers.get("Content-Length", "0") or 0)
+    body = handler.rfile.read(expected)
+    if len(body) < expected:
+        handler.close_connection = True
+        return None
+    return body
+
+
 def send_reply(
     handler: BaseHTTPRequestHandler,
     status: int,
@@ -212,7 +224,9 @@ class HookServer(LocalServer):
         return hmac.compare_digest(handler.headers.get("X-Trackpipe-Signature", ""), expected)
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
-        body = handler.rfile.read(int(handler.headers.get("Content-Length", "0")))
+        body = read_body(handler)
+        if body is None:
+            return
         reply = self._next_reply()
         if self.secret is not None and not self._signed(handler, body):
             reply = Reply(401, b"bad signature")

@@ -34,7 +34,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tooling.harness import LocalServer, send_reply
+from tooling.harness import LocalServer, read_body, send_reply
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 RESERVED_PREFIXES = ("google_", "ga_", "firebase_")
@@ -376,7 +376,9 @@ class Ga4Server(LocalServer):
         return found
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
-        body = handler.rfile.read(int(handler.headers.get("Content-Length", "0")))
+        body = read_body(handler)
+        if body is None:
+            return
         parts = urlsplit(handler.path)
         query = {key: values[0] for key, values in parse_qs(parts.query, keep_blank_values=True).items()}
         try:

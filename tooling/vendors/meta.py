@@ -34,7 +34,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tooling.harness import LocalServer, send_reply
+from tooling.harness import LocalServer, read_body, send_reply
 
 HASHED_FIELDS = ("em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country")
 CUSTOMER_FIELDS = (
@@ -305,7 +305,9 @@ class MetaServer(LocalServer):
         return {"events_received": len(data), "messages": [], "fbtrace_id": _trace()}
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
-        body = handler.rfile.read(int(handler.headers.get("Content-Length", "0") or 0))
+        body = read_body(handler)
+        if body is None:
+            return
         parts = urlsplit(handler.path)
         query = parse_qs(parts.query)
         headers = {name.lower(): value for name, value in handler.headers.items()}

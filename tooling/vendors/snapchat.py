@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tooling.harness import LocalServer, send_reply
+from tooling.harness import LocalServer, read_body, send_reply
 
 MAX_EVENTS = 2000
 EVENT_NAMES = frozenset(
@@ -187,7 +187,9 @@ class SnapchatServer(LocalServer):
         return Answer(200, {"status": "OK", "reason": "All records processed"})
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
-        body = handler.rfile.read(int(handler.headers.get("Content-Length", "0")))
+        body = read_body(handler)
+        if body is None:
+            return
         answer = self._decide(handler, body)
         payload = json.dumps(answer.body).encode() if answer.body is not None else b""
         headers = {name.lower(): value for name, value in handler.headers.items()}

@@ -24,7 +24,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tooling.harness import LocalServer, send_reply
+from tooling.harness import LocalServer, read_body, send_reply
 
 PATH = "/open_api/v1.3/event/track/"
 MAX_EVENTS = 1000
@@ -199,7 +199,9 @@ class TiktokServer(LocalServer):
         return Answer(200, {"code": 0, "message": "OK", "request_id": request_id, "data": {}})
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
-        body = handler.rfile.read(int(handler.headers.get("Content-Length", "0")))
+        body = read_body(handler)
+        if body is None:
+            return
         answer = self._decide(handler, body)
         payload = json.dumps(answer.body).encode() if answer.body is not None else b""
         code = answer.body.get("code") if isinstance(answer.body, dict) else None
