@@ -370,3 +370,55 @@ dedup_window_seconds = 3600
     assert long_field not in remembered_fields(valkey_client)  # not in the default's namespace ...
     own = [f for k in valkey_client.scan_iter(LAYOUT.dedup_window_pattern) for f in valkey_client.hkeys(k)]
     assert own == [long_field]  # ... but in its window's
+
+
+# --- a claim sent ahead (the ingest job prepares its fan-out meanwhile) -----------------------
+
+
+def ids_items(dedup: Deduplicator, ids: list[str], at: int = T0) -> list[tuple[str, str, int | None, int]]:
+    return [("shop-web", i, None, at) for i in ids]
+
+
+def test_a_claim_sent_ahead_answers_as_a_claim_does(dedup: Deduplicator, conn: redis.Redis) -> None:
+    claim(dedup, conn, "j0", ["a"])
+    pending = dedup.send_claim_ids(conn, job_key("j1"), ids_items(dedup, ["a", "b", "b"]))
+    conn.set("other", "1")  # the pool's other connections stay usable while the reply waits
+    assert pending.result() == [False, True, False]
+    with pytest.raises(RuntimeError, match="already taken"):
+        pending.result()
+    assert conn.connection_pool._in_use_connections == set()
+    # A re-run reads the stored verdicts back, sent ahead or not.
+    assert dedup.claim_ids(conn, job_key("j1"), ids_items(dedup, ["a", "b", "b"])) == [False, True, False]
+
+
+def test_a_claim_sent_to_a_server_without_the_script_loads_it_and_runs_once(
+    dedup: Deduplicator, conn: redis.Redis
+) -> None:
+    conn.script_flush()
+    pending = dedup.send_claim_ids(conn, job_key("j1"), ids_items(dedup, ["a", "b"]))
+    assert pending.result() == [True, True]
+    assert len(remembered_fields(conn)) == 2
+    assert dedup.send_claim_ids(conn, job_key("j2"), ids_items(dedup, ["a"])).result() == [False]
+
+
+def test_an_abandoned_claim_frees_its_connection_and_a_rerun_gets_the_same_verdicts(
+    dedup: Deduplicator, conn: redis.Redis
+) -> None:
+    pending = dedup.send_claim_ids(conn, job_key("j1"), ids_items(dedup, ["a", "b"]))
+    pending.abandon()  # the job failed while preparing: its reply is never read
+    assert conn.connection_pool._in_use_connections == set()
+    # Whether or not the server ran the abandoned call, the re-run sees no event as its own duplicate.
+    assert dedup.claim_ids(conn, job_key("j1"), ids_items(dedup, ["a", "b"])) == [True, True]
+    assert dedup.claim_ids(conn, job_key("j2"), ids_items(dedup, ["a", "b"])) == [False, False]
+
+
+def test_a_claim_cut_off_by_an_outage_raises_from_result(valkey_url: str) -> None:
+    client = redis.Redis.from_url(valkey_url)
+    dedup = Deduplicator(client, LAYOUT, WINDOW, BUCKETS)
+    pending = dedup.send_claim_ids(client, job_key("j1"), ids_items(dedup, ["a"]))
+    pending._wire._sock.shutdown(2)  # type: ignore[union-attr]  # the connection dies before the reply
+    with pytest.raises(redis.ConnectionError):
+        pending.result()
+    assert client.connection_pool._in_use_connections == set()
+    assert dedup.claim_ids(client, job_key("j1"), ids_items(dedup, ["a"])) == [True]
+    client.close()

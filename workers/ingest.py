@@ -336,6 +336,22 @@ def commit_fan_out(
     """Everything the job leaves behind, in one MULTI/EXEC ending with the job's done mark (and,
     with edge.min_replicas, followed by WAITAOF in the same round trip: NotReplicated if it falls
     short, and the job runs again)."""
+    pipe, fan_out = prepare_fan_out(ctx, connection, job_id, job_key, events, status_counts, now_ms)
+    faults.point("ingest:mid_fanout")
+    pipe.execute()
+    return fan_out
+
+
+def prepare_fan_out(
+    ctx: WorkerContext,
+    connection: Redis,
+    job_id: str,
+    job_key: str,
+    events: list[ProcessedEvent],
+    status_counts: dict[tuple[str, str], int],
+    now_ms: int,
+) -> tuple[Any, FanOut]:
+    """commit_fan_out's MULTI, built and not sent (no I/O)."""
     layout: KeyLayout = ctx.layout
     fan_out = plan_fan_out(events, ctx.config)
     pipe = settle_pipeline(connection, ctx.replica_wait)
@@ -343,7 +359,6 @@ def commit_fan_out(
         payload = encode_delivery(DeliveryBatch(destination_id, delivery_events, now_ms, job_id))
         new_job_id = delivery_job_id(job_id, destination_id)
         pipe.execute_command(*ctx.delivery_writer(destination_id).command(payload, len(delivery_events), new_job_id))
-    faults.point("ingest:mid_fanout")
     _queue_inspector(pipe, layout, ctx.config.inspector, events, fan_out)
     _queue_quality(pipe, layout, events)
     for (source_id, status), n in status_counts.items():
@@ -366,8 +381,7 @@ def commit_fan_out(
             pipe.expire(stats, ttl)
     pipe.delete(layout.job_parts(job_id))
     pipe.hset(job_key, DONE_FIELD, 1)
-    pipe.execute()
-    return fan_out
+    return pipe, fan_out
 
 
 @contextmanager
@@ -403,7 +417,7 @@ def _process_ingest(ctx: WorkerContext, connection: Redis, job_id: str, job_key:
     ]
     windows = {s.id: s.dedup_window_seconds for s in sources.values()}  # None: dedup.window_seconds
     dedup: Deduplicator = ctx.dedup
-    verdicts = dedup.claim_ids(
+    pending = dedup.send_claim_ids(
         connection,
         job_key,
         [
@@ -411,15 +425,30 @@ def _process_ingest(ctx: WorkerContext, connection: Redis, job_id: str, job_key:
             for item in (events[i] for i in candidates)
         ],
     )
+    # While the server claims the ids, the fan-out is prepared as if every event were first seen
+    # (the usual case); it is prepared again only if some turn out to be duplicates.
+    now_ms = time.time_ns() // 1_000_000
+    try:
+        status_counts = count_statuses(events)
+        pipe, fan_out = prepare_fan_out(ctx, connection, job_id, job_key, events, status_counts, now_ms)
+    except BaseException:
+        pending.abandon()
+        raise
+    verdicts = pending.result()
     if verdicts is None:
         confirm_settled(connection, job_key, DONE_FIELD, ctx.replica_wait)
         return IngestOutcome(len(events), {}, {}, already_done=True)
+    duplicates = False
     for i, first_seen in zip(candidates, verdicts, strict=True):
         if not first_seen:
             events[i].status = EventStatus.DUPLICATE
+            duplicates = True
     faults.point("ingest:after_dedup")
-    status_counts = count_statuses(events)
-    fan_out = commit_fan_out(ctx, connection, job_id, job_key, events, status_counts, time.time_ns() // 1_000_000)
+    if duplicates:
+        status_counts = count_statuses(events)
+        pipe, fan_out = prepare_fan_out(ctx, connection, job_id, job_key, events, status_counts, now_ms)
+    faults.point("ingest:mid_fanout")
+    pipe.execute()
     faults.point("ingest:after_fanout")
     ctx.observe_ingest(status_counts, fan_out)
     by_status: dict[str, int] = defaultdict(int)

@@ -44,6 +44,9 @@ class QueueNameError(ValueError):
     pass
 
 
+HEARTBEAT_EVERY_SECONDS = 5.0
+
+
 class WorkerNameError(ValueError):
     pass
 
@@ -113,6 +116,9 @@ class TrackpipeWorker(SchedulerMixin, SimpleWorker):
         super().__init__(*args, **kwargs)
         self.claims: Claims | None = None
         self.keeper: Keeper | None = None
+        self._last_beat = -HEARTBEAT_EVERY_SECONDS  # monotonic time of the last heartbeat sent
+        self._written_state: str | None = None  # the state last written to the worker's hash
+        self._idle_unwritten = False
         worker = self
 
         class ClaimingQueue(self.queue_class):  # type: ignore[name-defined, misc]
@@ -157,6 +163,7 @@ class TrackpipeWorker(SchedulerMixin, SimpleWorker):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise DequeueTimeout(timeout, self.queue_keys())
+            self._write_idle()
             self.claims.wait(min(left, WAKE_POLL_SECONDS))
             if self._stop_requested:
                 return None
@@ -244,17 +251,54 @@ class TrackpipeWorker(SchedulerMixin, SimpleWorker):
 
     # -- the work loop's own Redis calls must not end the worker --------------------------------
 
+    # RQ writes its bookkeeping one command per round trip: a heartbeat (three commands) twice
+    # around every take and once after every job, the state twice per job. With `appendfsync always`
+    # each of those waits for an fsync, ~25 round trips per job in all, as long as the dedup claim
+    # of 2,000 events. Heartbeats only keep the worker's hash from expiring (`worker_ttl`, minutes):
+    # one per HEARTBEAT_EVERY_SECONDS in one round trip does that. The state is informational: it is
+    # written when it changes, and "idle" only once the worker finds nothing to take and waits.
+
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if pipeline is not None or timeout is not None:
+            with self.riding_out_outages():
+                super().heartbeat(timeout, pipeline)
+            return
+        at = time.monotonic()
+        if at - self._last_beat < HEARTBEAT_EVERY_SECONDS:
+            return
         with self.riding_out_outages():
-            super().heartbeat(timeout, pipeline)
+            pipe = self.connection.pipeline(transaction=False)
+            super().heartbeat(None, pipe)
+            pipe.execute()
+            self._last_beat = at
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
+        if pipeline is None:
+            if state == WorkerStatus.IDLE:
+                self._state = state
+                self._idle_unwritten = True  # written by _write_idle if the worker waits
+                return
+            self._idle_unwritten = False
+            if state == self._written_state:
+                self._state = state
+                return
+        self._write_state(state, pipeline)
+
+    def _write_idle(self) -> None:
+        if self._idle_unwritten:
+            self._idle_unwritten = False
+            if self._written_state != WorkerStatus.IDLE:
+                self._write_state(WorkerStatus.IDLE)
+
+    def _write_state(self, state: str, pipeline: Any = None) -> None:
         try:
             super().set_state(state, pipeline)
+            self._written_state = state
         except RedisError as exc:
             if not is_outage(exc):
                 raise
             self._state = state  # only informational in Redis; kept locally meanwhile
+            self._written_state = None
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         while not self._stop_requested:
