@@ -252,25 +252,28 @@ class TrackpipeWorker(SchedulerMixin, SimpleWorker):
     # -- the work loop's own Redis calls must not end the worker --------------------------------
 
     # RQ writes its bookkeeping one command per round trip: a heartbeat (three commands) twice
-    # around every take and once after every job, the state twice per job. With `appendfsync always`
-    # each of those waits for an fsync, ~25 round trips per job in all, as long as the dedup claim
-    # of 2,000 events. Heartbeats only keep the worker's hash from expiring (`worker_ttl`, minutes):
-    # one per HEARTBEAT_EVERY_SECONDS in one round trip does that. The state is informational: it is
-    # written when it changes, and "idle" only once the worker finds nothing to take and waits.
+    # around every take, once after every job and once in the suspension check's pipeline, the
+    # state twice per job. With `appendfsync always` each write waits for an fsync: ~25 round trips
+    # per job in all, as long as the dedup claim of 2,000 events. Heartbeats only keep the worker's
+    # hash from expiring (`worker_ttl`, minutes): one per HEARTBEAT_EVERY_SECONDS does that. The
+    # state is informational: written when it changes, "idle" only once the worker waits.
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
-        if pipeline is not None or timeout is not None:
+        if timeout is not None:  # a job's own ttl: always sent
             with self.riding_out_outages():
                 super().heartbeat(timeout, pipeline)
             return
         at = time.monotonic()
         if at - self._last_beat < HEARTBEAT_EVERY_SECONDS:
-            return
-        with self.riding_out_outages():
-            pipe = self.connection.pipeline(transaction=False)
-            super().heartbeat(None, pipe)
-            pipe.execute()
-            self._last_beat = at
+            return  # (RQ's suspension check, once per job, also puts one in its pipeline)
+        if pipeline is not None:
+            super().heartbeat(None, pipeline)
+        else:
+            with self.riding_out_outages():
+                pipe = self.connection.pipeline(transaction=False)
+                super().heartbeat(None, pipe)
+                pipe.execute()
+        self._last_beat = at
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
         if pipeline is None:
