@@ -2,13 +2,17 @@
 
 Fixtures: `chrome` (a WebDriver, one per test), `console_stack` (a function: config text with
 `{redis_url}` and `{admin_token}` placeholders → a running valkey, edge, worker and console, their URLs).
-Helpers: `sign_in`, `screenshot` (docs/console/<name>.png at desktop and phone widths), `wait_for`.
+Helpers: `sign_in`, `screenshot` (<name>.png at desktop and phone widths: into docs/console/ with
+TRACKPIPE_SCREENSHOTS=1, else a temporary directory, so that a test run leaves tracked files alone),
+`wait_for`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,11 @@ import pytest
 from tests.support import ROOT, poll_until, running_console, running_edge, start_worker, stop_worker
 
 ADMIN_TOKEN = "admin-token-0123456789"
-SHOTS = ROOT / "docs" / "console"
+SHOTS = (
+    ROOT / "docs" / "console"
+    if os.environ.get("TRACKPIPE_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / "trackpipe-console-shots"
+)
 DESKTOP, PHONE = (1280, 900), (390, 844)
 CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
 DRIVER = shutil.which("chromedriver")
@@ -67,7 +75,7 @@ def sign_in(driver: Any, base_url: str, token: str = ADMIN_TOKEN, then: str = "/
 
 
 def screenshot(driver: Any, name: str) -> None:
-    """The current page at desktop and at phone width: docs/console/<name>.png and <name>-phone.png."""
+    """The current page at desktop and at phone width: <name>.png and <name>-phone.png in SHOTS."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     for size, suffix in ((DESKTOP, ""), (PHONE, "-phone")):
         driver.set_window_size(*size)
