@@ -185,8 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument(
         "--layout",
         choices=["roles", "all-queues", "mixed"],
-        default="mixed",
-        help="workers: per-role and supervised, two on every queue left unsupervised, or both (default: %(default)s)",
+        help="workers: per-role and supervised, two on every queue left unsupervised, or both (default: mixed;"
+        " not with --shards, which runs one worker per shard)",
     )
     soak.add_argument(
         "--seed", type=int, help="seed of the random kills (default: a new one; the report prints it to repeat a run)"

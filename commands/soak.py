@@ -50,7 +50,7 @@ def run_soak(args: argparse.Namespace) -> int:
             1 if args.min_replicas is None else args.min_replicas,
             log=progress,
             drain_timeout=args.drain_timeout,
-            layout=args.layout,
+            layout=args.layout or "mixed",
             seed=args.seed,
             rejoin=not args.no_rejoin,
             rejoin_after=DEFAULT_REJOIN_AFTER if args.rejoin_after is None else args.rejoin_after,
@@ -75,7 +75,7 @@ def run_soak(args: argparse.Namespace) -> int:
             redis_outage,
             log=progress,
             drain_timeout=args.drain_timeout,
-            layout=args.layout,
+            layout=args.layout or "mixed",
             seed=args.seed,
             random_kills=args.random_kills,
             default_timings=args.default_timings,
@@ -98,6 +98,8 @@ def _shards_arguments(args: argparse.Namespace) -> int:
             return _refuse(f"{option} does not apply to --shards")
     if args.no_rejoin:
         return _refuse("--no-rejoin does not apply to --shards")
+    if args.layout is not None:
+        return _refuse("--layout does not apply to --shards (one worker process per shard)")
     if args.duration < MIN_DURATION:
         return _refuse(f"--shards needs --duration of at least {MIN_DURATION}")
     return 0

@@ -135,6 +135,7 @@ def soak(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         (["--shards", "2", "--failover"], "--shards and --failover are separate runs"),
         (["--shards", "2", "--redis-outage", "2"], "--redis-outage does not apply to --shards"),
         (["--shards", "2", "--min-replicas", "1"], "--min-replicas does not apply to --shards"),
+        (["--shards", "2", "--layout", "roles"], "--layout does not apply to --shards"),
         (["--shards", "2", "--duration", "5"], "--shards needs --duration of at least 10"),
     ],
 )
