@@ -55,6 +55,13 @@ REPORTS = {
         "server CPU per event (info)",
         lambda m: m.value > 0 and m.baseline > 0,
     ),
+    # Not a target: what the producer library costs, its events/s against pre-built raw batches.
+    "client": Report(
+        "events_per_second",
+        "baseline_events_per_second",
+        "producer library vs raw (info)",
+        lambda m: m.value > 0 and m.baseline > 0,
+    ),
 }
 
 
@@ -76,6 +83,10 @@ def measure(name: str, args: argparse.Namespace) -> Any:
         from tooling.benchdeliver import bench_deliver
 
         return bench_deliver(args.events, args.job_events, compare=Path(args.compare) if args.compare else None)
+    if name == "client":
+        from tooling.benchclient import bench_client
+
+        return bench_client(args.events, args.duration, generator=args.generator)
     return bench_dedup(args.ids)
 
 
@@ -143,6 +154,18 @@ def run_bench(args: argparse.Namespace) -> int:
                 f"{'  fsync':<12} {always:>12,.1f} {everysec:>12,.1f} {m.figures['fsync_ratio']:>8}  "
                 f"{m.unit:<10} {target:<28} -"
             )
+        if "producer_us_per_event" in m.figures:
+            # What the library costs the producing process, and the asyncio twin's round.
+            f = m.figures
+            us = f["producer_us_per_event"]
+            track = f.get("track_us_per_event", 0.0)
+            print(f"{'  producer':<12} {us:>12,.2f} {'-':>12} {'-':>8}  µs/event   Client CPU ({track:,.2f} track())")
+            if "asyncio_events_per_second" in f:
+                print(
+                    f"{'  asyncio':<12} {f['asyncio_events_per_second']:>12,.1f} {m.baseline:>12,.1f} "
+                    f"{f['asyncio_ratio']:>8}  {m.unit:<10} AsyncClient, "
+                    f"{f['asyncio_producer_us_per_event']:,.2f} µs/event CPU"
+                )
     if "redis" in results:
         _print_capacity(results["redis"])
     for name, m in results.items():

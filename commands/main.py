@@ -110,23 +110,26 @@ def build_parser() -> argparse.ArgumentParser:
         "what",
         nargs="?",
         default="all",
-        choices=["edge", "batch", "worker", "e2e", "dedup", "redis", "deliver", "capacity", "all"],
+        choices=["edge", "batch", "worker", "e2e", "dedup", "redis", "deliver", "client", "capacity", "all"],
     )
     bench.add_argument("--json", action="store_true", help="one JSON object on stdout")
     bench.add_argument(
         "--generator",
         choices=["auto", "wrk", "builtin"],
         default="auto",
-        help="edge, batch: load generator (default: wrk if on the PATH, else the built-in one)",
+        help="edge, batch, client: load generator (default: wrk if on the PATH, else the built-in one)",
     )
     bench.add_argument(
         "--duration",
         type=_positive,
         default=10,
-        help="edge, batch, e2e: seconds of load; redis: per stage; capacity: per step (default: %(default)s)",
+        help=(
+            "edge, batch, e2e: seconds of load; client: of raw batches; redis: per stage; capacity: per step "
+            "(default: %(default)s)"
+        ),
     )
     bench.add_argument(
-        "--events", type=_positive, default=100_000, help="worker, deliver: events (default: %(default)s)"
+        "--events", type=_positive, default=100_000, help="worker, deliver, client: events (default: %(default)s)"
     )
     bench.add_argument(
         "--job-events",

@@ -482,6 +482,30 @@ def test_async_client_sends_retries_and_flushes_on_aclose() -> None:
     assert (client.stats.accepted, client.stats.retries) == (3, 1)
 
 
+def test_async_sender_runs_while_a_coroutine_only_tracks() -> None:
+    body = b'{"status":"ok","accepted":100,"rejected":[]}'
+    with HookServer(*[Reply(200, body)] * 1_000) as server:
+
+        async def main() -> tuple[int, AsyncClient]:
+            async with AsyncClient(
+                f"http://127.0.0.1:{server.port}",
+                "29",
+                "k-0123456789",
+                **quiet(flush_at=100, max_batch_events=100, max_queue_events=1_000_000),
+            ) as client:
+                tracked = 0
+                # Never awaits anything that waits: before, the sender got no turn until the queue
+                # was full, and no request was answered however many events were tracked.
+                while client.stats.requests == 0 and tracked < 200_000:
+                    await client.track("x", event_id=f"e{tracked}")
+                    tracked += 1
+            return tracked, client
+
+        tracked, client = asyncio.run(main())
+    assert tracked < 200_000
+    assert client.stats.accepted == tracked
+
+
 def test_async_overflow_and_fsync_spool(tmp_path: Path) -> None:
     async def main() -> tuple[int, int]:
         client = AsyncClient(

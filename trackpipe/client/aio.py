@@ -90,6 +90,10 @@ class AsyncClient:
         async with cond:
             calls = await self._admit(data)
         run_callbacks(calls)
+        # A coroutine that only calls track() never waits while there is room: without a turn for
+        # the loop on every call (~2 µs) the sender would barely run until the queue were full
+        # (measured: a turn every 10 or 100 calls let no request finish in 200,000 calls).
+        await asyncio.sleep(0)
         return event["context"]["event_id"]
 
     async def _admit(self, data: bytes) -> list[Call]:
