@@ -412,13 +412,21 @@ def test_an_abandoned_claim_frees_its_connection_and_a_rerun_gets_the_same_verdi
     assert dedup.claim_ids(conn, job_key("j2"), ids_items(dedup, ["a", "b"])) == [False, False]
 
 
-def test_a_claim_cut_off_by_an_outage_raises_from_result(valkey_url: str) -> None:
+def test_a_claim_cut_off_by_an_outage_raises_from_result(valkey_url: str, valkey_client: redis.Redis) -> None:
     client = redis.Redis.from_url(valkey_url)
-    dedup = Deduplicator(client, LAYOUT, WINDOW, BUCKETS)
-    pending = dedup.send_claim_ids(client, job_key("j1"), ids_items(dedup, ["a"]))
-    pending._wire._sock.shutdown(2)  # type: ignore[union-attr]  # the connection dies before the reply
-    with pytest.raises(redis.ConnectionError):
-        pending.result()
-    assert client.connection_pool._in_use_connections == set()
-    assert dedup.claim_ids(client, job_key("j1"), ids_items(dedup, ["a"])) == [True]
-    client.close()
+    try:
+        dedup = Deduplicator(client, LAYOUT, WINDOW, BUCKETS)
+        dedup.claim_ids(client, job_key("warm"), ids_items(dedup, []))  # loads the script
+        valkey_client.client_pause(10_000, all=False)  # writes wait: the claim cannot be answered
+        try:
+            pending = dedup.send_claim_ids(client, job_key("j1"), ids_items(dedup, ["a"]))
+            wire_id = next(c["id"] for c in valkey_client.client_list() if c["cmd"] == "evalsha")
+            valkey_client.client_kill_filter(_id=wire_id)  # the connection dies before the reply
+        finally:
+            valkey_client.client_unpause()
+        with pytest.raises(redis.ConnectionError):
+            pending.result()
+        assert client.connection_pool._in_use_connections == set()
+        assert dedup.claim_ids(client, job_key("j1"), ids_items(dedup, ["a"])) == [True]
+    finally:
+        client.close()
