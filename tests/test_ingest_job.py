@@ -426,3 +426,67 @@ def test_an_inspector_of_size_zero_keeps_nothing_but_counts(valkey_url: str, tmp
     run_job(ctx, conn, "job-1", sampled_job(10, "z"))
     assert conn.exists(LAYOUT.inspector("shop-web")) == 0
     assert source_stats(conn, "shop-web") == {"VALID": 9, "INVALID_REJECTED": 1}
+
+
+# --- two runs of one job at once (a worker frozen past its lease, then woken) -----------------
+
+
+def job_state(conn: redis.Redis) -> dict[str, Any]:
+    return {
+        "lake": {
+            j.id: [e.event_id for b in delivery_batches_of(conn, j) for e in b.events]
+            for j in delivery_jobs(conn, "lake")
+        },
+        "crm": {
+            j.id: [e.event_id for b in delivery_batches_of(conn, j) for e in b.events]
+            for j in delivery_jobs(conn, "crm-hook")
+        },
+        "shop": [json.loads(r)["event_id"] for r in conn.lrange(LAYOUT.inspector("shop-web"), 0, -1)],
+        "stats": (source_stats(conn, "shop-web"), source_stats(conn, "strict-app")),
+        "dest": (destination_totals(conn, "lake"), destination_totals(conn, "crm-hook")),
+    }
+
+
+@pytest.mark.parametrize("window", ["before its commit", "between its WATCH and EXEC"])
+def test_of_two_runs_of_one_job_only_one_commits(
+    window: str, ctx: WorkerContext, conn: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import workers.ingest as ingest_module
+
+    events = [(s, raw) for s, raw, *_ in FIRST_JOB]
+    second: list[IngestOutcome] = []
+
+    def second_run() -> None:
+        if not second:
+            second.append(IngestOutcome(0, {}, {}))  # (a placeholder: no third run from inside)
+            second[0] = run_job(ctx, conn, "job-1", events)
+
+    with monkeypatch.context() as patched:
+        if window == "before its commit":
+            patched.setattr(
+                ingest_module.faults, "point", lambda name: second_run() if name == "ingest:mid_fanout" else None
+            )
+        else:
+            real = ingest_module.settle_pipeline
+
+            def watched_then_overtaken(connection: Any, wait: Any) -> Any:
+                pipe = real(connection, wait)
+                multi = pipe.multi
+
+                def overtaken() -> None:
+                    second_run()  # the other run commits after this one's WATCH
+                    multi()
+
+                pipe.multi = overtaken
+                return pipe
+
+            patched.setattr(ingest_module, "settle_pipeline", watched_then_overtaken)
+        first = run_job(ctx, conn, "job-1", events)
+    assert not second[0].already_done  # the second run, undisturbed, committed
+    assert first.already_done  # the first found it done and left nothing of its own
+    both = job_state(conn)
+    conn.flushall()
+    once = run_job(ctx, conn, "job-1", events)
+    assert not once.already_done
+    assert both == job_state(conn)
+    assert sum(len(ids) for ids in both["lake"].values()) == once.deliveries["lake"]

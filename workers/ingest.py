@@ -9,7 +9,9 @@ Steps, and what makes a re-run of a killed job end exactly as one clean run woul
    (a re-run reads the verdicts back instead of finding its own marks);
 3. one MULTI/EXEC enqueues a delivery job per destination with matching events, writes the
    inspector's sample (see workers.inspector) and the counters, and marks the job done in its hash
-   (a re-run after that stops at step 2). A kill before EXEC leaves nothing behind; after it, nothing is left to do.
+   (a re-run after that stops at step 2). The job's hash is WATCHed and its done mark checked
+   first, so of two runs at once (a frozen worker woken after its job was re-run) one commits.
+   A kill before EXEC leaves nothing behind; after it, nothing is left to do.
    With `edge.min_replicas` N > 0 the EXEC is followed by WAITAOF in the same round trip
    (trackpipe.replication): fewer than N replicas, and the job is not finished but run again; that
    re-run, finding the done mark, waits for the replicas again before it counts as finished.
@@ -28,6 +30,7 @@ from typing import Any
 
 import msgspec
 from redis import Redis
+from redis.exceptions import WatchError
 from rq import get_current_job
 
 from trackpipe.config import Config, InspectorConfig, SourceConfig
@@ -324,22 +327,33 @@ def count_statuses(events: list[ProcessedEvent]) -> dict[tuple[str, str], int]:
     return dict(counts)
 
 
-def commit_fan_out(
-    ctx: WorkerContext,
-    connection: Redis,
-    job_id: str,
-    job_key: str,
-    events: list[ProcessedEvent],
-    status_counts: dict[tuple[str, str], int],
-    now_ms: int,
-) -> FanOut:
-    """Everything the job leaves behind, in one MULTI/EXEC ending with the job's done mark (and,
-    with edge.min_replicas, followed by WAITAOF in the same round trip: NotReplicated if it falls
-    short, and the job runs again)."""
-    pipe, fan_out = prepare_fan_out(ctx, connection, job_id, job_key, events, status_counts, now_ms)
-    faults.point("ingest:mid_fanout")
-    pipe.execute()
-    return fan_out
+# Tries at the commit when the job's hash changes between WATCH and EXEC (only a second run of the
+# same job touches it meanwhile: RQ's bookkeeping, its claim, its done mark).
+COMMIT_ATTEMPTS = 5
+
+
+def commit_prepared(ctx: WorkerContext, connection: Redis, job_key: str, prepared: Any) -> bool:
+    """The prepared fan-out as one MULTI/EXEC ending with the job's done mark (and, with
+    edge.min_replicas, WAITAOF in the same round trip: NotReplicated if it falls short, and the job
+    runs again). True if this run committed it; False if the job was found done: a second run of
+    the same job (a worker frozen past its lease, then woken) got there first. The job's hash is
+    WATCHed, so of two runs with the same verdicts only one can commit: no event goes out twice."""
+    for _ in range(COMMIT_ATTEMPTS):
+        pipe = settle_pipeline(connection, ctx.replica_wait)
+        try:
+            pipe.watch(job_key)
+            if pipe.hexists(job_key, DONE_FIELD):
+                return False
+            pipe.multi()
+            for args, options in prepared.command_stack:
+                pipe.pipeline_execute_command(*args, **options)
+            pipe.execute()
+            return True
+        except WatchError:
+            continue
+        finally:
+            pipe.reset()
+    raise WatchError(f"{job_key}: the job's hash kept changing while its fan-out was committed")
 
 
 def prepare_fan_out(
@@ -351,10 +365,10 @@ def prepare_fan_out(
     status_counts: dict[tuple[str, str], int],
     now_ms: int,
 ) -> tuple[Any, FanOut]:
-    """commit_fan_out's MULTI, built and not sent (no I/O)."""
+    """The fan-out's commands (for commit_prepared), built and not sent (no I/O)."""
     layout: KeyLayout = ctx.layout
     fan_out = plan_fan_out(events, ctx.config)
-    pipe = settle_pipeline(connection, ctx.replica_wait)
+    pipe = connection.pipeline(transaction=True)  # a container: commit_prepared sends its commands
     for destination_id, delivery_events in fan_out.deliveries.items():
         payload = encode_delivery(DeliveryBatch(destination_id, delivery_events, now_ms, job_id))
         new_job_id = delivery_job_id(job_id, destination_id)
@@ -448,7 +462,9 @@ def _process_ingest(ctx: WorkerContext, connection: Redis, job_id: str, job_key:
         status_counts = count_statuses(events)
         pipe, fan_out = prepare_fan_out(ctx, connection, job_id, job_key, events, status_counts, now_ms)
     faults.point("ingest:mid_fanout")
-    pipe.execute()
+    if not commit_prepared(ctx, connection, job_key, pipe):
+        confirm_settled(connection, job_key, DONE_FIELD, ctx.replica_wait)
+        return IngestOutcome(len(events), {}, {}, already_done=True)
     faults.point("ingest:after_fanout")
     ctx.observe_ingest(status_counts, fan_out)
     by_status: dict[str, int] = defaultdict(int)
