@@ -31,12 +31,19 @@ def _sample_line(sample: RefusedSample) -> str:
     return f"  {at}  {sample.reason:<13} {sample.route:<14} {sample.body_bytes:>7} B  {body}"
 
 
+def _queue_row(cells: tuple[object, ...]) -> str:
+    name, *figures = cells
+    widths = (8, 9, 6, 8, 8, 7, 8)
+    return f"{name!s:<32} " + " ".join(f"{value!s:>{width}}" for value, width in zip(figures, widths, strict=True))
+
+
 def render(status: Status) -> str:
     """The status as a table for a terminal (pure)."""
-    lines = [f"{'queue':<32} {'waiting':>8} {'lag':>9} {'running':>8} {'retries':>8} {'failed':>7} {'workers':>8}"]
+    head = ("queue", "waiting", "lag", "taken", "running", "retries", "failed", "workers")
+    lines = [_queue_row(head)]
     for q in status.queues:
         lag = "-" if q.lag_seconds is None else f"{q.lag_seconds:.1f}s"
-        lines.append(f"{q.name:<32} {q.depth:>8} {lag:>9} {q.running:>8} {q.scheduled:>8} {q.failed:>7} {q.workers:>8}")
+        lines.append(_queue_row((q.name, q.depth, lag, q.taken, q.running, q.scheduled, q.failed, q.workers)))
     if status.destinations:
         lines.append("")
         lines.append(f"{'destination':<24} {'dlq':>7} {'dropped':>8}  this minute | last minute")

@@ -211,3 +211,26 @@ def test_status_shows_duplicates_per_source_and_refused_requests_without_keys(
     assert "refused for their key" in as_table.stdout and "30.0" in as_table.stdout
     for output in (as_json.stdout, as_table.stdout):
         assert LEAKED not in output and TEST_KEY not in output
+
+
+def test_status_counts_jobs_taken_by_a_worker_and_not_started(
+    tmp_path: Path, valkey_url: str, valkey_client: redis.Redis
+) -> None:
+    """A job on a worker's claims list that has not started (its worker died right after the take)
+    is neither waiting nor running: `taken` shows it until it is put back."""
+    from workers.claims import Claims
+
+    config = parse(config_text(valkey_url, tmp_path / "lake"))
+    store = IngestStore(valkey_client, LAYOUT, 0, config.worker, max_events=1)
+    for n in range(2):
+        store.write(IngestBatch([IngestRecord("shop-web", "29", 1, [b'{"event_name":"x%d"}' % n])]), [])
+    claims = Claims(valkey_client, LAYOUT, "w-1", ["ingest"])
+    assert claims.take() is not None  # taken, never started
+
+    status = collect(config, valkey_client)
+    ingest = next(q for q in status.queues if q.name == "ingest")
+    assert (ingest.depth, ingest.taken, ingest.running) == (1, 1, 0)
+    assert [q.taken for q in status.queues if q.name != "ingest"] == [0, 0]
+    header, row = render(status).splitlines()[:2]
+    assert header.split()[:5] == ["queue", "waiting", "lag", "taken", "running"]
+    assert row.split()[0] == "ingest" and row.split()[3] == "1"

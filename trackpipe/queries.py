@@ -67,6 +67,9 @@ class QueueStatus(msgspec.Struct):
     scheduled: int  # waiting for their time (retries)
     failed: int
     workers: int
+    # Taken by a worker (on its claims list) and not started: about to start, or its worker died
+    # and the job waits to be put back on its queue (workers.claims: after two leases).
+    taken: int = 0
 
 
 class DestinationStatus(msgspec.Struct):
@@ -141,7 +144,26 @@ def decode_failures(raw: Iterable[bytes]) -> list[DeliveryFailure]:
     return found
 
 
-def _queue_status(connection: Redis, name: str, now: float) -> QueueStatus:
+def taken_by_queue(connection: Redis, layout: KeyLayout) -> dict[str, int]:
+    """Per queue, the jobs on workers' claims lists that have not started (see QueueStatus.taken).
+    A claims list holds the one job its worker runs, so this is a handful of reads."""
+    job_ids: list[str] = []
+    for claims in connection.scan_iter(match=f"{layout.claims_prefix}*", count=500):
+        job_ids += [j.decode() for j in connection.lrange(claims, 0, -1)]
+    if not job_ids:
+        return {}
+    pipe = connection.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hmget(f"{layout.rq_prefix}:job:{job_id}", "origin", "status")
+    taken: dict[str, int] = {}
+    for origin, status in pipe.execute():
+        if origin is not None and status != b"started":
+            queue = origin.decode()
+            taken[queue] = taken.get(queue, 0) + 1
+    return taken
+
+
+def _queue_status(connection: Redis, name: str, now: float, taken: int = 0) -> QueueStatus:
     queue = make_queue(name, connection)
     lag = None
     oldest = connection.lindex(queue.key, 0)
@@ -160,6 +182,7 @@ def _queue_status(connection: Redis, name: str, now: float) -> QueueStatus:
         scheduled=queue.scheduled_job_registry.count,
         failed=queue.failed_job_registry.count,
         workers=Worker.count(connection=connection, queue=queue),
+        taken=taken,
     )
 
 
@@ -243,7 +266,8 @@ def collect(
     now = time.time() if now is None else now
     layout = KeyLayout(config.key_prefix)
     names = [INGEST_QUEUE] + [q for d in config.destinations for q in (deliver_queue(d.id), retry_queue(d.id))]
-    queues = [_queue_status(connection, name, now) for name in names]
+    taken = taken_by_queue(connection, layout)
+    queues = [_queue_status(connection, name, now, taken.get(name, 0)) for name in names]
     minute = int(now // 60)
     dropped = dropped_counts(connection, layout)  # counts an older version kept elsewhere included
     destinations = [
@@ -470,6 +494,7 @@ def combine_queues(per_shard: list[list[QueueStatus]]) -> list[QueueStatus]:
             held.scheduled += q.scheduled
             held.failed += q.failed
             held.workers += q.workers
+            held.taken += q.taken
     return list(combined.values())
 
 
