@@ -234,3 +234,12 @@ def test_status_counts_jobs_taken_by_a_worker_and_not_started(
     header, row = render(status).splitlines()[:2]
     assert header.split()[:5] == ["queue", "waiting", "lag", "taken", "running"]
     assert row.split()[0] == "ingest" and row.split()[3] == "1"
+    from workers.queue_metrics import QueueCollector
+
+    gauges = {
+        (family.name, tuple(sample.labels.values())): sample.value
+        for family in QueueCollector(config, valkey_url).collect()
+        for sample in family.samples
+    }
+    assert gauges[("trackpipe_queue_taken_jobs", ("ingest",))] == 1
+    assert gauges[("trackpipe_queue_jobs", ("ingest",))] == 1

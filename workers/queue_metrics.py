@@ -23,6 +23,9 @@ class QueueCollector(Collector):
             "trackpipe_queue_lag_seconds", "How long the oldest waiting job has waited", labels=["queue"]
         )
         scheduled = GaugeMetricFamily("trackpipe_queue_scheduled_jobs", "Jobs waiting for their time", labels=["queue"])
+        taken = GaugeMetricFamily(
+            "trackpipe_queue_taken_jobs", "Jobs taken by a worker and not started", labels=["queue"]
+        )
         dlq = GaugeMetricFamily("trackpipe_dlq_events", "Dead letters kept per destination", labels=["destination"])
         try:
             status = collect(self._config, self._redis)
@@ -32,6 +35,7 @@ class QueueCollector(Collector):
             depth.add_metric([queue.name], queue.depth)
             lag.add_metric([queue.name], queue.lag_seconds or 0.0)
             scheduled.add_metric([queue.name], queue.scheduled)
+            taken.add_metric([queue.name], queue.taken)
         for destination in status.destinations:
             dlq.add_metric([destination.id], destination.dlq)
-        yield from (depth, lag, scheduled, dlq)
+        yield from (depth, lag, scheduled, taken, dlq)
