@@ -190,7 +190,8 @@ def test_the_overview_shows_queues_destinations_workers_and_the_backlog(env: Env
     for queue in ("ingest", "deliver-hook", "retry-hook", "deliver-lake", "retry-lake"):
         assert f'id="queue-{queue}"' in html
     retry_row = html.split('id="queue-retry-hook">', 1)[1].split("</tr>", 1)[0]
-    assert [c.split("<", 1)[0] for c in retry_row.split('class="num">')[1:]][3] == "1"  # scheduled retries
+    # waiting, lag, taken, running, scheduled retries, failed, workers
+    assert [c.split("<", 1)[0] for c in retry_row.split('class="num">')[1:]][4] == "1"  # scheduled retries
     hook_row = html.split('id="destination-hook">', 1)[1].split("</tr>", 1)[0]
     assert [c.split("<", 1)[0] for c in hook_row.split('class="num">')[1:]][:2] == ["0", "2"]
     assert 'id="no-workers"' in html  # none runs in this test
