@@ -282,3 +282,20 @@ def test_a_worker_follows_the_promotion_without_a_restart(layout: Replicated, tm
     finally:
         stop_worker(worker)
         kill_group(worker)
+
+
+def test_a_layout_whose_server_cannot_bind_its_port_fails_at_once_naming_it(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    from tooling.harness import free_port
+    from tooling.replicated import StartFailed, start_replicated
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(StartFailed, match=f"the server on port {port}"):
+            start_replicated(tmp_path / "layout", ports=[port, free_port()])
+        assert time.monotonic() - started < 30  # not the 60 s wait for sentinels that never come

@@ -170,6 +170,17 @@ class Replicated:
                 process.wait(timeout=10)
 
 
+def _exited(layout: Replicated) -> str | None:
+    """The first server or sentinel that is no longer running, named with its exit status."""
+    for port, process in layout.servers.items():
+        if process.poll() is not None:
+            return f"the server on port {port} (exit {process.returncode})"
+    for port, process in zip(layout.sentinel_ports, layout.sentinels, strict=False):
+        if process.poll() is not None:
+            return f"the sentinel on port {port} (exit {process.returncode})"
+    return None
+
+
 def _ready(layout: Replicated) -> bool:
     """Every sentinel sees the primary, the replica (link up) and the two other sentinels."""
     try:
@@ -193,6 +204,13 @@ def node_names(replicas: int) -> list[str]:
     return ["primary", "replica", *(f"replica{i}" for i in range(2, replicas + 1))]
 
 
+class StartFailed(RuntimeError):
+    """A server or sentinel of the layout exited while it started (e.g. its port was taken)."""
+
+
+START_ATTEMPTS = 3
+
+
 def start_replicated(
     data_dir: Path,
     timeout: float = 60.0,
@@ -205,7 +223,27 @@ def start_replicated(
 ) -> Replicated:
     """Start a primary (the server in `data_dir/<primary_node>`, on its own data), `replicas`
     replicas of it and three sentinels (quorum 2), on free ports unless `ports` gives the servers'
-    (in `node_names` order); return once the sentinels see them all. The caller stops it."""
+    (in `node_names` order); return once the sentinels see them all. The caller stops it. A free
+    port can be taken by another process before its server binds it: on free ports, a start in
+    which a process exits is tried again on new ones."""
+    for attempt in range(1 if ports else START_ATTEMPTS):
+        try:
+            return _start_once(data_dir, timeout, appendonly, replicas, settings, primary_node, ports)
+        except StartFailed:
+            if ports or attempt == START_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_once(
+    data_dir: Path,
+    timeout: float,
+    appendonly: bool,
+    replicas: int,
+    settings: dict[str, str] | None,
+    primary_node: str,
+    ports: list[int] | None,
+) -> Replicated:
     data_dir.mkdir(parents=True, exist_ok=True)
     names = node_names(replicas)
     if primary_node not in names:
@@ -240,7 +278,12 @@ def start_replicated(
             node_dir.mkdir(exist_ok=True)
             config = _sentinel_config(port, node_dir, primary_port, quorum=2)
             layout.sentinels.append(_start(node_dir / "sentinel.conf", config, "--sentinel"))
-        poll_until(lambda: _ready(layout), timeout, "the sentinels did not see every server and each other")
+        poll_until(
+            lambda: _ready(layout) or _exited(layout), timeout, "the sentinels did not see every server and each other"
+        )
+        dead = _exited(layout)
+        if dead:
+            raise StartFailed(f"{dead} exited while the replicated layout started")
     except BaseException:
         layout.stop()
         raise
