@@ -542,3 +542,40 @@ def test_the_client_imports_nothing_else_of_trackpipe() -> None:
     assert "trackpipe.client.sync" in client_modules
     for module in client_modules:
         assert all(dep.startswith("trackpipe.client") for dep in graph[module]), (module, graph[module])
+
+
+def test_generated_ids_are_v4_uuids_unique_across_threads_and_a_fork() -> None:
+    import os
+    import threading
+    import uuid
+
+    from trackpipe.client.events import new_event_id
+
+    per_thread: list[list[str]] = [[] for _ in range(4)]
+
+    def make(out: list[str]) -> None:
+        out.extend(new_event_id() for _ in range(5_000))  # past one pool of random bytes
+
+    threads = [threading.Thread(target=make, args=(out,)) for out in per_thread]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [i for out in per_thread for i in out]
+    assert len(set(ids)) == len(ids) == 20_000
+    for i in ids[::97]:
+        parsed = uuid.UUID(i)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, i)
+
+    new_event_id()  # this thread's pool is filled; a forked child must not repeat what follows
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child)
+        os.write(write, ",".join(new_event_id() for _ in range(10)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    with os.fdopen(read) as pipe:
+        in_child = pipe.read().split(",")
+    in_parent = [new_event_id() for _ in range(10)]
+    assert len(in_child) == 10 and not set(in_child) & set(in_parent)
