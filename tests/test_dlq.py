@@ -27,6 +27,9 @@ LAYOUT = KeyLayout()
 T0 = 1_780_000_000_000
 
 
+ONE_SOURCE = 'redis_url = "redis://127.0.0.1:1"\n[[sources]]\nid = "s"\nsite_id = "1"\nkeys = ["k-0123456789abcdef"]\n'
+
+
 def config_text(redis_url: str, tmp_path: Path) -> str:
     return f"""
 redis_url = "{redis_url}"
@@ -336,7 +339,10 @@ def test_a_bad_rate_is_named(text: str, message: str) -> None:
 
 
 def test_pages_follow_the_last_letter_shown_not_a_position(many: redis.Redis) -> None:
-    from trackpipe.dlq import letter_id, page
+    from trackpipe.dlq import letter_id, matching, page_of
+
+    def page(*args, after=None, size=50):  # one DLQ's pages
+        return page_of(matching(*args), after=after, size=size)
 
     selection = Selection(event_name="sign_up")
     expected = full_read(many, selection, None)
@@ -364,13 +370,15 @@ def test_pages_follow_the_last_letter_shown_not_a_position(many: redis.Redis) ->
 
 
 def test_letters_chosen_by_identity_are_exported_and_purged_and_no_others(many: redis.Redis) -> None:
-    from trackpipe.dlq import count, export_lines, letter_id, matching, purge
+    from trackpipe.dlq import count, export_lines_union, letter_id, matching, purge
+    from trackpipe.sharded import connect
 
     twin = many.lindex(LAYOUT.dlq("crm"), 1_999)
     picked = frozenset({letter_id(many.lindex(LAYOUT.dlq("crm"), 5)), letter_id(twin)})
     assert count(many, LAYOUT, "crm", Selection(), picked) == 3  # the twins share their identity
     assert count(many, LAYOUT, "crm", Selection(event_name="sign_up"), picked) == 2  # filters still apply
-    lines = b"".join(export_lines(many, LAYOUT, "crm", Selection(), picked)).splitlines()
+    one_shard = connect(parse(ONE_SOURCE), many)  # the export over one shard: `many`
+    lines = b"".join(export_lines_union(one_shard, LAYOUT, "crm", Selection(), picked)).splitlines()
     assert [json.loads(line)["event_id"] for line in lines] == ["d-5", "d-1999", "d-1999"]
     assert msgspec.json.decode(lines[0], type=DeadLetter) == letter(5, "page_view", "HTTP 500: down", T0 + 5_000)
 

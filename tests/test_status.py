@@ -14,7 +14,7 @@ import redis
 from commands.status import render
 from ingest.store import IngestStore
 from tests.support import ROOT, TEST_KEY, free_port
-from trackpipe.config import parse
+from trackpipe.config import Config, parse
 from trackpipe.keys import KeyLayout
 from trackpipe.messages import IngestBatch, IngestRecord
 from trackpipe.queries import collect
@@ -34,6 +34,17 @@ id = "lake"
 type = "file"
 path = "{lake}"
 """
+
+
+def queue_gauges(config: Config, redis_url: str) -> dict[tuple[str, tuple[str, ...]], float]:
+    """The workers' queue gauges as a scrape reads them: (name, label values) -> value."""
+    from workers.queue_metrics import QueueCollector
+
+    return {
+        (family.name, tuple(sample.labels.values())): sample.value
+        for family in QueueCollector(config, redis_url).collect()
+        for sample in family.samples
+    }
 
 
 def run_status(config_file: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -117,7 +128,6 @@ def test_a_destination_named_dropped_has_its_own_dlq_in_status_and_metrics(
 ) -> None:
     """`dropped` is a valid destination id: its DLQ (a list) and the dropped counts (a hash) have
     different keys, and status and the scrape-time gauges read both without WRONGTYPE."""
-    from workers.queue_metrics import QueueCollector
 
     text = (
         config_text(valkey_url, tmp_path / "lake")
@@ -129,11 +139,7 @@ def test_a_destination_named_dropped_has_its_own_dlq_in_status_and_metrics(
 
     by_id = {d.id: (d.dlq, d.dlq_dropped) for d in collect(config, valkey_client).destinations}
     assert by_id == {"lake": (0, 1), "dropped": (3, 5)}
-    gauges = {
-        (family.name, tuple(sample.labels.values())): sample.value
-        for family in QueueCollector(config, valkey_url).collect()
-        for sample in family.samples
-    }
+    gauges = queue_gauges(config, valkey_url)
     assert gauges[("trackpipe_dlq_events", ("dropped",))] == 3
     assert gauges[("trackpipe_queue_jobs", ("deliver:dropped",))] == 0
 
@@ -234,12 +240,6 @@ def test_status_counts_jobs_taken_by_a_worker_and_not_started(
     header, row = render(status).splitlines()[:2]
     assert header.split()[:5] == ["queue", "waiting", "lag", "taken", "running"]
     assert row.split()[0] == "ingest" and row.split()[3] == "1"
-    from workers.queue_metrics import QueueCollector
-
-    gauges = {
-        (family.name, tuple(sample.labels.values())): sample.value
-        for family in QueueCollector(config, valkey_url).collect()
-        for sample in family.samples
-    }
+    gauges = queue_gauges(config, valkey_url)
     assert gauges[("trackpipe_queue_taken_jobs", ("ingest",))] == 1
     assert gauges[("trackpipe_queue_jobs", ("ingest",))] == 1

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import os
 import signal
@@ -479,28 +480,21 @@ def _run_step(
     growing_queues = [q for q, s in samples.items() if growing(s)]
     answered_200 = result["statuses"].get("200", 0)
     p50, p99 = (percentile(latencies, q) * 1000 for q in (0.5, 0.99)) if latencies else (None, None)
+    why = functools.partial(
+        why_not_held,
+        scheduled=result["scheduled"],
+        answered_200=answered_200,
+        lost=lost,
+        duplicates=duplicates,
+        growing=growing_queues,
+        late_p99_ms=result["lateness"]["p99_ms"],
+    )
     return StepResult(
         requests_per_second=rate,
         events_per_second=rate * events_per_request,
         held=False,
-        sustained=not why_not_held(
-            p99_ms=0.0,
-            scheduled=result["scheduled"],
-            answered_200=answered_200,
-            lost=lost,
-            duplicates=duplicates,
-            growing=growing_queues,
-            late_p99_ms=result["lateness"]["p99_ms"],
-        ),
-        why_not=why_not_held(
-            p99_ms=p99,
-            scheduled=result["scheduled"],
-            answered_200=answered_200,
-            lost=lost,
-            duplicates=duplicates,
-            growing=growing_queues,
-            late_p99_ms=result["lateness"]["p99_ms"],
-        ),
+        sustained=not why(p99_ms=0.0),  # everything but the latency bound
+        why_not=why(p99_ms=p99),
         scheduled=result["scheduled"],
         answered_200=answered_200,
         statuses={int(k): v for k, v in result["statuses"].items()},

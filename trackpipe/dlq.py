@@ -276,25 +276,13 @@ class Page(msgspec.Struct):
     lost: bool = False  # the letter `after` named has left the DLQ (replayed or purged)
 
 
-def page(
-    connection: Redis,
-    layout: KeyLayout,
-    destination_id: str,
-    selection: Selection,
-    *,
-    after: str | None = None,
-    size: int = PAGE_SIZE,
-) -> Page:
-    """A page of matching records: the first `size` after the letter `after` (from the newest
-    without it). The cursor is an identity, not a position, so letters arriving meanwhile neither
-    repeat nor hide records on the next page. Reads stop one record past the page."""
-    return page_of(matching(connection, layout, destination_id, selection), after=after, size=size)
-
-
 def page_of(
     found_letters: Iterable[tuple[str, bytes, DeadLetter]], *, after: str | None = None, size: int = PAGE_SIZE
 ) -> Page:
-    """`page` over any stream of (identity, raw, record), newest first (one DLQ, or several shards')."""
+    """A page of the records of a stream of (identity, raw, record), newest first (one DLQ's
+    `matching`, or several shards'): the first `size` after the letter `after` (from the newest
+    without it). The cursor is an identity, not a position, so letters arriving meanwhile neither
+    repeat nor hide records on the next page. Reads stop one record past the page."""
     found: list[tuple[str, DeadLetter]] = []
     passed = after is None
     for ident, _, record in found_letters:
@@ -305,15 +293,6 @@ def page_of(
             return Page(found, found[-1][0])
         found.append((ident, record))
     return Page(found, None, lost=not passed)
-
-
-def export_lines(
-    connection: Redis, layout: KeyLayout, destination_id: str, selection: Selection, ids: frozenset[str] | None = None
-) -> Iterator[bytes]:
-    """The matching records as JSON lines (each the stored record, event included), read page by
-    page as the caller consumes them."""
-    for _, raw, _ in matching(connection, layout, destination_id, selection, ids):
-        yield raw + b"\n"
 
 
 def sizes(connection: Redis, layout: KeyLayout, destination_ids: list[str]) -> dict[str, int]:
@@ -564,6 +543,8 @@ def count_union(
 def export_lines_union(
     sharded: Sharded, layout: KeyLayout, destination_id: str, selection: Selection, ids: frozenset[str] | None = None
 ) -> Iterator[bytes]:
+    """The matching records as JSON lines (each the stored record, event included), read page by
+    page as the caller consumes them."""
     for _, _, raw, _ in merged_matching(sharded, layout, destination_id, selection, ids):
         yield raw + b"\n"
 

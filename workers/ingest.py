@@ -450,8 +450,7 @@ def _process_ingest(ctx: WorkerContext, connection: Redis, job_id: str, job_key:
         raise
     verdicts = pending.result()
     if verdicts is None:
-        confirm_settled(connection, job_key, DONE_FIELD, ctx.replica_wait)
-        return IngestOutcome(len(events), {}, {}, already_done=True)
+        return _settled_before(ctx, connection, job_key, len(events))
     duplicates = False
     for i, first_seen in zip(candidates, verdicts, strict=True):
         if not first_seen:
@@ -463,14 +462,19 @@ def _process_ingest(ctx: WorkerContext, connection: Redis, job_id: str, job_key:
         pipe, fan_out = prepare_fan_out(ctx, connection, job_id, job_key, events, status_counts, now_ms)
     faults.point("ingest:mid_fanout")
     if not commit_prepared(ctx, connection, job_key, pipe):
-        confirm_settled(connection, job_key, DONE_FIELD, ctx.replica_wait)
-        return IngestOutcome(len(events), {}, {}, already_done=True)
+        return _settled_before(ctx, connection, job_key, len(events))
     faults.point("ingest:after_fanout")
     ctx.observe_ingest(status_counts, fan_out)
     by_status: dict[str, int] = defaultdict(int)
     for (_, status), n in status_counts.items():
         by_status[status] += n
     return IngestOutcome(len(events), dict(by_status), {d: len(e) for d, e in fan_out.deliveries.items()})
+
+
+def _settled_before(ctx: WorkerContext, connection: Redis, job_key: str, events: int) -> IngestOutcome:
+    """A run that finds its job's fan-out already committed (a re-run, or the slower of two runs)."""
+    confirm_settled(connection, job_key, DONE_FIELD, ctx.replica_wait)
+    return IngestOutcome(events, {}, {}, already_done=True)
 
 
 def run_ingest_job(payload: bytes) -> None:

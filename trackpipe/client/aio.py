@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -42,11 +43,7 @@ class AsyncClient:
         self.config: ClientConfig = make_config(url, site_id, **options)
         self._core = Core(self.config, check_key(key), on_rejected, on_error, on_drop)
         self._cond: asyncio.Condition | None = None  # made on the running loop
-        self._closing = False
         self._closed = False
-        self._deadline: float | None = None
-        self._flushers = 0
-        self._blocked = 0
         self._http = httpx.AsyncClient(timeout=self.config.timeout, transport=transport)
         self._task: asyncio.Task[None] | None = None
 
@@ -85,7 +82,7 @@ class AsyncClient:
         event = build_event(event_name, properties, user, context, event_id, timestamp)
         data = encode_event(event)
         cond = self._start()
-        if self._closing:
+        if self._core.closing:
             raise RuntimeError("the client is closed")
         async with cond:
             calls = await self._admit(data)
@@ -127,16 +124,16 @@ class AsyncClient:
         """Waits (condition held) for room: (True, []) when there is, else the event is dropped."""
         assert self._cond is not None
         timeout = self.config.block_timeout
-        self._blocked += 1
+        self._core.blocked += 1
         try:
             await asyncio.wait_for(
-                self._cond.wait_for(lambda: self._core.queue.has_room(len(data)) or self._closing), timeout
+                self._cond.wait_for(lambda: self._core.queue.has_room(len(data)) or self._core.closing), timeout
             )
         except TimeoutError:
             return False, self._core.dropped([data], f"queue full for {timeout} s (overflow=block)")
         finally:
-            self._blocked -= 1
-        if self._closing:
+            self._core.blocked -= 1
+        if self._core.closing:
             return False, self._core.dropped([data], "client closed while track() waited for room")
         return True, []
 
@@ -145,14 +142,14 @@ class AsyncClient:
         cond = self._start()
         async with cond:
             target = self._core.put_count
-            self._flushers += 1
+            self._core.flushers += 1
             cond.notify_all()
             try:
                 done = cond.wait_for(lambda: self._core.done_count >= target or self._stopped())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(done, timeout)
             finally:
-                self._flushers -= 1
+                self._core.flushers -= 1
             return self._core.done_count >= target
 
     def _stopped(self) -> bool:
@@ -166,8 +163,8 @@ class AsyncClient:
         cond = self._start()
         wait = self.config.shutdown_timeout if timeout is None else timeout
         async with cond:
-            self._closing = True
-            self._deadline = time.monotonic() + wait
+            self._core.closing = True
+            self._core.deadline = time.monotonic() + wait
             cond.notify_all()
         assert self._task is not None
         try:
@@ -180,24 +177,16 @@ class AsyncClient:
 
     # -- sending -------------------------------------------------------------------------------
 
-    def _gave_up(self) -> bool:
-        return self._deadline is not None and time.monotonic() >= self._deadline
-
     async def _next_batch(self) -> list[bytes] | None:
         assert self._cond is not None
         async with self._cond:
             while True:
-                if self._gave_up():
-                    return None
-                due = self._core.wait_for_batch(time.monotonic(), self._flushers > 0 or self._closing)
-                if due == 0:
-                    batch = self._core.take()
-                    if self._blocked:
-                        self._cond.notify_all()
-                    return batch
-                if due is None and self._closing:
-                    return None
-                await _wait(self._cond, due)
+                step = self._core.next_step(time.monotonic())
+                if step is None or isinstance(step, list):
+                    if step and self._core.blocked:
+                        self._cond.notify_all()  # room for a track() waiting
+                    return step
+                await _wait(self._cond, None if step == math.inf else step)
 
     async def _run(self) -> None:
         try:
@@ -244,19 +233,14 @@ class AsyncClient:
         """Waits `delay` seconds (condition held); True if close() ran out of time meanwhile."""
         assert self._cond is not None
         end = time.monotonic() + delay
-        while not self._gave_up():
-            left = end - time.monotonic()
+        while (left := self._core.retry_left(end, time.monotonic())) is not None:
             if left <= 0:
                 return False
-            if self._deadline is not None:
-                left = min(left, max(self._deadline - time.monotonic(), 0.0))
             await _wait(self._cond, left)
         return True
 
     async def _post(self, content: bytes) -> tuple[str, int, bytes, str | None, str]:
-        timeout = self.config.timeout
-        if self._deadline is not None:
-            timeout = max(min(timeout, self._deadline - time.monotonic()), 0.05)
+        timeout = self._core.request_timeout(time.monotonic())
         try:
             response = await self._http.post(
                 self._core.url, params=self._core.params, headers=self._core.headers, content=content, timeout=timeout

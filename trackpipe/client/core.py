@@ -79,6 +79,11 @@ class Core:
             self.headers["Authorization"] = f"Bearer {key}"
         if config.gzip:
             self.headers["Content-Encoding"] = "gzip"
+        # The client's lifecycle, read by the sender's decisions below.
+        self.closing = False  # close() was called
+        self.deadline: float | None = None  # set by close(): give up sending after it (monotonic)
+        self.flushers = 0  # flush() calls waiting: send what is queued now
+        self.blocked = 0  # track() calls waiting for room (overflow="block")
 
     def mask(self, text: str) -> str:
         """An error text without the key (a URL in an exception may carry it as `token`)."""
@@ -145,6 +150,35 @@ class Core:
             return 0.0
         assert self.first_pending_at is not None
         return max(self.first_pending_at + self.config.flush_interval - now, 0.0)
+
+    def out_of_time(self, now: float) -> bool:
+        """close() ran out of time."""
+        return self.deadline is not None and now >= self.deadline
+
+    def next_step(self, now: float) -> list[bytes] | float | None:
+        """What the sender does next: send this batch, wait this many seconds (math.inf: until
+        notified) and ask again, or stop (None: closing with nothing left, or out of time)."""
+        if self.out_of_time(now):
+            return None
+        due = self.wait_for_batch(now, self.flushers > 0 or self.closing)
+        if due == 0:
+            return self.take()
+        if due is None:
+            return None if self.closing else math.inf
+        return due
+
+    def retry_left(self, end: float, now: float) -> float | None:
+        """Seconds still to wait before a retry due at `end` (at most until close()'s deadline), or
+        None once close() has run out of time."""
+        if self.out_of_time(now):
+            return None
+        return end - now if self.deadline is None else min(end - now, self.deadline - now)
+
+    def request_timeout(self, now: float) -> float:
+        """The per-request timeout, cut to what close() leaves (at least 50 ms)."""
+        if self.deadline is None:
+            return self.config.timeout
+        return max(min(self.config.timeout, self.deadline - now), 0.05)
 
     def take(self) -> list[bytes]:
         batch = self.queue.take(self.config.max_batch_events, self.config.max_batch_bytes)

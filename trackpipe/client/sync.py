@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import threading
 import time
 import weakref
@@ -38,11 +39,7 @@ class Client:
         self.config: ClientConfig = make_config(url, site_id, **options)
         self._core = Core(self.config, check_key(key), on_rejected, on_error, on_drop)
         self._cond = threading.Condition()
-        self._closing = False
         self._closed = False
-        self._deadline: float | None = None  # set by close(): give up sending after it
-        self._flushers = 0
-        self._blocked = 0
         self._http = httpx.Client(timeout=self.config.timeout, transport=transport)
         self._thread = threading.Thread(target=self._run, name="trackpipe-client", daemon=True)
         self._thread.start()
@@ -81,7 +78,7 @@ class Client:
         data = encode_event(event)
         calls: list[Call] = []
         with self._cond:
-            if self._closing:
+            if self._core.closing:
                 raise RuntimeError("the client is closed")
             was_empty = self._core.queue.pending_events == 0
             admitted, calls = self._core.admit(data)
@@ -103,16 +100,16 @@ class Client:
         """Waits (lock held by the caller) for room; on timeout or close the event is dropped."""
         timeout = self.config.block_timeout
         end = None if timeout is None else time.monotonic() + timeout
-        self._blocked += 1
+        self._core.blocked += 1
         try:
-            while not self._core.queue.has_room(len(data)) and not self._closing:
+            while not self._core.queue.has_room(len(data)) and not self._core.closing:
                 left = None if end is None else end - time.monotonic()
                 if left is not None and left <= 0:
                     return False, self._core.dropped([data], f"queue full for {timeout} s (overflow=block)")
                 self._cond.wait(left)
         finally:
-            self._blocked -= 1
-        if self._closing:
+            self._core.blocked -= 1
+        if self._core.closing:
             return False, self._core.dropped([data], "client closed while track() waited for room")
         self._core.put(data)
         return True, []
@@ -122,7 +119,7 @@ class Client:
         rejected or refused) or was dropped, False if `timeout` seconds passed first."""
         with self._cond:
             target = self._core.put_count
-            self._flushers += 1
+            self._core.flushers += 1
             self._cond.notify_all()
             try:
                 return (
@@ -130,7 +127,7 @@ class Client:
                     and self._core.done_count >= target
                 )
             finally:
-                self._flushers -= 1
+                self._core.flushers -= 1
 
     def close(self, timeout: float | None = None) -> None:
         """Send what is queued (for at most `timeout`, default `shutdown_timeout` seconds), then stop.
@@ -139,9 +136,9 @@ class Client:
             if self._closed:
                 return
             self._closed = True
-            self._closing = True
+            self._core.closing = True
             wait = self.config.shutdown_timeout if timeout is None else timeout
-            self._deadline = time.monotonic() + wait
+            self._core.deadline = time.monotonic() + wait
             self._cond.notify_all()
         self._thread.join(wait + 1.0)
         with self._cond:
@@ -153,24 +150,16 @@ class Client:
 
     # -- sending -------------------------------------------------------------------------------
 
-    def _gave_up(self) -> bool:
-        return self._deadline is not None and time.monotonic() >= self._deadline
-
     def _next_batch(self) -> list[bytes] | None:
         """The next batch to send, waiting until one is due; None once closing and done (or out of time)."""
         with self._cond:
             while True:
-                if self._gave_up():
-                    return None
-                due = self._core.wait_for_batch(time.monotonic(), self._flushers > 0 or self._closing)
-                if due == 0:
-                    batch = self._core.take()
-                    if self._blocked:
-                        self._cond.notify_all()
-                    return batch
-                if due is None and self._closing:
-                    return None
-                self._cond.wait(due)
+                step = self._core.next_step(time.monotonic())
+                if step is None or isinstance(step, list):
+                    if step and self._core.blocked:
+                        self._cond.notify_all()  # room for a track() waiting
+                    return step
+                self._cond.wait(None if step == math.inf else step)
 
     def _run(self) -> None:
         try:
@@ -217,20 +206,15 @@ class Client:
     def _wait_retry(self, delay: float) -> bool:
         """Waits `delay` seconds (lock held); True if close() ran out of time meanwhile."""
         end = time.monotonic() + delay
-        while not self._gave_up():
-            left = end - time.monotonic()
+        while (left := self._core.retry_left(end, time.monotonic())) is not None:
             if left <= 0:
                 return False
-            if self._deadline is not None:
-                left = min(left, max(self._deadline - time.monotonic(), 0.0))
             self._cond.wait(left)
         return True
 
     def _post(self, content: bytes) -> tuple[str, int, bytes, str | None, str]:
         """(verdict, status, body, Retry-After, error text) of one attempt; never raises."""
-        timeout = self.config.timeout
-        if self._deadline is not None:
-            timeout = max(min(timeout, self._deadline - time.monotonic()), 0.05)
+        timeout = self._core.request_timeout(time.monotonic())
         try:
             response = self._http.post(
                 self._core.url, params=self._core.params, headers=self._core.headers, content=content, timeout=timeout
