@@ -430,3 +430,58 @@ def test_a_claim_cut_off_by_an_outage_raises_from_result(valkey_url: str, valkey
         assert dedup.claim_ids(client, job_key("j1"), ids_items(dedup, ["a"])) == [True]
     finally:
         client.close()
+
+
+# --- a claim sent in parts (the ingest job sends one per CLAIM_PART_EVENTS decoded events) ------
+
+
+def test_a_claim_in_parts_answers_as_one_claim_does_and_a_rerun_reads_each_part_back(
+    dedup: Deduplicator, conn: redis.Redis
+) -> None:
+    claim(dedup, conn, "j0", ["a"])
+    ids = ["a", "b", "c", "b", "d", "c"]  # "b" and "c" repeat in a later part
+    pending = dedup.open_claim(conn, job_key("j1"))
+    sent = CountingConnection.sent
+    for start in range(0, len(ids), 2):
+        pending.send(ids_items(dedup, ids[start : start + 2]))
+    assert CountingConnection.sent - sent == 3  # written one by one, nothing read yet
+    expected = [False, True, True, False, True, False]
+    assert pending.result() == expected
+    assert conn.connection_pool._in_use_connections == set()
+    stored = conn.hkeys(job_key("j1"))
+    assert {VERDICT_FIELD.encode(), f"{VERDICT_FIELD}:1".encode(), f"{VERDICT_FIELD}:2".encode()} <= set(stored)
+    # A re-run (same parts) reads each part's verdicts back instead of meeting its own marks.
+    rerun = dedup.open_claim(conn, job_key("j1"))
+    for start in range(0, len(ids), 2):
+        rerun.send(ids_items(dedup, ids[start : start + 2]))
+    assert rerun.result() == expected
+    # The same ids in one call for another job: all already seen.
+    assert dedup.claim_ids(conn, job_key("j2"), ids_items(dedup, ids)) == [False] * 6
+
+
+def test_a_claim_in_parts_is_none_when_the_job_is_done_and_empty_when_nothing_was_sent(
+    dedup: Deduplicator, conn: redis.Redis
+) -> None:
+    assert dedup.open_claim(conn, job_key("j0")).result() == []
+    pending = dedup.open_claim(conn, job_key("j1"))
+    pending.send(ids_items(dedup, ["a"]))
+    assert pending.result() == [True]
+    with pytest.raises(RuntimeError, match="already answered"):
+        pending.send(ids_items(dedup, ["b"]))
+    conn.hset(job_key("j1"), DONE_FIELD, 1)  # the fan-out was committed (by another run)
+    rerun = dedup.open_claim(conn, job_key("j1"))
+    rerun.send(ids_items(dedup, ["a"]))
+    rerun.send(ids_items(dedup, ["b"]))
+    assert rerun.result() is None
+
+
+def test_a_claim_in_parts_sent_to_a_server_without_the_script_runs_every_part_once(
+    dedup: Deduplicator, conn: redis.Redis
+) -> None:
+    conn.script_flush()
+    pending = dedup.open_claim(conn, job_key("j1"))
+    pending.send(ids_items(dedup, ["a", "b"]))
+    pending.send(ids_items(dedup, ["b", "c"]))
+    assert pending.result() == [True, True, False, True]
+    assert len(remembered_fields(conn)) == 3
+    assert conn.connection_pool._in_use_connections == set()

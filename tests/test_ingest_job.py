@@ -490,3 +490,68 @@ def test_of_two_runs_of_one_job_only_one_commits(
     assert not once.already_done
     assert both == job_state(conn)
     assert sum(len(ids) for ids in both["lake"].values()) == once.deliveries["lake"]
+
+
+# --- claims in parts, and the commit's reply awaited while the job's events are freed ---------
+
+
+def test_a_job_of_several_claim_parts_finds_repeats_across_them_and_reruns_the_same(
+    ctx: WorkerContext, conn: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import workers.ingest as ingest_module
+
+    part = ingest_module.CLAIM_PART_EVENTS
+    count = 2 * part + 300  # three parts
+    # Event i repeats event i - part - 7 (a copy in the next part), for i in the last 200.
+    ids = [f"id-{i}" for i in range(count - 200)] + [f"id-{i - part - 7}" for i in range(count - 200, count)]
+    events = [("shop-web", ev(**{**CUSTOM, "context": {"event_id": e, "event_timestamp": T0}})) for e in ids]
+    # A first run killed after its claim and before its commit ...
+    with monkeypatch.context() as patched:
+
+        def crash(name: str) -> None:
+            if name == "ingest:mid_fanout":
+                raise RuntimeError("killed")
+
+        patched.setattr(ingest_module.faults, "point", crash)
+        with pytest.raises(RuntimeError, match="killed"):
+            run_job(ctx, conn, "job-1", events)
+    assert delivery_jobs(conn, "lake") == []
+    # ... and its re-run: every part's verdicts read back, no event its own duplicate.
+    rerun = run_job(ctx, conn, "job-1", events)
+    assert rerun.by_status == {"VALID": count - 200, "DUPLICATE": 200}
+    lake = [e.event_id for batch in delivered(conn, "lake").values() for e in batch]
+    assert sorted(lake) == sorted(set(ids)) and len(lake) == count - 200
+    state = job_state(conn)
+    conn.flushall()
+    once = run_job(ctx, conn, "job-1", events)  # the same job, never interrupted
+    assert once.by_status == rerun.by_status
+    assert job_state(conn) == state
+
+
+def test_the_commit_runs_its_waiting_work_while_the_server_holds_the_transaction(
+    ctx: WorkerContext, conn: redis.Redis, valkey_url: str
+) -> None:
+    from workers.ingest import commit_prepared
+
+    job_key = f"{LAYOUT.rq_prefix}:job:job-9"
+    prepared = conn.pipeline(transaction=True)
+    prepared.hset(job_key, "trackpipe_done", 1)
+    prepared.set("fan-out-written", 1)
+    seen: list[tuple[Any, Any]] = []
+    other = redis.Redis.from_url(valkey_url)
+    try:
+        conn.client_pause(5_000, all=False)  # writes wait until the work below lets them go
+
+        def meanwhile() -> None:
+            seen.append((other.get("fan-out-written"), other.hget(job_key, "trackpipe_done")))
+            other.client_unpause()
+
+        assert commit_prepared(ctx, conn, job_key, prepared, while_waiting=meanwhile)
+    finally:
+        other.client_unpause()
+        other.close()
+    assert seen == [(None, None)]  # called once, before the transaction had run
+    assert conn.get("fan-out-written") == b"1"
+    # A job already done: nothing sent, nothing called.
+    assert not commit_prepared(ctx, conn, job_key, prepared, while_waiting=lambda: seen.append("again"))
+    assert seen == [(None, None)]

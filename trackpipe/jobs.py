@@ -6,13 +6,24 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import msgspec
 from redis import Redis
 from rq import Queue, Retry
 from rq.exceptions import DeserializationError
+from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE, Execution
 from rq.job import Job
+from rq.registry import (
+    CanceledJobRegistry,
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ReadyJobRegistry,
+    ScheduledJobRegistry,
+)
+from rq.results import Result
 
 # RQ's key prefix is set before rq is first imported: by default in trackpipe/__init__.py, from the
 # config in trackpipe.config.load.
@@ -65,6 +76,45 @@ class ForbiddenJobFunction(Exception):
     pass
 
 
+# RQ deleting a finished job (result_ttl 0) reads before it writes: the job's stored status, then
+# its executions twice (a cleanup, the ids, each record), seven round trips per job. This script
+# does the same removals where the data is, inside the worker's closing MULTI, in no round trip
+# of its own. KEYS: 1 the job hash, 2 its execution registry, 3 its queue's started registry.
+# ARGV: 1 the job id, 2 the prefix of an execution's key (before "<job id>:<execution id>"), 3 and
+# 4 what comes before and after the worker's name in its executions key, 5.. pairs of (status, the
+# registry RQ removes the job from when its stored status is that one).
+FORGET_EXECUTIONS_SCRIPT = """
+local status = redis.call('HGET', KEYS[1], 'status')
+for n = 5, #ARGV, 2 do
+  if ARGV[n] == status then redis.call('ZREM', ARGV[n + 1], ARGV[1]) end
+end
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  local composite = ARGV[1] .. ':' .. id
+  local execution = ARGV[2] .. composite
+  local worker = redis.call('HGET', execution, 'worker_name')
+  redis.call('DEL', execution)
+  redis.call('ZREM', KEYS[3], composite)
+  if worker and worker ~= '' then redis.call('SREM', ARGV[3] .. worker .. ARGV[4], composite) end
+end
+redis.call('DEL', KEYS[2])
+"""
+_LEFT_REGISTRIES = (
+    ("finished", FinishedJobRegistry),
+    ("deferred", DeferredJobRegistry),
+    ("ready_to_enqueue", ReadyJobRegistry),
+    ("scheduled", ScheduledJobRegistry),
+    ("failed", FailedJobRegistry),
+    ("stopped", FailedJobRegistry),
+    ("canceled", CanceledJobRegistry),
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _left_registries(origin: str, connection: Redis) -> list[str]:
+    """(status, registry key) pairs, flat, of a queue (keys depend only on its name)."""
+    return [x for status, kind in _LEFT_REGISTRIES for x in (status, kind(origin, connection=connection).key)]
+
+
 class SafeJob(Job):
     """A Job that only resolves functions trackpipe registered.
 
@@ -84,6 +134,30 @@ class SafeJob(Job):
     @property
     def should_retry(self) -> bool:  # type: ignore[override]
         return not self._unrunnable and super().should_retry
+
+    def cleanup(self, ttl: int | None = None, pipeline: Any = None, remove_from_queue: bool = True) -> None:
+        """A finished job without a result to keep (ttl 0), deleted in the worker's closing MULTI
+        (the only caller with these arguments): RQ's deletion with its reads done by the server, see
+        FORGET_EXECUTIONS_SCRIPT. Anything else (a group, a rate limit, other arguments) is RQ's."""
+        if ttl != 0 or pipeline is None or remove_from_queue or self.group_id or self.has_rate_limit:
+            super().cleanup(ttl, pipeline, remove_from_queue)
+            return
+        registries = _left_registries(self.origin, self.connection)
+        probe = Execution("-", self.id, self.connection)
+        worker_before, worker_after = WORKER_EXECUTIONS_KEY_TEMPLATE.split("{0}")
+        pipeline.eval(
+            FORGET_EXECUTIONS_SCRIPT,
+            3,
+            self.key,
+            self.execution_registry.key,
+            self.started_job_registry.key,
+            self.id,
+            probe.key.removesuffix(probe.composite_key),
+            worker_before,
+            worker_after,
+            *registries,
+        )
+        pipeline.delete(self.key, self.dependents_key, self.dependencies_key, Result.get_key(self.id))
 
     @property
     def func(self):  # type: ignore[override]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from prometheus_client import Counter
 from redis import Redis
 
@@ -17,9 +15,6 @@ from trackpipe.replication import ReplicaWait, replica_wait
 from trackpipe.types import DestinationBase
 from workers.deadletter import fold_legacy_dropped
 from workers.dedup import Deduplicator
-
-if TYPE_CHECKING:
-    from workers.routing import FanOut
 
 EVENTS_PROCESSED = Counter(
     "trackpipe_events_processed_total", "Events processed by ingest jobs, by source and status", ["source", "status"]
@@ -74,13 +69,13 @@ class WorkerContext:
             sender.close()
         self._senders.clear()
 
-    def observe_ingest(self, status_counts: dict[tuple[str, str], int], fan_out: FanOut) -> None:
+    def observe_ingest(self, status_counts: dict[tuple[str, str], int], queued: dict[str, int]) -> None:
         for (source, status), n in status_counts.items():
             EVENTS_PROCESSED.labels(source, status).inc(n)
             if status == "DUPLICATE":
                 DEDUP_HITS.labels(source).inc(n)
-        for destination, queued in fan_out.deliveries.items():
-            EVENTS_QUEUED.labels(destination).inc(len(queued))
+        for destination, n in queued.items():
+            EVENTS_QUEUED.labels(destination).inc(n)
 
 
 _current: WorkerContext | None = None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from hashlib import blake2b
+from typing import Any
 
 import msgspec
 from redis import Redis
@@ -162,13 +163,17 @@ class Deduplicator:
     def send_claim_ids(
         self, connection: Redis, job_key: str, items: list[tuple[str, str, int | None, int]]
     ) -> PendingClaim:
-        """`claim_ids`, sent now and answered by `PendingClaim.result()`: the ingest job prepares its
-        fan-out while the server runs the script (the two take about as long for a job of 2,000)."""
-        blob, spaces = self.ids_blob(items)
-        return PendingClaim(self, connection, job_key, blob, spaces, len(items))
+        """`claim_ids`, sent now and answered by `PendingClaim.result()`."""
+        pending = PendingClaim(self, connection, job_key)
+        pending.send(items)
+        return pending
 
-    def _claim_args(self, blob: bytes, spaces: dict[int | None, int]) -> list[bytes | str | int]:
-        args: list[bytes | str | int] = [VERDICT_TTL_SECONDS, DONE_FIELD, VERDICT_FIELD, blob]
+    def open_claim(self, connection: Redis, job_key: str) -> PendingClaim:
+        """A claim sent in parts as the job decodes its events (PendingClaim.send), answered at once."""
+        return PendingClaim(self, connection, job_key)
+
+    def _claim_args(self, blob: bytes, spaces: dict[int | None, int], part: int = 0) -> list[bytes | str | int]:
+        args: list[bytes | str | int] = [VERDICT_TTL_SECONDS, DONE_FIELD, verdict_field(part), blob]
         for window in spaces:
             args += self._namespace(window)
         return args
@@ -212,52 +217,79 @@ class Deduplicator:
         return b"".join(parts), spaces
 
     def _claim(
-        self, connection: Redis, job_key: str, blob: bytes, spaces: dict[int | None, int], count: int
+        self, connection: Redis, job_key: str, blob: bytes, spaces: dict[int | None, int], count: int, part: int = 0
     ) -> list[bool] | None:
-        reply = self._script(keys=[job_key], args=self._claim_args(blob, spaces), client=connection)
+        reply = self._script(keys=[job_key], args=self._claim_args(blob, spaces, part), client=connection)
         return self._verdicts(job_key, reply, count)
 
 
-class PendingClaim:
-    """A claim written to one of the pool's connections and not read yet. `result()` (or
-    `abandon()`, if the caller fails meanwhile) must follow: the connection is held until then.
-    The script is the same call as `Deduplicator.claim`: its atomicity does not depend on when the
-    reply is read. A connection error surfaces from `result()` like any Redis outage."""
+def verdict_field(part: int) -> str:
+    """The job-hash field of a claim part's verdicts (the first part's is the one-call claim's)."""
+    return VERDICT_FIELD if part == 0 else f"{VERDICT_FIELD}:{part}"
 
-    def __init__(
-        self,
-        dedup: Deduplicator,
-        connection: Redis,
-        job_key: str,
-        blob: bytes,
-        spaces: dict[int | None, int],
-        count: int,
-    ) -> None:
+
+class PendingClaim:
+    """A job's claim, written part by part to one of the pool's connections (`send`), its replies
+    read together by `result()`, or dropped by `abandon()` if the caller fails meanwhile (the
+    connection is held until then). The ingest job sends a part as soon as it has decoded that many
+    events, so the server claims them while the worker decodes the next ones and prepares the
+    fan-out. Each part is the same script call as `Deduplicator.claim`, its verdicts stored in a
+    field of their own: a re-run decodes the same events into the same parts and reads each back.
+    One connection keeps the parts in order (an id repeated in a later part is its duplicate). A
+    connection error surfaces from `result()` like any Redis outage."""
+
+    def __init__(self, dedup: Deduplicator, connection: Redis, job_key: str) -> None:
         self._dedup, self._client, self._job_key = dedup, connection, job_key
-        self._blob, self._spaces, self._count = blob, spaces, count
+        self._parts: list[tuple[bytes, dict[int | None, int], int]] = []
         self._pool = connection.connection_pool
-        self._wire = self._pool.get_connection()
+        self._wire: Any = None
+
+    def send(self, items: list[tuple[str, str, int | None, int]]) -> None:
+        """Claim the next part: (source id, event id, own window or None, received_at) items."""
+        if self._wire is None:
+            if self._parts:
+                raise RuntimeError("the claim was already answered or abandoned")
+            self._wire = self._pool.get_connection()
+        blob, spaces = self._dedup.ids_blob(items)
+        part = len(self._parts)
+        self._parts.append((blob, spaces, len(items)))
         try:
-            self._wire.send_command("EVALSHA", dedup._script.sha, 1, job_key, *dedup._claim_args(blob, spaces))
+            self._wire.send_command(
+                "EVALSHA", self._dedup._script.sha, 1, self._job_key, *self._dedup._claim_args(blob, spaces, part)
+            )
         except BaseException:
             self.abandon()
             raise
 
     def result(self) -> list[bool] | None:
+        """First-seen flags of every part's items in order, or None if the job's fan-out is done."""
         wire, self._wire = self._wire, None
         if wire is None:
-            raise RuntimeError("the claim's reply was already taken")
+            if self._parts:
+                raise RuntimeError("the claim's reply was already taken")
+            return []
+        replies: list[Any] = []
         try:
-            reply = wire.read_response()
-        except NoScriptError:  # a server that restarted (or another one) lost the script: load and rerun
-            self._pool.release(wire)
-            return self._dedup._claim(self._client, self._job_key, self._blob, self._spaces, self._count)
+            for _ in self._parts:
+                try:
+                    replies.append(wire.read_response())
+                except NoScriptError as exc:  # a server that restarted (or another one) lost the script
+                    replies.append(exc)
         except BaseException:
             wire.disconnect()  # a reply may still be on its way: the connection is not reusable
             self._pool.release(wire)
             raise
         self._pool.release(wire)
-        return self._dedup._verdicts(self._job_key, reply, self._count)
+        flags: list[bool] = []
+        for part, ((blob, spaces, count), reply) in enumerate(zip(self._parts, replies, strict=True)):
+            if isinstance(reply, NoScriptError):  # loaded by this call, which runs the part again
+                verdicts = self._dedup._claim(self._client, self._job_key, blob, spaces, count, part)
+            else:
+                verdicts = self._dedup._verdicts(self._job_key, reply, count)
+            if verdicts is None:
+                return None
+            flags += verdicts
+        return flags
 
     def abandon(self) -> None:
         wire, self._wire = self._wire, None

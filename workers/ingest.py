@@ -146,16 +146,24 @@ def process_event(
 
 
 def decode_and_normalize(
-    payloads: bytes | list[bytes], job_id: str, sources: dict[str, SourceConfig]
+    payloads: bytes | list[bytes],
+    job_id: str,
+    sources: dict[str, SourceConfig],
+    on_part: Callable[[list[ProcessedEvent], int], None] | None = None,
+    part_events: int = 0,
 ) -> list[ProcessedEvent]:
     """Events of the job's payloads in order; ids generated for events without one depend only on
-    the job id and the event's position, so a re-run generates the same ones."""
+    the job id and the event's position, so a re-run generates the same ones. With `on_part`, it
+    is called with the list so far and where its new events start, every `part_events` events and
+    once at the end (the same parts for the same payloads)."""
     records = []
     for payload in [payloads] if isinstance(payloads, bytes) else payloads:
         if payload:  # the edge's jobs carry an empty argument: their events are all in parts
             records.extend(decode_batch(payload).records)
-    processed = []
+    processed: list[ProcessedEvent] = []
     append = processed.append
+    done = 0
+    cut = part_events if on_part is not None and part_events > 0 else -1
     for r, record in enumerate(records):
         source = sources.get(record.source_id) or msgspec.structs.replace(DEFAULT_SOURCE, id=record.source_id)
         received_at, ip, user_agent = record.received_at, record.ip, record.user_agent
@@ -163,6 +171,11 @@ def decode_and_normalize(
             # The seed's text is made only for an event that needs an id generated.
             seed = functools.partial(_seed_text, job_id, r, e)
             append(process_event(raw, source, received_at, seed, ip, user_agent))
+            if len(processed) == cut:
+                on_part(processed, done)  # type: ignore[misc]
+                done, cut = cut, cut + part_events
+    if on_part is not None and done < len(processed):
+        on_part(processed, done)
     return processed
 
 
@@ -327,19 +340,33 @@ def count_statuses(events: list[ProcessedEvent]) -> dict[tuple[str, str], int]:
     return dict(counts)
 
 
+# Events per dedup claim part (see workers.dedup.PendingClaim): the server claims a part (~2 µs per
+# id) faster than the worker decodes the next one (~8 µs per event), so only the last part's claim
+# is left to overlap the fan-out's preparation.
+CLAIM_PART_EVENTS = 500
+
 # Tries at the commit when the job's hash changes between WATCH and EXEC (only a second run of the
 # same job touches it meanwhile: RQ's bookkeeping, its claim, its done mark).
 COMMIT_ATTEMPTS = 5
 
 
-def commit_prepared(ctx: WorkerContext, connection: Redis, job_key: str, prepared: Any) -> bool:
+def commit_prepared(
+    ctx: WorkerContext,
+    connection: Redis,
+    job_key: str,
+    prepared: Any,
+    while_waiting: Callable[[], None] | None = None,
+) -> bool:
     """The prepared fan-out as one MULTI/EXEC ending with the job's done mark (and, with
     edge.min_replicas, WAITAOF in the same round trip: NotReplicated if it falls short, and the job
     runs again). True if this run committed it; False if the job was found done: a second run of
     the same job (a worker frozen past its lease, then woken) got there first. The job's hash is
-    WATCHed, so of two runs with the same verdicts only one can commit: no event goes out twice."""
+    WATCHed, so of two runs with the same verdicts only one can commit: no event goes out twice.
+    `while_waiting` is called once, after the transaction is written and before its reply is read
+    (work that needs no reply: it runs while the server does)."""
     for _ in range(COMMIT_ATTEMPTS):
         pipe = settle_pipeline(connection, ctx.replica_wait)
+        wire = None
         try:
             pipe.watch(job_key)
             if pipe.hexists(job_key, DONE_FIELD):
@@ -347,13 +374,31 @@ def commit_prepared(ctx: WorkerContext, connection: Redis, job_key: str, prepare
             pipe.multi()
             for args, options in prepared.command_stack:
                 pipe.pipeline_execute_command(*args, **options)
+            wire = pipe.connection
+            if while_waiting is not None:
+                _call_after_send(wire, while_waiting)
+                while_waiting = None
             pipe.execute()
             return True
         except WatchError:
             continue
         finally:
+            if wire is not None:
+                wire.__dict__.pop("send_packed_command", None)  # not sent: the wrapper goes
             pipe.reset()
     raise WatchError(f"{job_key}: the job's hash kept changing while its fan-out was committed")
+
+
+def _call_after_send(wire: Any, then: Callable[[], None]) -> None:
+    """Make `then` run once, right after the connection's next write (the transaction's)."""
+    send = wire.send_packed_command
+
+    def send_then(*args: Any, **kwargs: Any) -> None:
+        wire.send_packed_command = send
+        send(*args, **kwargs)
+        then()
+
+    wire.send_packed_command = send_then
 
 
 def prepare_fan_out(
@@ -419,30 +464,36 @@ def process_ingest(ctx: WorkerContext, connection: Redis, job_id: str, job_key: 
 
 def _process_ingest(ctx: WorkerContext, connection: Redis, job_id: str, job_key: str, payload: bytes) -> IngestOutcome:
     parts = seal_and_read_parts(connection, ctx.layout, INGEST_QUEUE, job_id)
-    events = decode_and_normalize([payload, *parts], job_id, ctx.sources)
-    faults.point("ingest:after_decode")
     # A source with `dedup = false` never has its ids claimed (its events are not dedupable either;
     # checked here too, as this is where ids get remembered). Each source claims in its own window.
     sources = ctx.sources
-    candidates = [
-        i
-        for i, item in enumerate(events)
-        if item.dedupable and (item.source_id not in sources or sources[item.source_id].dedup)
-    ]
     windows = {s.id: s.dedup_window_seconds for s in sources.values()}  # None: dedup.window_seconds
     dedup: Deduplicator = ctx.dedup
-    pending = dedup.send_claim_ids(
-        connection,
-        job_key,
-        [
-            (item.source_id, str(item.event_id), windows.get(item.source_id), item.received_at)
-            for item in (events[i] for i in candidates)
-        ],
-    )
+    pending = dedup.open_claim(connection, job_key)
+    candidates: list[int] = []
+
+    def claim_part(events: list[ProcessedEvent], start: int) -> None:
+        # Sent while the next events are decoded: the server claims these meanwhile.
+        new = [
+            i
+            for i in range(start, len(events))
+            if (item := events[i]).dedupable and (item.source_id not in sources or sources[item.source_id].dedup)
+        ]
+        if new:
+            candidates.extend(new)
+            pending.send(
+                [
+                    (item.source_id, str(item.event_id), windows.get(item.source_id), item.received_at)
+                    for item in (events[i] for i in new)
+                ]
+            )
+
     # While the server claims the ids, the fan-out is prepared as if every event were first seen
     # (the usual case); it is prepared again only if some turn out to be duplicates.
-    now_ms = time.time_ns() // 1_000_000
     try:
+        events = decode_and_normalize([payload, *parts], job_id, sources, claim_part, CLAIM_PART_EVENTS)
+        faults.point("ingest:after_decode")
+        now_ms = time.time_ns() // 1_000_000
         status_counts = count_statuses(events)
         pipe, fan_out = prepare_fan_out(ctx, connection, job_id, job_key, events, status_counts, now_ms)
     except BaseException:
@@ -461,14 +512,20 @@ def _process_ingest(ctx: WorkerContext, connection: Redis, job_id: str, job_key:
         status_counts = count_statuses(events)
         pipe, fan_out = prepare_fan_out(ctx, connection, job_id, job_key, events, status_counts, now_ms)
     faults.point("ingest:mid_fanout")
-    if not commit_prepared(ctx, connection, job_key, pipe):
-        return _settled_before(ctx, connection, job_key, len(events))
+    count = len(events)
+    queued = {d: len(e) for d, e in fan_out.deliveries.items()}
+    # The job's events and their encodings (thousands of objects, ~1.5 µs per event to free) are
+    # freed while the server runs the commit (writing and fsyncing the delivery jobs), not after.
+    spent: list[Any] = [events, fan_out]
+    del events, fan_out
+    if not commit_prepared(ctx, connection, job_key, pipe, while_waiting=spent.clear):
+        return _settled_before(ctx, connection, job_key, count)
     faults.point("ingest:after_fanout")
-    ctx.observe_ingest(status_counts, fan_out)
+    ctx.observe_ingest(status_counts, queued)
     by_status: dict[str, int] = defaultdict(int)
     for (_, status), n in status_counts.items():
         by_status[status] += n
-    return IngestOutcome(len(events), dict(by_status), {d: len(e) for d, e in fan_out.deliveries.items()})
+    return IngestOutcome(count, dict(by_status), queued)
 
 
 def _settled_before(ctx: WorkerContext, connection: Redis, job_key: str, events: int) -> IngestOutcome:

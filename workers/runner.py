@@ -45,6 +45,8 @@ class QueueNameError(ValueError):
 
 
 HEARTBEAT_EVERY_SECONDS = 5.0
+# RQ asks the server before every job whether `rq suspend` was called: at most this often here.
+SUSPENSION_CHECK_EVERY_SECONDS = 1.0
 
 
 class WorkerNameError(ValueError):
@@ -117,6 +119,7 @@ class TrackpipeWorker(SchedulerMixin, SimpleWorker):
         self.claims: Claims | None = None
         self.keeper: Keeper | None = None
         self._last_beat = -HEARTBEAT_EVERY_SECONDS  # monotonic time of the last heartbeat sent
+        self._suspension_checked = -SUSPENSION_CHECK_EVERY_SECONDS
         self._written_state: str | None = None  # the state last written to the worker's hash
         self._idle_unwritten = False
         self._held_start: Any = None  # prepare_execution's writes, sent by prepare_job_execution
@@ -342,8 +345,12 @@ class TrackpipeWorker(SchedulerMixin, SimpleWorker):
         return None
 
     def check_for_suspension(self, burst: bool) -> None:
+        at = time.monotonic()
+        if at - self._suspension_checked < SUSPENSION_CHECK_EVERY_SECONDS:
+            return
         with self.riding_out_outages():
             super().check_for_suspension(burst)
+        self._suspension_checked = at
 
     def run_maintenance_tasks(self) -> None:
         try:
