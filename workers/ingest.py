@@ -185,40 +185,61 @@ def _seed_text(job_id: str, record: int, event: int) -> str:
 
 def plan_fan_out(events: list[ProcessedEvent], config: Config) -> FanOut:
     """Which delivery job gets which events (pure). Each event is encoded once, for all its
-    destinations; what depends only on the source is decided once per (source, destination)."""
+    destinations; what depends only on the source is decided once per (source, destination). An
+    event that every destination takes whatever it holds (the usual case) shares one routes dict
+    and one DeliveryEvent among them all (both only read from here on)."""
     deliveries: dict[str, list[DeliveryEvent]] = defaultdict(list)
     filtered: dict[str, int] = defaultdict(int)
     filtered_consent: dict[str, int] = defaultdict(int)
     destinations_of: list[dict[str, str]] = []
-    # source id -> its destinations, each with whether it takes every event of the source unseen.
-    plans: dict[str, list[tuple[Any, bool]]] = {}
+    # source id -> (its destinations, each with whether it takes every event of the source unseen;
+    # when all do: their delivery lists' appends and the routes every event of the source has).
+    plans: dict[str, tuple[list[tuple[Any, bool]], list[Callable[[DeliveryEvent], None]] | None, dict[str, str]]] = {}
     encode = _json.encode
     filtered_value = EventStatus.FILTERED.value
+    no_routes: dict[str, str] = {}
+    append_routes = destinations_of.append
     for item in events:
-        routes: dict[str, str] = {}
         event = item.event
-        if event is not None and item.status in _DELIVERED:
-            plan = plans.get(item.source_id)
-            if plan is None:
-                plan = plans[item.source_id] = [(d, takes_all(d, item.source_id)) for d in config.destinations]
-            body: bytes | None = None
-            for destination, all_taken in plan:
-                if all_taken or accepts(destination, item.source_id, event):
-                    if body is None:
-                        body = encode(event)
-                    deliveries[destination.id].append(
-                        DeliveryEvent(
-                            str(item.event_id), str(event.get("event_name")), body, 0, None, None, item.received_at
-                        )
+        if event is None or item.status not in _DELIVERED:
+            append_routes(no_routes)
+            continue
+        plan = plans.get(item.source_id)
+        if plan is None:
+            looks = [(d, takes_all(d, item.source_id)) for d in config.destinations]
+            if all(all_taken for _, all_taken in looks):
+                appends = [deliveries[d.id].append for d, _ in looks]
+                plan = (looks, appends, {d.id: "queued" for d, _ in looks})
+            else:
+                plan = (looks, None, {})
+            plans[item.source_id] = plan
+        looks, appends, shared_routes = plan
+        if appends is not None:
+            if appends:
+                delivery = DeliveryEvent(
+                    str(item.event_id), str(event.get("event_name")), encode(event), 0, None, None, item.received_at
+                )
+                for append in appends:
+                    append(delivery)
+            append_routes(shared_routes)
+            continue
+        routes: dict[str, str] = {}
+        delivery = None
+        for destination, all_taken in looks:
+            if all_taken or accepts(destination, item.source_id, event):
+                if delivery is None:
+                    delivery = DeliveryEvent(
+                        str(item.event_id), str(event.get("event_name")), encode(event), 0, None, None, item.received_at
                     )
-                    routes[destination.id] = "queued"
-                else:
-                    filtered[destination.id] += 1
-                    if refused_for_consent(destination, item.source_id, event):
-                        filtered_consent[destination.id] += 1
-                    routes[destination.id] = filtered_value
-        destinations_of.append(routes)
-    return FanOut(dict(deliveries), destinations_of, dict(filtered), dict(filtered_consent))
+                deliveries[destination.id].append(delivery)
+                routes[destination.id] = "queued"
+            else:
+                filtered[destination.id] += 1
+                if refused_for_consent(destination, item.source_id, event):
+                    filtered_consent[destination.id] += 1
+                routes[destination.id] = filtered_value
+        append_routes(routes)
+    return FanOut({d: e for d, e in deliveries.items() if e}, destinations_of, dict(filtered), dict(filtered_consent))
 
 
 _DELIVERED = frozenset({EventStatus.VALID, EventStatus.INVALID_ACCEPTED})
