@@ -731,3 +731,13 @@ def test_fill_client_returns_the_event_itself_when_nothing_changes() -> None:
     event = event_with({"ip": "1.2.3.4", "user_agent": "x"})
     assert fill_client(event, IP, UA) is event
     assert fill_client(event_with(), None, None)["context"] == {"event_id": "e"}
+
+
+@pytest.mark.parametrize("categories", [["1", "3"], [" 1", "3 "], [1, 3.0]])
+def test_consent_categories_of_a_caller_kept_event_are_never_shared(categories: list[Any]) -> None:
+    raw = {"event_name": "x", "user": {"consent_categories": categories}, "context": {"event_id": "e"}}
+    before = copy.deepcopy(raw)
+    result = norm(raw).event["user"]["consent_categories"]
+    assert result == ["1", "3"]
+    result.append("9")  # the output may be changed (the judge removes properties) ...
+    assert raw == before  # ... without touching the caller's event

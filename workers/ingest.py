@@ -70,6 +70,8 @@ _event_decoder = msgspec.json.Decoder()
 _lenient_decoder = msgspec.json.Decoder(float_hook=float)
 _json = msgspec.json.Encoder()
 DEFAULT_SOURCE = SourceConfig(id="_unknown", site_id="_", keys=["-" * 8])
+_VALID = EventStatus.VALID
+_REJECTED = EventStatus.INVALID_REJECTED
 
 
 class ProcessedEvent(msgspec.Struct):
@@ -127,10 +129,12 @@ def process_event(
             event = judged.event
             warnings += judged.warnings
             errors += judged.errors
-    status = quality_status(errors, warnings, source.on_invalid)
-    if status is EventStatus.INVALID_REJECTED and not errors:
+    # (quality_status, with its usual answer first: this runs for every event)
+    status = _VALID if not errors and not warnings else quality_status(errors, warnings, source.on_invalid)
+    if status is _REJECTED and not errors:
         errors.append("rejected: the source rejects invalid events (on_invalid = reject)")
-    event_id = event.get("context", {}).get("event_id") if event else None
+    context = event.get("context") if event else None
+    event_id = context.get("event_id") if type(context) is dict else None
     return ProcessedEvent(
         source.id,
         site_received_at,
@@ -141,7 +145,7 @@ def process_event(
         raw,
         event_id,
         # `dedup = false` (per source): repeats are delivered, no id is remembered.
-        status is not EventStatus.INVALID_REJECTED and not result.generated_id and source.dedup,
+        status is not _REJECTED and not result.generated_id and source.dedup,
     )
 
 

@@ -76,9 +76,14 @@ def _consent_categories(value: Any) -> list[str] | None:
         return [_category(value)]
     if isinstance(value, list):
         for item in value:
+            if type(item) is not str or item != item.strip():
+                break
+        else:  # the usual case: a list of clean strings, kept as it is
+            return value
+        for item in value:
             if type(item) is not str:
                 break
-        else:  # the usual case: a list of strings
+        else:  # a list of strings
             return [item.strip() for item in value]
         out = []
         for item in value:
@@ -136,7 +141,10 @@ def normalize(
         context = dict(context)
     event["context"] = context
     # Rules 1 and 2: root metadata into context (v2 clients send event_id/timestamp at the root).
-    _move_into_context(event, context, V1_CONTEXT_KEYS if version == 1 else V2_ROOT_CONTEXT_KEYS)
+    if version == 1:
+        _move_into_context(event, context, V1_CONTEXT_KEYS)
+    elif "event_id" in event or "event_timestamp" in event:  # (most v2 events have neither)
+        _move_into_context(event, context, V2_ROOT_CONTEXT_KEYS)
 
     # Rule 3: page.location (v1 name) becomes context.page.url.
     page = context.get("page")
@@ -147,7 +155,11 @@ def normalize(
 
     # Rule 4: the timestamp as integer milliseconds.
     if "event_timestamp" in context:
-        millis = _to_millis(stamp) if type(stamp := context["event_timestamp"]) is int else parse_timestamp(stamp)
+        stamp = context["event_timestamp"]
+        if type(stamp) is int and SECONDS_THRESHOLD <= stamp <= MAX_MILLIS:  # already milliseconds
+            millis = stamp
+        else:
+            millis = _to_millis(stamp) if type(stamp) is int else parse_timestamp(stamp)
         if millis is None:
             shown = repr(context["event_timestamp"])[:60]
             warnings.append(f"context.event_timestamp {shown} is not a time; receive time used")
@@ -160,7 +172,9 @@ def normalize(
     # Rule 5: consent categories as strings.
     user = event.get("user")
     if isinstance(user, dict) and "consent_categories" in user:
-        categories = _consent_categories(user["consent_categories"])
+        categories = _consent_categories(given := user["consent_categories"])
+        if categories is given and categories is not None and not owned:
+            categories = list(given)  # the caller's list stays the caller's
         user = user if owned else dict(user)
         if categories is None:
             warnings.append("user.consent_categories is not a list of categories; removed")
