@@ -40,6 +40,12 @@ VERDICT_FIELD = "trackpipe_dedup"  # the ingest job's dedup verdicts, kept for a
 DONE_FIELD = "trackpipe_done"  # the job's outcome is committed: a re-run does nothing (ingest and delivery)
 RECOVERED_FIELD = "trackpipe_recovered"  # put back on its queue after its worker died (workers.claims)
 
+
+def verdict_field(part: int) -> str:
+    """The field of the verdicts of one part of an ingest job's dedup claim (workers.dedup sends a
+    job's claim in parts; the first part's field is the one-call claim's)."""
+    return VERDICT_FIELD if part == 0 else f"{VERDICT_FIELD}:{part}"
+
 # Pauses between retries of a failed or abandoned job (the last one repeats).
 RETRY_INTERVALS = [1, 5, 15, 60, 300]
 FAILURE_TTL = 7 * 86_400

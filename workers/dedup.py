@@ -26,7 +26,7 @@ import msgspec
 from redis import Redis
 from redis.exceptions import NoScriptError
 
-from trackpipe.jobs import DONE_FIELD, VERDICT_FIELD
+from trackpipe.jobs import DONE_FIELD, verdict_field
 from trackpipe.keys import KeyLayout
 
 DIGEST_FIELD_BYTES = 8
@@ -221,11 +221,6 @@ class Deduplicator:
     ) -> list[bool] | None:
         reply = self._script(keys=[job_key], args=self._claim_args(blob, spaces, part), client=connection)
         return self._verdicts(job_key, reply, count)
-
-
-def verdict_field(part: int) -> str:
-    """The job-hash field of a claim part's verdicts (the first part's is the one-call claim's)."""
-    return VERDICT_FIELD if part == 0 else f"{VERDICT_FIELD}:{part}"
 
 
 class PendingClaim:
