@@ -72,7 +72,7 @@ def measure(name: str, args: argparse.Namespace) -> Any:
     if name in ("edge", "batch"):
         return bench_http(name, args.duration, generator=args.generator)
     if name == "worker":
-        return bench_worker(args.events, args.job_events, args.baseline_events)
+        return bench_worker(args.events, args.job_events, args.baseline_events, args.rounds)
     if name == "e2e":
         return bench_e2e(args.rate, args.duration, args.e2e_batch)
     if name == "redis":

@@ -144,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker: one-job-per-event events (default: %(default)s)",
     )
     bench.add_argument(
+        "--rounds",
+        type=_positive,
+        default=3,
+        help="worker: rounds of the batched run; the figure is their median (default: %(default)s)",
+    )
+    bench.add_argument(
         "--compare",
         help="deliver: a checkout of older code to measure against in the same run (its repository root)",
     )

@@ -75,6 +75,8 @@ def test_bench_all_in_smoke_mode_reports_every_measurement() -> None:
 
     worker = report["worker"]
     assert worker["detail"]["batched"]["events"] == 2000 and worker["detail"]["batched"]["jobs"] == 4
+    rounds = worker["detail"]["rounds_events_per_second"]
+    assert len(rounds) == 3 and worker["events_per_second"] == sorted(rounds)[1]  # the median round
     assert worker["detail"]["baseline"]["jobs"] == 40
     assert worker["ratio"] > 1  # batching must beat one job per event on any machine
 
