@@ -485,3 +485,20 @@ def test_a_claim_in_parts_sent_to_a_server_without_the_script_runs_every_part_on
     assert pending.result() == [True, True, False, True]
     assert len(remembered_fields(conn)) == 3
     assert conn.connection_pool._in_use_connections == set()
+
+
+def test_a_job_claimed_in_one_call_and_rerun_in_parts_keeps_its_verdicts(
+    dedup: Deduplicator, conn: redis.Redis
+) -> None:
+    """A job killed past its claim by a worker that claimed in one call, re-run by one that claims
+    in parts (a rolling upgrade): the one call's stored verdicts hold for the whole job."""
+    claim(dedup, conn, "j0", ["b"])
+    ids = ["a", "b", "c", "a", "d"]
+    assert dedup.claim_ids(conn, job_key("j1"), ids_items(dedup, ids)) == [True, False, True, False, True]
+    for flush in (False, True):
+        if flush:
+            conn.script_flush()  # and the server lost the script meanwhile
+        rerun = dedup.open_claim(conn, job_key("j1"))
+        rerun.send(ids_items(dedup, ids[:2]))
+        rerun.send(ids_items(dedup, ids[2:]))
+        assert rerun.result() == [True, False, True, False, True]

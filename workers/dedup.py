@@ -275,16 +275,35 @@ class PendingClaim:
             self._pool.release(wire)
             raise
         self._pool.release(wire)
+        dedup = self._dedup
+        for part, (blob, spaces, _) in enumerate(self._parts):
+            if isinstance(replies[part], NoScriptError):  # the call loads the script and runs the part again
+                replies[part] = dedup._script(
+                    keys=[self._job_key], args=dedup._claim_args(blob, spaces, part), client=self._client
+                )
+        whole = self._whole_job_verdicts(replies)
+        if whole is not None:
+            return whole
         flags: list[bool] = []
-        for part, ((blob, spaces, count), reply) in enumerate(zip(self._parts, replies, strict=True)):
-            if isinstance(reply, NoScriptError):  # loaded by this call, which runs the part again
-                verdicts = self._dedup._claim(self._client, self._job_key, blob, spaces, count, part)
-            else:
-                verdicts = self._dedup._verdicts(self._job_key, reply, count)
+        for (_, _, count), reply in zip(self._parts, replies, strict=True):
+            verdicts = dedup._verdicts(self._job_key, reply, count)
             if verdicts is None:
                 return None
             flags += verdicts
         return flags
+
+    def _whole_job_verdicts(self, replies: list[Any]) -> list[bool] | None:
+        """The verdicts of a job claimed in one call before claims went in parts (a job re-run by a
+        newer worker after an older one was killed past its claim): the first part's field then
+        holds every event's verdict. The later parts' calls found their ids marked by that call;
+        their verdicts are not the job's."""
+        if len(self._parts) < 2 or not isinstance(first := replies[0], bytes | str):
+            return None
+        flags = first.decode() if isinstance(first, bytes) else first
+        total = sum(count for _, _, count in self._parts)
+        if flags == "done" or len(flags) - 1 != total:
+            return None
+        return self._dedup._verdicts(self._job_key, first, total)
 
     def abandon(self) -> None:
         wire, self._wire = self._wire, None
