@@ -236,11 +236,14 @@ class Dripper(threading.Thread):
                     self.sock.sendall(bytes([byte]))
                 except OSError:  # the server closed the connection
                     self.server_closed_at = time.monotonic()
+                    # Its answer may have come with the close, before this byte (a server that
+                    # closes with unread bytes resets the connection; what it sent stays readable).
+                    if self.answer is None and pending(self.sock):
+                        self._read_answer()
                     return
                 self.bytes_sent += 1
                 if self.answer is None and pending(self.sock):
-                    self.answer = read_answer(self.sock, 5)
-                    self.answered_at = time.monotonic()
+                    self._read_answer()
                     if not self.keep_dripping:
                         return
                 elif self.answer is not None and pending(self.sock) == b"":
@@ -249,6 +252,10 @@ class Dripper(threading.Thread):
                 time.sleep(self.interval)
         except BaseException as exc:  # reported by the test
             self.error = exc
+
+    def _read_answer(self) -> None:
+        self.answer = read_answer(self.sock, 5)
+        self.answered_at = time.monotonic()
 
 
 # -- a dripping body ---------------------------------------------------------------------------
