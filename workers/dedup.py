@@ -76,39 +76,35 @@ for n = 5, #ARGV, 3 do
 end
 local out = {}
 local touched = {}
+local call, byte, sub = redis.call, string.byte, string.sub
 -- Whether a slot holds any id at all (its marker key): most lookups in a neighbouring slot
 -- (above all the next one, which only exists when jobs run out of order) can then be skipped.
+-- Looked up once per slot and call (inlined below: this loop runs for every id).
 local function slot_present(space, slot)
-  local known = space.present[slot]
-  if known == nil then
-    known = redis.call('EXISTS', space.marker .. slot) == 1
-    space.present[slot] = known
-  end
+  local known = call('EXISTS', space.marker .. slot) == 1
+  space.present[slot] = known
   return known
-end
-local function u32(p)
-  local a, b, c, d = string.byte(blob, p, p + 3)
-  return ((a * 256 + b) * 256 + c) * 256 + d
 end
 for i = 0, #blob / 18 - 1 do
   local p = i * 18 + 1
-  local field = string.sub(blob, p, p + 7)
-  local slot = u32(p + 8)
-  local bucket = u32(p + 12)
-  local hi, lo = string.byte(blob, p + 16, p + 17)
+  local field = sub(blob, p, p + 7)
+  local s1, s2, s3, s4, b1, b2, b3, b4, hi, lo = byte(blob, p + 8, p + 17)
+  local slot = ((s1 * 256 + s2) * 256 + s3) * 256 + s4
+  local bucket = ((b1 * 256 + b2) * 256 + b3) * 256 + b4
   local space = spaces[hi * 256 + lo + 1]
-  local prefix = space.bucket
+  local prefix, present = space.bucket, space.present
   local current = prefix .. slot .. ':' .. bucket
-  if (slot_present(space, slot - 1)
-      and redis.call('HEXISTS', prefix .. (slot - 1) .. ':' .. bucket, field) == 1)
-     or (slot_present(space, slot + 1)
-      and redis.call('HEXISTS', prefix .. (slot + 1) .. ':' .. bucket, field) == 1) then
+  local before, after = present[slot - 1], present[slot + 1]
+  if before == nil then before = slot_present(space, slot - 1) end
+  if after == nil then after = slot_present(space, slot + 1) end
+  if (before and call('HEXISTS', prefix .. (slot - 1) .. ':' .. bucket, field) == 1)
+     or (after and call('HEXISTS', prefix .. (slot + 1) .. ':' .. bucket, field) == 1) then
     out[i + 1] = '0'
-  elseif redis.call('HSETNX', current, field, '') == 1 then
+  elseif call('HSETNX', current, field, '') == 1 then
     out[i + 1] = '1'
     touched[current] = space.ttl
     space.filled[slot] = true
-    space.present[slot] = true
+    present[slot] = true
   else
     out[i + 1] = '0'
   end
