@@ -126,4 +126,6 @@ def test_bench_redis_reports_positive_figures_that_add_up(tmp_path, monkeypatch)
             assert side["primary_us_per_event"] >= 0 and side["replica_us_per_event"] >= 0
         assert waitaof[kind]["rate_ratio"] > 0
     trips = waitaof["round_trip_ms"]
-    assert 0 < trips["write"] <= trips["write_wait_then_waitaof"]
+    # Medians of round trips: which is longer is the benchmark's to report (seen inverted by 0.02 ms
+    # on a loaded machine), not a test's to assert.
+    assert trips["write"] > 0 and trips["write_wait_then_waitaof"] > 0
