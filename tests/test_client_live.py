@@ -10,6 +10,8 @@ import collections
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -96,6 +98,21 @@ def delivered(lake: Path, expected: set[str]) -> collections.Counter[str]:
     return file_ids(lake)
 
 
+@contextmanager
+def edge_and_worker(tmp_path: Path, valkey_url: str) -> Iterator[tuple[Edge, Path]]:
+    """A running edge and a worker delivering to a `file` destination (the lake, yielded with it)."""
+    lake = tmp_path / "lake"
+    config = write_config(tmp_path, valkey_url, lake)
+    edge = Edge(config)
+    edge.start()
+    worker = start_worker(config)
+    try:
+        yield edge, lake
+    finally:
+        stop_worker(worker)
+        edge.stop()
+
+
 def test_steady_sending_and_the_exit_flush(tmp_path: Path, valkey_url: str) -> None:
     edge = Edge(write_config(tmp_path, valkey_url))
     edge.start()
@@ -119,12 +136,7 @@ def test_steady_sending_and_the_exit_flush(tmp_path: Path, valkey_url: str) -> N
 
 
 def test_edge_down_for_a_while_memory_queue(tmp_path: Path, valkey_url: str) -> None:
-    lake = tmp_path / "lake"
-    config = write_config(tmp_path, valkey_url, lake)
-    edge = Edge(config)
-    edge.start()
-    worker = start_worker(config)
-    try:
+    with edge_and_worker(tmp_path, valkey_url) as (edge, lake):
         client = Client(edge.url, "29", TEST_KEY, **FAST)
         for i in range(200):
             client.track("page_view", event_id=f"m-{i}")
@@ -138,21 +150,13 @@ def test_edge_down_for_a_while_memory_queue(tmp_path: Path, valkey_url: str) -> 
         assert client.flush(timeout=30)
         client.close()
         counts = delivered(lake, {f"m-{i}" for i in range(500)})
-    finally:
-        stop_worker(worker)
-        edge.stop()
     assert counts == collections.Counter({f"m-{i}": 1 for i in range(500)})
     assert client.stats.dropped == 0 and client.stats.accepted == 500
 
 
 def test_edge_down_spool_and_producer_killed_mid_outage(tmp_path: Path, valkey_url: str) -> None:
-    lake = tmp_path / "lake"
     spool = tmp_path / "spool"
-    config = write_config(tmp_path, valkey_url, lake)
-    edge = Edge(config)
-    edge.start()
-    worker = start_worker(config)
-    try:
+    with edge_and_worker(tmp_path, valkey_url) as (edge, lake):
         first = producer(edge.url, "k", 0, 150, spool, hang=True)
         assert first.stdout is not None and first.stdout.readline() == "tracked\n"
         delivered(lake, {f"k-{i}" for i in range(150)})
@@ -167,9 +171,6 @@ def test_edge_down_spool_and_producer_killed_mid_outage(tmp_path: Path, valkey_u
         last = producer(edge.url, "k", 400, 100, spool, hang=False)  # replays the spool, then its own
         assert last.communicate(timeout=60)[0] == "tracked\n" and last.returncode == 0
         counts = delivered(lake, {f"k-{i}" for i in range(500)})
-    finally:
-        stop_worker(worker)
-        edge.stop()
     assert counts == collections.Counter({f"k-{i}": 1 for i in range(500)})
     leftover = SpoolQueue(spool, 1 << 20, 1 << 20, False)
     assert leftover.pending_events == 0
@@ -203,14 +204,9 @@ def test_the_edges_503_back_pressure_is_honoured(tmp_path: Path, valkey_url: str
 
 
 def test_async_client_steady_outage_with_spool_and_aclose(tmp_path: Path, valkey_url: str) -> None:
-    lake = tmp_path / "lake"
     spool = tmp_path / "spool"
-    config = write_config(tmp_path, valkey_url, lake)
-    edge = Edge(config)
-    edge.start()
-    worker = start_worker(config)
 
-    async def phase_one() -> None:
+    async def phase_one(edge: Edge) -> None:
         async with AsyncClient(edge.url, "29", TEST_KEY, spool_dir=spool, **FAST) as client:
             for i in range(300):
                 await client.track("page_view", event_id=f"a-{i}")
@@ -222,19 +218,16 @@ def test_async_client_steady_outage_with_spool_and_aclose(tmp_path: Path, valkey
             await client.aclose(timeout=0.5)  # gives up: the rest stays in the spool
             assert client.stats.dropped == 0
 
-    async def phase_two() -> None:
+    async def phase_two(edge: Edge) -> None:
         async with AsyncClient(edge.url, "29", TEST_KEY, spool_dir=spool, **FAST) as client:
             assert client.stats.queued == 300  # found unsent in the spool
             for i in range(600, 700):
                 await client.track("page_view", event_id=f"a-{i}")
         assert client.stats.accepted == 400
 
-    try:
-        asyncio.run(phase_one())
+    with edge_and_worker(tmp_path, valkey_url) as (edge, lake):
+        asyncio.run(phase_one(edge))
         edge.start()
-        asyncio.run(phase_two())
+        asyncio.run(phase_two(edge))
         counts = delivered(lake, {f"a-{i}" for i in range(700)})
-    finally:
-        stop_worker(worker)
-        edge.stop()
     assert counts == collections.Counter({f"a-{i}": 1 for i in range(700)})

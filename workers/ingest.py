@@ -243,7 +243,7 @@ def plan_fan_out(events: list[ProcessedEvent], config: Config) -> FanOut:
                     filtered_consent[destination.id] += 1
                 routes[destination.id] = filtered_value
         append_routes(routes)
-    return FanOut({d: e for d, e in deliveries.items() if e}, destinations_of, dict(filtered), dict(filtered_consent))
+    return FanOut(dict(deliveries), destinations_of, dict(filtered), dict(filtered_consent))
 
 
 _DELIVERED = frozenset({EventStatus.VALID, EventStatus.INVALID_ACCEPTED})

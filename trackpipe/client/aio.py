@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 import time
 from collections.abc import Mapping
@@ -18,9 +17,8 @@ from typing import Any
 import httpx
 import msgspec
 
-from trackpipe.client.backoff import classify
 from trackpipe.client.config import ClientConfig, ClientStats, check_key, make_config
-from trackpipe.client.core import Call, Core, OnDrop, OnError, OnRejected, log, run_callbacks
+from trackpipe.client.core import Attempt, Call, Core, OnDrop, OnError, OnRejected, answered, log, run_callbacks
 from trackpipe.client.events import build_event, encode_event
 
 
@@ -212,14 +210,7 @@ class AsyncClient:
                 run_callbacks(calls)
                 return
             delay = self._core.retry_wait(attempt, retry_after)
-            # One warning per batch; the attempts after it at debug level (an outage can last hours).
-            log.log(
-                logging.WARNING if attempt == 0 else logging.DEBUG,
-                "trackpipe.client: %s; sending again in %.2f s (attempt %d)",
-                error,
-                delay,
-                attempt + 2,
-            )
+            self._core.log_retry(error, delay, attempt)
             attempt += 1
             async with self._cond:
                 gave_up = await self._wait_retry(delay)
@@ -239,21 +230,15 @@ class AsyncClient:
             await _wait(self._cond, left)
         return True
 
-    async def _post(self, content: bytes) -> tuple[str, int, bytes, str | None, str]:
+    async def _post(self, content: bytes) -> Attempt:
         timeout = self._core.request_timeout(time.monotonic())
         try:
             response = await self._http.post(
                 self._core.url, params=self._core.params, headers=self._core.headers, content=content, timeout=timeout
             )
         except (httpx.HTTPError, OSError) as exc:
-            return "retry", 0, b"", None, self._core.mask(f"{type(exc).__name__}: {exc}")
-        return (
-            classify(response.status_code),
-            response.status_code,
-            response.content,
-            response.headers.get("retry-after"),
-            f"HTTP {response.status_code}",
-        )
+            return self._core.unanswered(exc)
+        return answered(response.status_code, response.content, response.headers.get("retry-after"))
 
 
 async def _wait(cond: asyncio.Condition, timeout: float | None) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from trackpipe.client.backoff import Rejection, Verdict, read_answer, retry_after_seconds, retry_delay
+from trackpipe.client.backoff import Rejection, Verdict, classify, read_answer, retry_after_seconds, retry_delay
 from trackpipe.client.batching import batch_body, gzip_body
 from trackpipe.client.config import ClientConfig, ClientStats
 from trackpipe.client.spool import MemoryQueue, SpoolQueue
@@ -25,6 +25,8 @@ OnError = Callable[[str, list[dict[str, Any]]], object]
 OnDrop = Callable[[list[dict[str, Any]], str], object]
 Call = tuple[Callable[..., object], tuple[object, ...]]
 Admitted = Literal["queued", "dropped", "full"]
+# One attempt's (verdict, status, body, Retry-After, error text).
+Attempt = tuple[Verdict, int, bytes, str | None, str]
 
 USER_AGENT = "trackpipe-client/1"
 
@@ -40,6 +42,11 @@ def run_callbacks(calls: list[Call]) -> None:
             callback(*args)
         except Exception:
             log.exception("trackpipe.client: a callback (%s) raised", getattr(callback, "__name__", callback))
+
+
+def answered(status: int, body: bytes, retry_after: str | None) -> Attempt:
+    """The attempt the edge answered."""
+    return classify(status), status, body, retry_after, f"HTTP {status}"
 
 
 class Core:
@@ -226,6 +233,21 @@ class Core:
             return []
         self.done_count += len(batch)
         return self.dropped(batch, "client closed before they could be sent")
+
+    def unanswered(self, exc: BaseException) -> Attempt:
+        """An attempt that got no answer (timeout, refused connection, reset): sent again."""
+        return "retry", 0, b"", None, self.mask(f"{type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def log_retry(error: str, delay: float, attempt: int) -> None:
+        # One warning per batch; the attempts after it at debug level (an outage can last hours).
+        log.log(
+            logging.WARNING if attempt == 0 else logging.DEBUG,
+            "trackpipe.client: %s; sending again in %.2f s (attempt %d)",
+            error,
+            delay,
+            attempt + 2,
+        )
 
     def retry_wait(self, attempt: int, retry_after: str | None) -> float:
         self.stats.retries += 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import logging
 import math
 import threading
 import time
@@ -14,9 +13,8 @@ from typing import Any
 import httpx
 import msgspec
 
-from trackpipe.client.backoff import classify
 from trackpipe.client.config import ClientConfig, ClientStats, check_key, make_config
-from trackpipe.client.core import Call, Core, OnDrop, OnError, OnRejected, log, run_callbacks
+from trackpipe.client.core import Attempt, Call, Core, OnDrop, OnError, OnRejected, answered, log, run_callbacks
 from trackpipe.client.events import build_event, encode_event
 
 
@@ -187,14 +185,7 @@ class Client:
             if verdict != "retry":
                 run_callbacks(calls)
                 return
-            # One warning per batch; the attempts after it at debug level (an outage can last hours).
-            log.log(
-                logging.WARNING if attempt == 0 else logging.DEBUG,
-                "trackpipe.client: %s; sending again in %.2f s (attempt %d)",
-                error,
-                delay,
-                attempt + 2,
-            )
+            self._core.log_retry(error, delay, attempt)
             attempt += 1
             with self._cond:
                 if not self._wait_retry(delay):
@@ -212,7 +203,7 @@ class Client:
             self._cond.wait(left)
         return True
 
-    def _post(self, content: bytes) -> tuple[str, int, bytes, str | None, str]:
+    def _post(self, content: bytes) -> Attempt:
         """(verdict, status, body, Retry-After, error text) of one attempt; never raises."""
         timeout = self._core.request_timeout(time.monotonic())
         try:
@@ -220,15 +211,8 @@ class Client:
                 self._core.url, params=self._core.params, headers=self._core.headers, content=content, timeout=timeout
             )
         except (httpx.HTTPError, OSError) as exc:  # timeouts, refused connections, resets
-            return "retry", 0, b"", None, self._core.mask(f"{type(exc).__name__}: {exc}")
-        verdict = classify(response.status_code)
-        return (
-            verdict,
-            response.status_code,
-            response.content,
-            response.headers.get("retry-after"),
-            f"HTTP {response.status_code}",
-        )
+            return self._core.unanswered(exc)
+        return answered(response.status_code, response.content, response.headers.get("retry-after"))
 
 
 def _close_at_exit(ref: weakref.ref[Client]) -> None:
