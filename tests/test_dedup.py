@@ -502,3 +502,22 @@ def test_a_job_claimed_in_one_call_and_rerun_in_parts_keeps_its_verdicts(
         rerun.send(ids_items(dedup, ids[:2]))
         rerun.send(ids_items(dedup, ids[2:]))
         assert rerun.result() == [True, False, True, False, True]
+
+
+def test_an_id_is_remembered_where_earlier_versions_remembered_it() -> None:
+    """The field and bucket of an id are stored data: a new worker must find the ids an older one
+    remembered (docs/ARCHITECTURE.md, `P:dd:`: the first 8 bytes of the 12-byte BLAKE2b digest
+    of "source\\0id", the bucket from the other 4, big-endian, modulo the bucket count)."""
+    import hashlib
+
+    from workers.dedup import dedup_key
+
+    for source, event_id in [("shop-web", "e-1"), ("s", "ü-é"), ("x" * 40, "0" * 200)]:
+        digest = hashlib.blake2b(f"{source}\0{event_id}".encode(), digest_size=12).digest()
+        expected = (digest[:8], int.from_bytes(digest[8:], "big") % 1000)
+        key = dedup_key(source, event_id, 1000)
+        assert (key.field, key.bucket) == expected
+        d = Deduplicator(fakeredis.FakeRedis(), LAYOUT, WINDOW, 1000)
+        blob, _ = d.ids_blob([(source, event_id, None, T0)])
+        assert blob[:8] == expected[0] and int.from_bytes(blob[12:16], "big") == expected[1]
+        assert blob == d.keys_blob([(key, T0)])[0]

@@ -1,7 +1,8 @@
 """The worker's quick paths against the full ones they stand in for (pure, no Redis): the typed look
 at standard events (workers.standard._fine) never passes an event the full check finds fault with,
-the inspector's early cut keeps what plan_samples would send, and the dedup claim built from ids
-equals the one built from DedupKeys."""
+the inspector's early cut keeps what plan_samples would send, the dedup claim built from ids
+equals the one built from DedupKeys, and the fan-out planned part by part equals the one planned at
+once."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import math
 import random
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 
@@ -17,7 +19,7 @@ from trackpipe.events import STANDARD_EVENTS, VIDEO_EVENTS
 from trackpipe.keys import KeyLayout
 from workers import standard
 from workers.dedup import Deduplicator
-from workers.ingest import _inspector_records, decode_and_normalize, plan_fan_out
+from workers.ingest import FanOutPlanner, _inspector_records, decode_and_normalize, plan_fan_out
 from workers.inspector import plan_samples
 
 USER = {"id": "7", "consistent_anonymous_id": "ca-7", "consent_categories": ["1", "3"]}
@@ -175,3 +177,39 @@ def test_normalize_in_place_gives_what_a_copy_gives() -> None:
                 assert normalize(decoded, owned=True, **args) == by_copy
                 checked += 1
     assert checked > 100
+
+
+@pytest.mark.parametrize(
+    "currency", ["EUR", "USD", "ZZZ", "eur", "Eur", "EURO", "EU", "", "E1R", "ÉUR", "EUR\n", " EUR", 978, None]
+)
+def test_the_typed_look_takes_a_currency_exactly_when_the_full_check_does(currency: Any) -> None:
+    event = _good("purchase")
+    fine_at_root = standard._fine({**event, "currency": currency}, "purchase", ())
+    assert fine_at_root == standard._is_currency(currency)
+    item = copy.deepcopy(event["items"][0])
+    item["product"]["currency"] = currency
+    fine_in_product = standard._fine({**event, "items": [item]}, "purchase", ())
+    # A product's currency may be absent (null); the full check then finds nothing either.
+    assert fine_in_product == (currency is None or standard._is_currency(currency))
+
+
+def test_planning_the_fan_out_part_by_part_plans_what_planning_it_at_once_does() -> None:
+    from tests.worker_corpus import config, corpus
+
+    cfg = config()
+    sources = {s.id: s for s in cfg.sources}
+    rng = random.Random(7)
+    planned = 0
+    for job_id, payload in corpus(seed=3):
+        events = decode_and_normalize(payload, job_id, sources)
+        whole = plan_fan_out(events, cfg)
+        planner = FanOutPlanner(cfg)
+        start = 0
+        while start < len(events):
+            end = min(len(events), start + rng.choice([1, 2, 5, 50]))
+            planner.add(events[:end], start)  # as the job does: the list so far, its new part
+            start = end
+        in_parts = planner.result()
+        assert msgspec.to_builtins(in_parts) == msgspec.to_builtins(whole)
+        planned += sum(len(d) for d in whole.deliveries.values()) + sum(whole.filtered.values())
+    assert planned > 100  # the corpus has events to deliver and to filter

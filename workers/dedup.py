@@ -17,7 +17,6 @@ Both fields vanish with the job hash when RQ deletes the finished job.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from hashlib import blake2b
 from typing import Any
@@ -42,14 +41,14 @@ class DedupKey(msgspec.Struct, frozen=True):
 
 
 # One id in the claim's blob: field, slot, bucket, namespace number (see CLAIM_SCRIPT).
-_ENTRY = struct.Struct(">8sIIH")
+_ENTRY = struct.Struct(f">{DIGEST_FIELD_BYTES}sIIH")
+# An id's 12-byte digest: its field, then the number its bucket is taken from (one call for both).
+_DIGEST = struct.Struct(f">{DIGEST_FIELD_BYTES}sI")
 
 
 def dedup_key(source_id: str, event_id: str, buckets: int, window_seconds: int | None = None) -> DedupKey:
-    digest = hashlib.blake2b(f"{source_id}\0{event_id}".encode(), digest_size=12).digest()
-    return DedupKey(
-        digest[:DIGEST_FIELD_BYTES], int.from_bytes(digest[DIGEST_FIELD_BYTES:], "big") % buckets, window_seconds
-    )
+    field, tail = _DIGEST.unpack(blake2b(f"{source_id}\0{event_id}".encode(), digest_size=12).digest())
+    return DedupKey(field, tail % buckets, window_seconds)
 
 
 def slot_of(received_at_ms: int, window_seconds: int) -> int:
@@ -199,6 +198,7 @@ class Deduplicator:
         parts = []
         append = parts.append
         pack = _ENTRY.pack
+        split = _DIGEST.unpack
         buckets = self._buckets
         default = self._window
         for source_id, event_id, own, received_at in items:
@@ -207,9 +207,8 @@ class Deduplicator:
             space = spaces.get(own)
             if space is None:
                 space = spaces[own] = len(spaces)
-            digest = blake2b(f"{source_id}\0{event_id}".encode(), digest_size=12).digest()
-            bucket = int.from_bytes(digest[DIGEST_FIELD_BYTES:], "big") % buckets
-            append(pack(digest[:DIGEST_FIELD_BYTES], received_at // ((own or default) * 1000), bucket, space))
+            field, tail = split(blake2b(f"{source_id}\0{event_id}".encode(), digest_size=12).digest())
+            append(pack(field, received_at // ((own or default) * 1000), tail % buckets, space))
         return b"".join(parts), spaces
 
     def _claim(

@@ -70,16 +70,17 @@ def parse_timestamp(value: Any) -> int | None:
 
 def _consent_categories(value: Any) -> list[str] | None:
     """`[1, 3]`, `["1", "3"]`, `3` and `"1,3"` all become `["1", "3"]`; None if unusable."""
+    if type(value) is list:  # the usual case first: a list of clean strings, kept as it is
+        for item in value:
+            if type(item) is not str or item != item.strip():
+                break
+        else:
+            return value
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     if isinstance(value, int | float) and not isinstance(value, bool):
         return [_category(value)]
     if isinstance(value, list):
-        for item in value:
-            if type(item) is not str or item != item.strip():
-                break
-        else:  # the usual case: a list of clean strings, kept as it is
-            return value
         for item in value:
             if type(item) is not str:
                 break
@@ -206,11 +207,6 @@ def normalize(
     return Normalized(event, warnings, errors, version, generated)
 
 
-def _lacks(device: dict[str, Any], key: str) -> bool:
-    value = device.get(key)
-    return value is None or value == ""
-
-
 def fill_client(event: dict[str, Any], ip: str | None, user_agent: str | None) -> dict[str, Any]:
     """The event with `context.device.ip` / `context.device.user_agent` set from the request that
     carried it (the edge's `IngestRecord.ip` / `.user_agent`) where the event has none (absent, null
@@ -224,7 +220,15 @@ def fill_client(event: dict[str, Any], ip: str | None, user_agent: str | None) -
         device = {}
     elif not isinstance(device, dict):
         return event
-    fills = {key: value for key, value in (("ip", ip), ("user_agent", user_agent)) if value and _lacks(device, key)}
-    if not fills:
+    # (spelled out: this runs for every event, and most already carry both)
+    get = device.get
+    fill_ip = bool(ip) and ((held := get("ip")) is None or held == "")
+    fill_agent = bool(user_agent) and ((held := get("user_agent")) is None or held == "")
+    if not fill_ip and not fill_agent:
         return event
-    return {**event, "context": {**context, "device": {**device, **fills}}}
+    device = dict(device)
+    if fill_ip:
+        device["ip"] = ip
+    if fill_agent:
+        device["user_agent"] = user_agent
+    return {**event, "context": {**context, "device": device}}
