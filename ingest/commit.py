@@ -97,6 +97,15 @@ class GroupCommitter:
         self._writing = False
         self.backlog = 0  # ingest queue length seen by the latest write
         self.stats = CommitStats()
+        # The loop it serves, looked up once: asyncio.get_running_loop() costs a getpid() system
+        # call on Python 3.11, once per request here (a closed loop, as in tests, is replaced).
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     def _batch(self, adding: int = 0) -> _Pending:
         """The newest write with room for `adding` more events; otherwise a new one. With no write in
@@ -111,7 +120,7 @@ class GroupCommitter:
                 or (len(queue) == 1 and not self._writing and last.events >= self._min_events)
             )
         ):
-            last = _Pending(asyncio.get_running_loop())
+            last = _Pending(self._running_loop())
             queue.append(last)
         return last
 
@@ -135,7 +144,7 @@ class GroupCommitter:
 
     def _ensure_flusher(self) -> None:
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+            self._flusher = self._running_loop().create_task(self._flush_loop())
 
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()

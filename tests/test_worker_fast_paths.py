@@ -1,8 +1,8 @@
 """The worker's quick paths against the full ones they stand in for (pure, no Redis): the typed look
 at standard events (workers.standard._fine) never passes an event the full check finds fault with,
 the inspector's early cut keeps what plan_samples would send, the dedup claim built from ids
-equals the one built from DedupKeys, and the fan-out planned part by part equals the one planned at
-once."""
+equals the one built from DedupKeys, and the fan-out and the inspector's candidates gathered part
+by part equal those gathered at once."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from trackpipe.events import STANDARD_EVENTS, VIDEO_EVENTS
 from trackpipe.keys import KeyLayout
 from workers import standard
 from workers.dedup import Deduplicator
-from workers.ingest import FanOutPlanner, _inspector_records, decode_and_normalize, plan_fan_out
+from workers.ingest import FanOutPlanner, InspectorCut, _inspector_records, decode_and_normalize, plan_fan_out
 from workers.inspector import plan_samples
 
 USER = {"id": "7", "consistent_anonymous_id": "ca-7", "consent_categories": ["1", "3"]}
@@ -213,3 +213,34 @@ def test_planning_the_fan_out_part_by_part_plans_what_planning_it_at_once_does()
         assert msgspec.to_builtins(in_parts) == msgspec.to_builtins(whole)
         planned += sum(len(d) for d in whole.deliveries.values()) + sum(whole.filtered.values())
     assert planned > 100  # the corpus has events to deliver and to filter
+
+
+def _made(kept: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """Candidates with their records made, as plain values."""
+    return {
+        source: [msgspec.to_builtins(msgspec.structs.replace(c, record=c.record())) for c in candidates]
+        for source, candidates in kept.items()
+    }
+
+
+@pytest.mark.parametrize("caps", [(0, 0), (1, 0), (2, 1), None])
+def test_the_inspector_cut_part_by_part_keeps_what_it_keeps_at_once(caps: tuple[int, int] | None) -> None:
+    from tests.worker_corpus import config, corpus
+
+    cfg = config()
+    sources = {s.id: s for s in cfg.sources}
+    rng = random.Random(11)
+    kept_any = 0
+    for job_id, payload in corpus(seed=4):
+        events = decode_and_normalize(payload, job_id, sources)
+        fan_out = plan_fan_out(events, cfg)
+        whole = _inspector_records(events, fan_out, caps)
+        cut = InspectorCut(caps)
+        start = 0
+        while start < len(events):
+            end = min(len(events), start + rng.choice([1, 3, 40]))
+            cut.add(events[:end], fan_out.destinations_of, start)
+            start = end
+        assert _made(cut.kept) == _made(whole)
+        kept_any += sum(len(c) for c in whole.values())
+    assert kept_any > 20

@@ -207,7 +207,7 @@ class FanOutPlanner:
         self._deliveries: dict[str, list[DeliveryEvent]] = defaultdict(list)
         self._filtered: dict[str, int] = defaultdict(int)
         self._filtered_consent: dict[str, int] = defaultdict(int)
-        self._destinations_of: list[dict[str, str]] = []
+        self.destinations_of: list[dict[str, str]] = []  # per event planned: its routes
         # source id -> (its destinations, each with whether it takes every event of the source
         # unseen; when all do: their delivery lists' appends and the routes every event of the source
         # has).
@@ -221,7 +221,7 @@ class FanOutPlanner:
         plans = self._plans
         encode = _json.encode
         filtered_value = EventStatus.FILTERED.value
-        append_routes = self._destinations_of.append
+        append_routes = self.destinations_of.append
         for i in range(start, len(events)):
             item = events[i]
             event = item.event
@@ -271,7 +271,7 @@ class FanOutPlanner:
             append_routes(routes)
 
     def result(self) -> FanOut:
-        return FanOut(dict(self._deliveries), self._destinations_of, dict(self._filtered), dict(self._filtered_consent))
+        return FanOut(dict(self._deliveries), self.destinations_of, dict(self._filtered), dict(self._filtered_consent))
 
 
 # The routes of an event that is not delivered (shared: only read from here on).
@@ -304,52 +304,82 @@ def _inspector_record(
 def _inspector_records(
     events: list[ProcessedEvent], fan_out: FanOut, caps: tuple[int, int] | None = None
 ) -> dict[str, list[Candidate]]:
+    """Per source, every event as the inspector would keep it, oldest first; see InspectorCut."""
+    if len(events) != len(fan_out.destinations_of):
+        raise ValueError(f"{len(events)} events, {len(fan_out.destinations_of)} routes")
+    cut = InspectorCut(caps)
+    cut.add(events, fan_out.destinations_of)
+    return cut.kept
+
+
+class InspectorCut:
     """Per source, every event as the inspector would keep it, oldest first (the sampling itself is
-    SAMPLE_SCRIPT's, which sees how many of each name this minute already kept). The records are
-    made only for the candidates sent (see workers.inspector.Candidate). With `caps` (per name, for
-    test events), candidates past their group's cap are left out here: plan_samples would send only
-    the first `cap` of each group anyway (the first is kept even at a cap of 0, so the group still
-    shows in the command, as plan_samples would have it)."""
-    kept: dict[str, list[Candidate]] = defaultdict(list)
-    seen: dict[tuple[str, int, bool, str | None], int] = defaultdict(int)
-    rejected = EventStatus.INVALID_REJECTED
-    for item, routes in zip(events, fan_out.destinations_of, strict=True):
-        event = item.event
-        if event:
-            test_code = test_code_of(event)
-            name = event.get("event_name")
-            if not isinstance(name, str):
-                name = None
-        else:
-            test_code = name = None
-        if caps is not None and item.status is not rejected:
-            to_tests = test_code is not None
-            group = (item.source_id, item.received_at // 60_000, to_tests, None if to_tests else name or "")
-            count = seen[group]
-            if count >= caps[to_tests] and count:
-                continue
-            seen[group] = count + 1
-        kept[item.source_id].append(
-            candidate_of(
-                item.received_at,
-                _STATUS_TEXT[item.status],
-                name,
-                test_code,
-                functools.partial(_inspector_record, item, routes, name, test_code),
+    SAMPLE_SCRIPT's, which sees how many of each name this minute already kept), gathered part by
+    part as FanOutPlanner plans them. The records are made only for the candidates sent (see
+    workers.inspector.Candidate). With `caps` (per name, for test events), candidates past their
+    group's cap are left out here: plan_samples would send only the first `cap` of each group anyway
+    (the first is kept even at a cap of 0, so the group still shows in the command, as plan_samples
+    would have it)."""
+
+    def __init__(self, caps: tuple[int, int] | None = None) -> None:
+        self.kept: dict[str, list[Candidate]] = defaultdict(list)
+        self._seen: dict[tuple[str, int, bool, str | None], int] = defaultdict(int)
+        self._caps = caps
+
+    def add(self, events: list[ProcessedEvent], destinations_of: list[dict[str, str]], start: int = 0) -> None:
+        """Look at events[start:], whose routes are destinations_of[start:]."""
+        kept, seen, caps = self.kept, self._seen, self._caps
+        rejected = EventStatus.INVALID_REJECTED
+        for i in range(start, len(events)):
+            item = events[i]
+            event = item.event
+            if event:
+                test_code = test_code_of(event)
+                name = event.get("event_name")
+                if not isinstance(name, str):
+                    name = None
+            else:
+                test_code = name = None
+            if caps is not None and item.status is not rejected:
+                to_tests = test_code is not None
+                group = (item.source_id, item.received_at // 60_000, to_tests, None if to_tests else name or "")
+                count = seen[group]
+                if count >= caps[to_tests] and count:
+                    continue
+                seen[group] = count + 1
+            kept[item.source_id].append(
+                candidate_of(
+                    item.received_at,
+                    _STATUS_TEXT[item.status],
+                    name,
+                    test_code,
+                    functools.partial(_inspector_record, item, destinations_of[i], name, test_code),
+                )
             )
-        )
-    return kept
+
+
+def inspector_caps(inspector: InspectorConfig) -> tuple[int, int] | None:
+    """The caps InspectorCut applies for this config; None when the inspector keeps nothing."""
+    if not inspector.events_per_source:
+        return None
+    return (inspector.per_name_per_minute, inspector.test_events_per_minute)
 
 
 def _queue_inspector(
-    pipe: Any, layout: KeyLayout, inspector: InspectorConfig, events: list[ProcessedEvent], fan_out: FanOut
+    pipe: Any,
+    layout: KeyLayout,
+    inspector: InspectorConfig,
+    events: list[ProcessedEvent],
+    fan_out: FanOut,
+    kept: dict[str, list[Candidate]] | None = None,
 ) -> None:
-    """The inspector's sample of the job: one EVAL per source, inside the fan-out's MULTI."""
-    if not inspector.events_per_source:
+    """The inspector's sample of the job: one EVAL per source, inside the fan-out's MULTI. `kept`:
+    the candidates when the caller gathered them already (an InspectorCut of this config's caps)."""
+    caps = inspector_caps(inspector)
+    if caps is None:
         return
-    caps = (inspector.per_name_per_minute, inspector.test_events_per_minute)
     for plan in plan_samples(
-        _inspector_records(events, fan_out, caps),
+        kept if kept is not None else _inspector_records(events, fan_out, caps),
         list_key=layout.inspector,
         test_list_key=layout.inspector_tests,
         counter_key=layout.inspector_sample,
@@ -465,9 +495,11 @@ def prepare_fan_out(
     status_counts: dict[tuple[str, str], int],
     now_ms: int,
     fan_out: FanOut | None = None,
+    inspected: dict[str, list[Candidate]] | None = None,
 ) -> tuple[Any, FanOut]:
-    """The fan-out's commands (for commit_prepared), built and not sent (no I/O); `fan_out` is the
-    events' plan when the caller made it already (plan_fan_out's)."""
+    """The fan-out's commands (for commit_prepared), built and not sent (no I/O). `fan_out` and
+    `inspected`: the events' plan and inspector candidates when the caller gathered them already
+    (as plan_fan_out and _inspector_records would)."""
     layout: KeyLayout = ctx.layout
     if fan_out is None:
         fan_out = plan_fan_out(events, ctx.config)
@@ -476,7 +508,7 @@ def prepare_fan_out(
         payload = encode_delivery(DeliveryBatch(destination_id, delivery_events, now_ms, job_id))
         new_job_id = delivery_job_id(job_id, destination_id)
         pipe.execute_command(*ctx.delivery_writer(destination_id).command(payload, len(delivery_events), new_job_id))
-    _queue_inspector(pipe, layout, ctx.config.inspector, events, fan_out)
+    _queue_inspector(pipe, layout, ctx.config.inspector, events, fan_out, inspected)
     _queue_quality(pipe, layout, events)
     for (source_id, status), n in status_counts.items():
         pipe.hincrby(layout.source_stats(source_id), status, n)
@@ -549,10 +581,14 @@ def _process_ingest(ctx: WorkerContext, connection: Redis, job_id: str, job_key:
     # While the server claims the ids, the fan-out is planned, part by part, as if every event were
     # first seen (the usual case); it is planned again only if some turn out to be duplicates.
     planner = FanOutPlanner(ctx.config)
+    caps = inspector_caps(ctx.config.inspector)
+    cut = InspectorCut(caps) if caps is not None else None
 
     def on_part(events: list[ProcessedEvent], start: int) -> None:
         claim_part(events, start)
         planner.add(events, start)
+        if cut is not None:
+            cut.add(events, planner.destinations_of, start)
 
     try:
         events = decode_and_normalize([payload, *parts], job_id, sources, on_part, CLAIM_PART_EVENTS)
@@ -560,7 +596,15 @@ def _process_ingest(ctx: WorkerContext, connection: Redis, job_id: str, job_key:
         now_ms = time.time_ns() // 1_000_000
         status_counts = count_statuses(events)
         pipe, fan_out = prepare_fan_out(
-            ctx, connection, job_id, job_key, events, status_counts, now_ms, planner.result()
+            ctx,
+            connection,
+            job_id,
+            job_key,
+            events,
+            status_counts,
+            now_ms,
+            planner.result(),
+            None if cut is None else cut.kept,
         )
     except BaseException:
         pending.abandon()
