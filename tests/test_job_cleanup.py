@@ -1,9 +1,12 @@
 """A finished job's deletion (trackpipe.jobs.SafeJob.cleanup, one script in the worker's closing
 MULTI) leaves Redis exactly as RQ's own deletion does, including for a re-run whose earlier
-execution (a killed worker's) is still recorded; and the worker still sees `rq suspend`."""
+execution (a killed worker's) is still recorded; the worker still sees `rq suspend`; and it loads
+its job functions before its first job."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.suspension import resume, suspend
 
+from tests.support import ROOT
 from tooling.bench import BENCH_CONFIG, _enqueue_jobs, event_bytes
 from trackpipe.config import parse
 from trackpipe.jobs import SafeJob, make_queue
@@ -84,3 +88,19 @@ def test_a_suspended_worker_runs_nothing(valkey_client: redis.Redis, valkey_url:
     finally:
         resume(valkey_client)
         worker.teardown()
+
+
+def test_a_built_worker_has_its_job_functions_loaded_before_its_first_job() -> None:
+    """A fresh process: building the worker imports the job modules (not the first job)."""
+    code = (
+        "import sys, fakeredis\n"
+        "from trackpipe.config import parse\n"
+        "from workers.runner import build_worker\n"
+        "assert 'workers.ingest' not in sys.modules and 'workers.deliver' not in sys.modules\n"
+        "config = parse('[[sources]]\\nid = \"s\"\\nsite_id = \"1\"\\nkeys = [\"k0123456789\"]\\n')\n"
+        "build_worker(config, fakeredis.FakeRedis(), ['ingest'])\n"
+        "print('workers.ingest' in sys.modules, 'workers.deliver' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"]

@@ -1,8 +1,8 @@
 """The worker's quick paths against the full ones they stand in for (pure, no Redis): the typed look
 at standard events (workers.standard._fine) never passes an event the full check finds fault with,
 the inspector's early cut keeps what plan_samples would send, the dedup claim built from ids
-equals the one built from DedupKeys, and the fan-out and the inspector's candidates gathered part
-by part equal those gathered at once."""
+equals the one built from DedupKeys, and the fan-out, the inspector's candidates and the counts
+gathered part by part equal those gathered at once."""
 
 from __future__ import annotations
 
@@ -19,7 +19,14 @@ from trackpipe.events import STANDARD_EVENTS, VIDEO_EVENTS
 from trackpipe.keys import KeyLayout
 from workers import standard
 from workers.dedup import Deduplicator
-from workers.ingest import FanOutPlanner, InspectorCut, _inspector_records, decode_and_normalize, plan_fan_out
+from workers.ingest import (
+    FanOutPlanner,
+    InspectorCut,
+    Tally,
+    _inspector_records,
+    decode_and_normalize,
+    plan_fan_out,
+)
 from workers.inspector import plan_samples
 
 USER = {"id": "7", "consistent_anonymous_id": "ca-7", "consent_categories": ["1", "3"]}
@@ -244,3 +251,27 @@ def test_the_inspector_cut_part_by_part_keeps_what_it_keeps_at_once(caps: tuple[
         assert _made(cut.kept) == _made(whole)
         kept_any += sum(len(c) for c in whole.values())
     assert kept_any > 20
+
+
+def test_the_tally_part_by_part_counts_what_it_counts_at_once() -> None:
+    from tests.worker_corpus import config, corpus
+
+    cfg = config()
+    sources = {s.id: s for s in cfg.sources}
+    rng = random.Random(13)
+    messages = 0
+    for job_id, payload in corpus(seed=6):
+        events = decode_and_normalize(payload, job_id, sources)
+        whole = Tally()
+        whole.add(events)
+        in_parts = Tally()
+        start = 0
+        while start < len(events):
+            end = min(len(events), start + rng.choice([1, 4, 30]))
+            in_parts.add(events[:end], start)
+            start = end
+        for field in ("statuses", "hourly", "messages"):
+            assert msgspec.to_builtins(getattr(in_parts, field)) == msgspec.to_builtins(getattr(whole, field))
+        assert sum(whole.statuses.values()) == len(events)
+        messages += sum(sum(kinds.values()) for kinds in whole.messages.values())
+    assert messages > 10  # the corpus has warnings and errors to count

@@ -393,36 +393,54 @@ def _queue_inspector(
 _STATUS_TEXT = {status: status.value for status in EventStatus}
 
 
-def _queue_quality(pipe: Any, layout: KeyLayout, events: list[ProcessedEvent]) -> None:
-    """Events per source, hour (of receipt) and status, and warnings and errors per kind: the
-    console's data-quality view; counted here, written inside the fan-out's MULTI."""
-    statuses: dict[tuple[str, int], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    messages: dict[tuple[str, int], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for item in events:
-        hour = item.received_at // 3_600_000
-        statuses[(item.source_id, hour)][_STATUS_TEXT[item.status]] += 1
-        if item.warnings or item.errors:
-            found = messages[(item.source_id, hour)]
-            # One count per event and kind: an event with three bad items counts once for that kind.
-            for field in {message_field("warning", m) for m in item.warnings} | {
-                message_field("error", m) for m in item.errors
-            }:
-                found[field] += 1
-    for (source_id, hour), counts in statuses.items():
+class Tally:
+    """What a job counts of its events, gathered part by part as FanOutPlanner plans them: events
+    per (source, status) (the source's totals), and per source, hour (of receipt) and status, and
+    warnings and errors per kind (the console's data-quality view)."""
+
+    def __init__(self) -> None:
+        self.statuses: dict[tuple[str, str], int] = defaultdict(int)
+        self.hourly: dict[tuple[str, int], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.messages: dict[tuple[str, int], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    def add(self, events: list[ProcessedEvent], start: int = 0) -> None:
+        """Count events[start:]."""
+        statuses, hourly, messages = self.statuses, self.hourly, self.messages
+        for i in range(start, len(events)):
+            item = events[i]
+            status = _STATUS_TEXT[item.status]
+            statuses[(item.source_id, status)] += 1
+            at = (item.source_id, item.received_at // 3_600_000)
+            hourly[at][status] += 1
+            if item.warnings or item.errors:
+                found = messages[at]
+                # One count per event and kind: an event with three bad items counts once for that kind.
+                for field in {message_field("warning", m) for m in item.warnings} | {
+                    message_field("error", m) for m in item.errors
+                }:
+                    found[field] += 1
+
+
+def _queue_quality(pipe: Any, layout: KeyLayout, events: list[ProcessedEvent], tally: Tally | None = None) -> None:
+    """The console's data-quality counters of the job (see Tally), written inside the fan-out's
+    MULTI; `tally`: the events' counts when the caller gathered them already."""
+    if tally is None:
+        tally = Tally()
+        tally.add(events)
+    for (source_id, hour), counts in tally.hourly.items():
         key = layout.source_hourly(source_id, hour)
         for status, n in counts.items():
             pipe.hincrby(key, status, n)
         pipe.expire(key, QUALITY_TTL_SECONDS)
-    for (source_id, hour), counts in messages.items():
+    for (source_id, hour), counts in tally.messages.items():
         pipe.execute_command(*message_command(layout.source_messages(source_id, hour), counts))
 
 
 def count_statuses(events: list[ProcessedEvent]) -> dict[tuple[str, str], int]:
     """(source id, status) -> events."""
-    counts: dict[tuple[str, str], int] = defaultdict(int)
-    for item in events:
-        counts[(item.source_id, _STATUS_TEXT[item.status])] += 1
-    return dict(counts)
+    tally = Tally()
+    tally.add(events)
+    return dict(tally.statuses)
 
 
 # Events per dedup claim part (see workers.dedup.PendingClaim): the server claims a part (~2 µs per
@@ -496,10 +514,11 @@ def prepare_fan_out(
     now_ms: int,
     fan_out: FanOut | None = None,
     inspected: dict[str, list[Candidate]] | None = None,
+    tally: Tally | None = None,
 ) -> tuple[Any, FanOut]:
-    """The fan-out's commands (for commit_prepared), built and not sent (no I/O). `fan_out` and
-    `inspected`: the events' plan and inspector candidates when the caller gathered them already
-    (as plan_fan_out and _inspector_records would)."""
+    """The fan-out's commands (for commit_prepared), built and not sent (no I/O). `fan_out`,
+    `inspected` and `tally`: the events' plan, inspector candidates and counts when the caller
+    gathered them already (as plan_fan_out, _inspector_records and Tally would)."""
     layout: KeyLayout = ctx.layout
     if fan_out is None:
         fan_out = plan_fan_out(events, ctx.config)
@@ -509,7 +528,7 @@ def prepare_fan_out(
         new_job_id = delivery_job_id(job_id, destination_id)
         pipe.execute_command(*ctx.delivery_writer(destination_id).command(payload, len(delivery_events), new_job_id))
     _queue_inspector(pipe, layout, ctx.config.inspector, events, fan_out, inspected)
-    _queue_quality(pipe, layout, events)
+    _queue_quality(pipe, layout, events, tally)
     for (source_id, status), n in status_counts.items():
         pipe.hincrby(layout.source_stats(source_id), status, n)
     # Per destination, per minute (kept 2 days) and per hour (kept a month: the console's history).
@@ -583,28 +602,23 @@ def _process_ingest(ctx: WorkerContext, connection: Redis, job_id: str, job_key:
     planner = FanOutPlanner(ctx.config)
     caps = inspector_caps(ctx.config.inspector)
     cut = InspectorCut(caps) if caps is not None else None
+    tally = Tally()
 
     def on_part(events: list[ProcessedEvent], start: int) -> None:
         claim_part(events, start)
         planner.add(events, start)
         if cut is not None:
             cut.add(events, planner.destinations_of, start)
+        tally.add(events, start)
 
     try:
         events = decode_and_normalize([payload, *parts], job_id, sources, on_part, CLAIM_PART_EVENTS)
         faults.point("ingest:after_decode")
         now_ms = time.time_ns() // 1_000_000
-        status_counts = count_statuses(events)
+        status_counts = dict(tally.statuses)
+        inspected = None if cut is None else cut.kept
         pipe, fan_out = prepare_fan_out(
-            ctx,
-            connection,
-            job_id,
-            job_key,
-            events,
-            status_counts,
-            now_ms,
-            planner.result(),
-            None if cut is None else cut.kept,
+            ctx, connection, job_id, job_key, events, status_counts, now_ms, planner.result(), inspected, tally
         )
     except BaseException:
         pending.abandon()

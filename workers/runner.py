@@ -23,7 +23,7 @@ from rq.utils import now as rq_now
 from rq.worker import WorkerStatus
 
 from trackpipe.config import Config
-from trackpipe.jobs import MsgpackSerializer, SafeJob, make_queue
+from trackpipe.jobs import MsgpackSerializer, SafeJob, load_job_functions, make_queue
 from trackpipe.keys import (
     DELIVER_QUEUE_PREFIX,
     INGEST_QUEUE,
@@ -478,6 +478,7 @@ def check_worker_name(name: str | None) -> None:
 def build_worker(config: Config, connection: Redis, queues: list[str], name: str | None = None) -> TrackpipeWorker:
     check_worker_name(name)
     install(WorkerContext(config, connection))
+    load_job_functions()
     worker = TrackpipeWorker(
         [make_queue(q, connection) for q in queues],
         connection=connection,
