@@ -137,10 +137,9 @@ def normalize(
     if not isinstance(context, dict):
         if context is not None:
             warnings.append("context was not an object and was replaced")
-        context = {}
+        context = event["context"] = {}
     elif not owned:
-        context = dict(context)
-    event["context"] = context
+        context = event["context"] = dict(context)
     # Rules 1 and 2: root metadata into context (v2 clients send event_id/timestamp at the root).
     if version == 1:
         _move_into_context(event, context, V1_CONTEXT_KEYS)
@@ -165,24 +164,27 @@ def normalize(
             shown = repr(context["event_timestamp"])[:60]
             warnings.append(f"context.event_timestamp {shown} is not a time; receive time used")
             millis = received_at
+        if millis is not stamp:
+            context["event_timestamp"] = millis
     else:
         warnings.append("context.event_timestamp is missing; receive time used")
-        millis = received_at
-    context["event_timestamp"] = millis
+        context["event_timestamp"] = received_at
 
     # Rule 5: consent categories as strings.
     user = event.get("user")
     if isinstance(user, dict) and "consent_categories" in user:
         categories = _consent_categories(given := user["consent_categories"])
-        if categories is given and categories is not None and not owned:
-            categories = list(given)  # the caller's list stays the caller's
-        user = user if owned else dict(user)
         if categories is None:
+            user = user if owned else dict(user)
             warnings.append("user.consent_categories is not a list of categories; removed")
             del user["consent_categories"]
-        else:
+            event["user"] = user
+        elif categories is not given or not owned:  # (an owned event's clean list stays as it is)
+            if categories is given:
+                categories = list(given)  # the caller's list stays the caller's
+            user = user if owned else dict(user)
             user["consent_categories"] = categories
-        event["user"] = user
+            event["user"] = user
 
     # Rule 6: an event id, generated (deterministically) when missing.
     event_id = context.get("event_id")
