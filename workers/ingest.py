@@ -577,25 +577,21 @@ def _process_ingest(ctx: WorkerContext, connection: Redis, job_id: str, job_key:
     # checked here too, as this is where ids get remembered). Each source claims in its own window.
     sources = ctx.sources
     windows = {s.id: s.dedup_window_seconds for s in sources.values()}  # None: dedup.window_seconds
+    undeduplicated = {s.id for s in sources.values() if not s.dedup}
     dedup: Deduplicator = ctx.dedup
     pending = dedup.open_claim(connection, job_key)
     candidates: list[int] = []
 
     def claim_part(events: list[ProcessedEvent], start: int) -> None:
         # Sent while the next events are decoded: the server claims these meanwhile.
-        new = [
-            i
-            for i in range(start, len(events))
-            if (item := events[i]).dedupable and (item.source_id not in sources or sources[item.source_id].dedup)
-        ]
-        if new:
-            candidates.extend(new)
-            pending.send(
-                [
-                    (item.source_id, str(item.event_id), windows.get(item.source_id), item.received_at)
-                    for item in (events[i] for i in new)
-                ]
-            )
+        items = []
+        for i in range(start, len(events)):
+            item = events[i]
+            if item.dedupable and item.source_id not in undeduplicated:
+                candidates.append(i)
+                items.append((item.source_id, str(item.event_id), windows.get(item.source_id), item.received_at))
+        if items:
+            pending.send(items)
 
     # While the server claims the ids, the fan-out is planned, part by part, as if every event were
     # first seen (the usual case); it is planned again only if some turn out to be duplicates.
