@@ -79,6 +79,13 @@ def test_bench_all_in_smoke_mode_reports_every_measurement() -> None:
     assert len(rounds) == 3 and worker["events_per_second"] == sorted(rounds)[1]  # the median round
     assert worker["detail"]["baseline"]["jobs"] == 40
     assert worker["ratio"] > 1  # batching must beat one job per event on any machine
+    # CPU per event, whole and past a job's cost (a one-event job's CPU, taken off once per job).
+    batched, single = worker["detail"]["batched"], worker["detail"]["baseline"]
+    assert worker["cpu_us_per_event"] == pytest.approx(batched["cpu_seconds"] / 2000 * 1e6, abs=0.6)
+    assert worker["cpu_ms_per_job"] == pytest.approx(single["cpu_seconds"] / 40 * 1e3, abs=0.02)
+    past = (batched["cpu_seconds"] - 4 * worker["cpu_ms_per_job"] / 1e3) / (2000 - 4) * 1e6
+    assert worker["cpu_us_per_event_past_job"] == pytest.approx(past, abs=0.6)
+    assert 0 < worker["cpu_us_per_event_past_job"] < worker["cpu_us_per_event"]
 
     e2e = report["e2e"]["detail"]
     assert e2e["accepted"] > 0
@@ -107,6 +114,8 @@ def test_bench_prints_a_table_with_the_machine_line() -> None:
     assert lines[0].startswith("machine: ") and "valkey" in lines[0]
     assert any(line.startswith("worker ") for line in lines)
     assert lines[1].split()[-1] == "fsync" and next(x for x in lines if x.startswith("worker ")).endswith(" always")
+    cpu = next(x for x in lines if x.startswith("  cpu "))
+    assert "µs/event" in cpu and float(cpu.split()[1]) > 0
 
 
 @pytest.mark.slow

@@ -114,14 +114,18 @@ def _enqueue_jobs(connection: Redis, config: Config, events: list[bytes], per_jo
     return jobs
 
 
-def _drain(connection: Redis, config: Config) -> float:
-    """Run one worker process's worth of ingest jobs (in this process) until the queue is empty."""
+def _drain(connection: Redis, config: Config) -> tuple[float, float]:
+    """Run one worker process's worth of ingest jobs (in this process) until the queue is empty:
+    (wall seconds, CPU seconds of this process meanwhile)."""
     from workers.runner import build_worker
 
     worker = build_worker(config, connection, ["ingest"])
-    started = time.perf_counter()
-    worker.work(burst=True, logging_level="WARNING")
-    return time.perf_counter() - started
+    started, cpu = time.perf_counter(), time.process_time()
+    try:
+        worker.work(burst=True, logging_level="WARNING")
+        return time.perf_counter() - started, time.process_time() - cpu
+    finally:
+        worker.teardown()
 
 
 def bench_worker(
@@ -130,28 +134,41 @@ def bench_worker(
     """Ingest jobs through decode, normalize, dedup and fan-out to one destination, one worker
     process; against the same work done as one RQ job per event on the same SimpleWorker. The
     batched run is repeated `rounds` times (the machine is shared and its speed moves between
-    runs): the figure is the median round, every round is in the detail."""
+    runs): the figure is the median round, every round is in the detail. Side figures: the worker
+    process's CPU per event in that round, and the same past the cost of a job (the CPU of the
+    one-event jobs, per job, taken off once per job: what each further event costs)."""
     with bench_server() as (connection, url, tmp):
         config = parse(BENCH_CONFIG.format(redis_url=url, out_dir=tmp / "out"))
         layout = KeyLayout(config.key_prefix)
         runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "batched": []}
         for name, count, size in [("baseline", baseline_events, 1)] + [("batched", events, per_job)] * rounds:
             jobs = _enqueue_jobs(connection, config, event_bytes(count, name), size)
-            seconds = _drain(connection, config)
+            seconds, cpu = _drain(connection, config)
             processed = sum(int(n) for n in connection.hvals(layout.source_stats("bench-web")))
             if processed != count:
                 raise RuntimeError(f"bench worker: {count} events enqueued but {processed} processed")
-            runs[name].append({"events": count, "jobs": jobs, "seconds": round(seconds, 3)})
+            runs[name].append({"events": count, "jobs": jobs, "seconds": round(seconds, 3), "cpu_seconds": cpu})
             connection.flushall()
         per_round = [run["events"] / run["seconds"] for run in runs["batched"]]
         value = statistics.median_low(per_round)
-        baseline = runs["baseline"][0]["events"] / runs["baseline"][0]["seconds"]
+        first = runs["baseline"][0]
+        baseline = first["events"] / first["seconds"]
+        median = runs["batched"][per_round.index(value)]
+        job_cpu = first["cpu_seconds"] / first["jobs"]  # a one-event job: the job's cost and one event's
+        past_jobs = (median["cpu_seconds"] - median["jobs"] * job_cpu) / (median["events"] - median["jobs"])
+        figures = {
+            "cpu_us_per_event": round(median["cpu_seconds"] / median["events"] * 1e6, 2),
+            "cpu_us_per_event_past_job": round(past_jobs * 1e6, 2),
+            "cpu_ms_per_job": round(job_cpu * 1e3, 3),
+        }
+        for run in runs["baseline"] + runs["batched"]:
+            run["cpu_seconds"] = round(run["cpu_seconds"], 3)
         detail = {
-            "baseline": runs["baseline"][0],
-            "batched": runs["batched"][per_round.index(value)],  # the median round
+            "baseline": first,
+            "batched": median,  # the median round
             "rounds_events_per_second": [round(r) for r in per_round],
         }
-        return Measurement(round(value), round(baseline), round(value / baseline, 1), "events/s", detail)
+        return Measurement(round(value), round(baseline), round(value / baseline, 1), "events/s", detail, figures)
 
 
 def _used_memory(connection: Redis) -> int:
