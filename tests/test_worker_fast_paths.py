@@ -7,14 +7,17 @@ gathered part by part equal those gathered at once."""
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import random
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
 import pytest
 import redis
 
+from trackpipe.config import Config
 from trackpipe.events import STANDARD_EVENTS, VIDEO_EVENTS
 from trackpipe.keys import KeyLayout
 from workers import standard
@@ -22,6 +25,7 @@ from workers.dedup import Deduplicator
 from workers.ingest import (
     FanOutPlanner,
     InspectorCut,
+    ProcessedEvent,
     Tally,
     _inspector_records,
     decode_and_normalize,
@@ -200,24 +204,36 @@ def test_the_typed_look_takes_a_currency_exactly_when_the_full_check_does(curren
     assert fine_in_product == (currency is None or standard._is_currency(currency))
 
 
-def test_planning_the_fan_out_part_by_part_plans_what_planning_it_at_once_does() -> None:
+def _corpus_events(seed: int) -> Iterator[tuple[Config, list[ProcessedEvent]]]:
+    """The worker corpus's jobs, decoded and normalized, with the corpus's config."""
     from tests.worker_corpus import config, corpus
 
     cfg = config()
     sources = {s.id: s for s in cfg.sources}
+    for job_id, payload in corpus(seed=seed):
+        yield cfg, decode_and_normalize(payload, job_id, sources)
+
+
+def _add_in_parts(
+    rng: random.Random, events: list[ProcessedEvent], sizes: list[int], add: Callable[[list[Any], int], None]
+) -> None:
+    """`add(the events so far, where the new part starts)` over parts of random sizes, as the
+    ingest job calls it."""
+    start = 0
+    while start < len(events):
+        end = min(len(events), start + rng.choice(sizes))
+        add(events[:end], start)
+        start = end
+
+
+def test_planning_the_fan_out_part_by_part_plans_what_planning_it_at_once_does() -> None:
     rng = random.Random(7)
     planned = 0
-    for job_id, payload in corpus(seed=3):
-        events = decode_and_normalize(payload, job_id, sources)
+    for cfg, events in _corpus_events(seed=3):
         whole = plan_fan_out(events, cfg)
         planner = FanOutPlanner(cfg)
-        start = 0
-        while start < len(events):
-            end = min(len(events), start + rng.choice([1, 2, 5, 50]))
-            planner.add(events[:end], start)  # as the job does: the list so far, its new part
-            start = end
-        in_parts = planner.result()
-        assert msgspec.to_builtins(in_parts) == msgspec.to_builtins(whole)
+        _add_in_parts(rng, events, [1, 2, 5, 50], planner.add)
+        assert msgspec.to_builtins(planner.result()) == msgspec.to_builtins(whole)
         planned += sum(len(d) for d in whole.deliveries.values()) + sum(whole.filtered.values())
     assert planned > 100  # the corpus has events to deliver and to filter
 
@@ -230,46 +246,32 @@ def _made(kept: dict[str, list[Any]]) -> dict[str, list[Any]]:
     }
 
 
+def _cut_add(cut: InspectorCut, routes: list[dict[str, str]], events: list[ProcessedEvent], start: int) -> None:
+    cut.add(events, routes, start)
+
+
 @pytest.mark.parametrize("caps", [(0, 0), (1, 0), (2, 1), None])
 def test_the_inspector_cut_part_by_part_keeps_what_it_keeps_at_once(caps: tuple[int, int] | None) -> None:
-    from tests.worker_corpus import config, corpus
-
-    cfg = config()
-    sources = {s.id: s for s in cfg.sources}
     rng = random.Random(11)
     kept_any = 0
-    for job_id, payload in corpus(seed=4):
-        events = decode_and_normalize(payload, job_id, sources)
+    for cfg, events in _corpus_events(seed=4):
         fan_out = plan_fan_out(events, cfg)
         whole = _inspector_records(events, fan_out, caps)
         cut = InspectorCut(caps)
-        start = 0
-        while start < len(events):
-            end = min(len(events), start + rng.choice([1, 3, 40]))
-            cut.add(events[:end], fan_out.destinations_of, start)
-            start = end
+        _add_in_parts(rng, events, [1, 3, 40], functools.partial(_cut_add, cut, fan_out.destinations_of))
         assert _made(cut.kept) == _made(whole)
         kept_any += sum(len(c) for c in whole.values())
     assert kept_any > 20
 
 
 def test_the_tally_part_by_part_counts_what_it_counts_at_once() -> None:
-    from tests.worker_corpus import config, corpus
-
-    cfg = config()
-    sources = {s.id: s for s in cfg.sources}
     rng = random.Random(13)
     messages = 0
-    for job_id, payload in corpus(seed=6):
-        events = decode_and_normalize(payload, job_id, sources)
+    for _, events in _corpus_events(seed=6):
         whole = Tally()
         whole.add(events)
         in_parts = Tally()
-        start = 0
-        while start < len(events):
-            end = min(len(events), start + rng.choice([1, 4, 30]))
-            in_parts.add(events[:end], start)
-            start = end
+        _add_in_parts(rng, events, [1, 4, 30], in_parts.add)
         for field in ("statuses", "hourly", "messages"):
             assert msgspec.to_builtins(getattr(in_parts, field)) == msgspec.to_builtins(getattr(whole, field))
         assert sum(whole.statuses.values()) == len(events)
