@@ -5,6 +5,7 @@ its job functions before its first job."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +57,8 @@ def run_jobs(conn: redis.Redis, url: str, tmp_path: Path, *, dead_execution: boo
     def masked(key: str) -> str:
         for n, job_id in enumerate(job_ids):
             key = key.replace(job_id, f"<job{n}>")
-        return key.replace(worker.name, "<worker>")
+        # The minute or hour a counter is for (the two runs may straddle a minute's end).
+        return re.sub(r":\d{6,}$", ":<time>", key.replace(worker.name, "<worker>"))
 
     shape = sorted(masked(k) for k in keys if "stats" not in k and ":dd" not in k)  # (ids are random)
     return {"mentions": mentions, "held": held, "shape": shape}
