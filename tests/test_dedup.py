@@ -11,7 +11,7 @@ import redis
 
 from trackpipe.jobs import DONE_FIELD, VERDICT_FIELD
 from trackpipe.keys import KeyLayout
-from workers.dedup import Deduplicator, slot_of
+from workers.dedup import Deduplicator, PendingClaim, slot_of
 
 LAYOUT = KeyLayout()
 WINDOW = 10  # seconds: small, so that the test picks slot boundaries with explicit times
@@ -379,47 +379,59 @@ def ids_items(dedup: Deduplicator, ids: list[str], at: int = T0) -> list[tuple[s
     return [("shop-web", i, None, at) for i in ids]
 
 
+def send_ids(dedup: Deduplicator, conn, job: str, items: list[tuple[str, str, int | None, int]]) -> PendingClaim:
+    """A claim of one part, sent now and answered by `result()`."""
+    pending = dedup.open_claim(conn, job)
+    pending.send(items)
+    return pending
+
+
+def claim_ids(dedup: Deduplicator, conn, job: str, items: list[tuple[str, str, int | None, int]]):
+    """The same items claimed in one blocking call."""
+    return dedup.claim(conn, job, [(dedup.key_for(s, e, w), at) for s, e, w, at in items])
+
+
 def test_a_claim_sent_ahead_answers_as_a_claim_does(dedup: Deduplicator, conn: redis.Redis) -> None:
     claim(dedup, conn, "j0", ["a"])
-    pending = dedup.send_claim_ids(conn, job_key("j1"), ids_items(dedup, ["a", "b", "b"]))
+    pending = send_ids(dedup, conn, job_key("j1"), ids_items(dedup, ["a", "b", "b"]))
     conn.set("other", "1")  # the pool's other connections stay usable while the reply waits
     assert pending.result() == [False, True, False]
     with pytest.raises(RuntimeError, match="already taken"):
         pending.result()
     assert conn.connection_pool._in_use_connections == set()
     # A re-run reads the stored verdicts back, sent ahead or not.
-    assert dedup.claim_ids(conn, job_key("j1"), ids_items(dedup, ["a", "b", "b"])) == [False, True, False]
+    assert claim_ids(dedup, conn, job_key("j1"), ids_items(dedup, ["a", "b", "b"])) == [False, True, False]
 
 
 def test_a_claim_sent_to_a_server_without_the_script_loads_it_and_runs_once(
     dedup: Deduplicator, conn: redis.Redis
 ) -> None:
     conn.script_flush()
-    pending = dedup.send_claim_ids(conn, job_key("j1"), ids_items(dedup, ["a", "b"]))
+    pending = send_ids(dedup, conn, job_key("j1"), ids_items(dedup, ["a", "b"]))
     assert pending.result() == [True, True]
     assert len(remembered_fields(conn)) == 2
-    assert dedup.send_claim_ids(conn, job_key("j2"), ids_items(dedup, ["a"])).result() == [False]
+    assert send_ids(dedup, conn, job_key("j2"), ids_items(dedup, ["a"])).result() == [False]
 
 
 def test_an_abandoned_claim_frees_its_connection_and_a_rerun_gets_the_same_verdicts(
     dedup: Deduplicator, conn: redis.Redis
 ) -> None:
-    pending = dedup.send_claim_ids(conn, job_key("j1"), ids_items(dedup, ["a", "b"]))
+    pending = send_ids(dedup, conn, job_key("j1"), ids_items(dedup, ["a", "b"]))
     pending.abandon()  # the job failed while preparing: its reply is never read
     assert conn.connection_pool._in_use_connections == set()
     # Whether or not the server ran the abandoned call, the re-run sees no event as its own duplicate.
-    assert dedup.claim_ids(conn, job_key("j1"), ids_items(dedup, ["a", "b"])) == [True, True]
-    assert dedup.claim_ids(conn, job_key("j2"), ids_items(dedup, ["a", "b"])) == [False, False]
+    assert claim_ids(dedup, conn, job_key("j1"), ids_items(dedup, ["a", "b"])) == [True, True]
+    assert claim_ids(dedup, conn, job_key("j2"), ids_items(dedup, ["a", "b"])) == [False, False]
 
 
 def test_a_claim_cut_off_by_an_outage_raises_from_result(valkey_url: str, valkey_client: redis.Redis) -> None:
     client = redis.Redis.from_url(valkey_url)
     try:
         dedup = Deduplicator(client, LAYOUT, WINDOW, BUCKETS)
-        dedup.claim_ids(client, job_key("warm"), ids_items(dedup, []))  # loads the script
+        claim_ids(dedup, client, job_key("warm"), ids_items(dedup, []))  # loads the script
         valkey_client.client_pause(10_000, all=False)  # writes wait: the claim cannot be answered
         try:
-            pending = dedup.send_claim_ids(client, job_key("j1"), ids_items(dedup, ["a"]))
+            pending = send_ids(dedup, client, job_key("j1"), ids_items(dedup, ["a"]))
             wire_id = next(c["id"] for c in valkey_client.client_list() if c["cmd"] == "evalsha")
             valkey_client.client_kill_filter(_id=wire_id)  # the connection dies before the reply
         finally:
@@ -427,7 +439,7 @@ def test_a_claim_cut_off_by_an_outage_raises_from_result(valkey_url: str, valkey
         with pytest.raises(redis.ConnectionError):
             pending.result()
         assert client.connection_pool._in_use_connections == set()
-        assert dedup.claim_ids(client, job_key("j1"), ids_items(dedup, ["a"])) == [True]
+        assert claim_ids(dedup, client, job_key("j1"), ids_items(dedup, ["a"])) == [True]
     finally:
         client.close()
 
@@ -456,7 +468,7 @@ def test_a_claim_in_parts_answers_as_one_claim_does_and_a_rerun_reads_each_part_
         rerun.send(ids_items(dedup, ids[start : start + 2]))
     assert rerun.result() == expected
     # The same ids in one call for another job: all already seen.
-    assert dedup.claim_ids(conn, job_key("j2"), ids_items(dedup, ids)) == [False] * 6
+    assert claim_ids(dedup, conn, job_key("j2"), ids_items(dedup, ids)) == [False] * 6
 
 
 def test_a_claim_in_parts_is_none_when_the_job_is_done_and_empty_when_nothing_was_sent(
@@ -494,7 +506,7 @@ def test_a_job_claimed_in_one_call_and_rerun_in_parts_keeps_its_verdicts(
     in parts (a rolling upgrade): the one call's stored verdicts hold for the whole job."""
     claim(dedup, conn, "j0", ["b"])
     ids = ["a", "b", "c", "a", "d"]
-    assert dedup.claim_ids(conn, job_key("j1"), ids_items(dedup, ids)) == [True, False, True, False, True]
+    assert claim_ids(dedup, conn, job_key("j1"), ids_items(dedup, ids)) == [True, False, True, False, True]
     for flush in (False, True):
         if flush:
             conn.script_flush()  # and the server lost the script meanwhile

@@ -27,7 +27,6 @@ from workers.ingest import (
     InspectorCut,
     ProcessedEvent,
     Tally,
-    _inspector_records,
     decode_and_normalize,
     plan_fan_out,
 )
@@ -202,6 +201,15 @@ def test_the_typed_look_takes_a_currency_exactly_when_the_full_check_does(curren
     fine_in_product = standard._fine({**event, "items": [item]}, "purchase", ())
     # A product's currency may be absent (null); the full check then finds nothing either.
     assert fine_in_product == (currency is None or standard._is_currency(currency))
+
+
+def _inspector_records(
+    events: list[ProcessedEvent], fan_out: Any, caps: tuple[int, int] | None
+) -> dict[str, list[Any]]:
+    """The inspector's candidates gathered at once."""
+    cut = InspectorCut(caps)
+    cut.add(events, fan_out.destinations_of)
+    return cut.kept
 
 
 def _corpus_events(seed: int) -> Iterator[tuple[Config, list[ProcessedEvent]]]:

@@ -268,11 +268,12 @@ def outputs(payloads: list[tuple[str, bytes]], cfg: Config) -> list[dict[str, An
                 if key in seen:
                     item.status = ingest.EventStatus.DUPLICATE
                 seen.add(key)
-        status_counts = ingest.count_statuses(events)
-        fan_out = ingest.plan_fan_out(events, cfg)
+        plan = ingest.JobPlan.of(events, cfg)
+        status_counts = plan.tally.statuses
+        fan_out = plan.fan_out()
         pipe = _RecordingPipe()
-        ingest._queue_inspector(pipe, layout, cfg.inspector, events, fan_out)
-        ingest._queue_quality(pipe, layout, events)
+        ingest._queue_inspector(pipe, layout, cfg.inspector, plan.inspected)
+        ingest._queue_quality(pipe, layout, plan.tally)
         results.append(
             {
                 "events": [

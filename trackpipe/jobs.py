@@ -47,6 +47,7 @@ def verdict_field(part: int) -> str:
     job's claim in parts; the first part's field is the one-call claim's)."""
     return VERDICT_FIELD if part == 0 else f"{VERDICT_FIELD}:{part}"
 
+
 # Pauses between retries of a failed or abandoned job (the last one repeats).
 RETRY_INTERVALS = [1, 5, 15, 60, 300]
 FAILURE_TTL = 7 * 86_400

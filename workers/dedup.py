@@ -148,21 +148,6 @@ class Deduplicator:
         Items of any windows mix in one call (one round trip)."""
         return self._claim(connection, job_key, *self.keys_blob(items), len(items))
 
-    def claim_ids(
-        self, connection: Redis, job_key: str, items: list[tuple[str, str, int | None, int]]
-    ) -> list[bool] | None:
-        """`claim` for (source id, event id, the source's own window or None, received_at) items:
-        the same call, without a DedupKey made per event (the ingest job's hot path)."""
-        return self._claim(connection, job_key, *self.ids_blob(items), len(items))
-
-    def send_claim_ids(
-        self, connection: Redis, job_key: str, items: list[tuple[str, str, int | None, int]]
-    ) -> PendingClaim:
-        """`claim_ids`, sent now and answered by `PendingClaim.result()`."""
-        pending = PendingClaim(self, connection, job_key)
-        pending.send(items)
-        return pending
-
     def open_claim(self, connection: Redis, job_key: str) -> PendingClaim:
         """A claim sent in parts as the job decodes its events (PendingClaim.send), answered at once."""
         return PendingClaim(self, connection, job_key)

@@ -5,8 +5,10 @@ Steps, and what makes a re-run of a killed job end exactly as one clean run woul
    re-run reads the same parts, in the same order;
 1. decode and normalize every event (pure; generated event ids derive from the job, so a re-run
    generates the same ones);
-2. one Lua call claims the events' ids and stores the verdicts in the job's own hash, atomically
-   (a re-run reads the verdicts back instead of finding its own marks);
+2. one Lua call per part of 500 events (sent as soon as the part is decoded, all parts on one
+   connection, in order) claims the part's ids and stores its verdicts in the job's own hash,
+   atomically (a re-run decodes the same parts and reads their verdicts back instead of finding
+   its own marks); each part is also gathered into the job's JobPlan meanwhile;
 3. one MULTI/EXEC enqueues a delivery job per destination with matching events, writes the
    inspector's sample (see workers.inspector) and the counters, and marks the job done in its hash
    (a re-run after that stops at step 2). The job's hash is WATCHed and its done mark checked
@@ -302,17 +304,6 @@ def _inspector_record(
     )
 
 
-def _inspector_records(
-    events: list[ProcessedEvent], fan_out: FanOut, caps: tuple[int, int] | None = None
-) -> dict[str, list[Candidate]]:
-    """Per source, every event as the inspector would keep it, oldest first; see InspectorCut."""
-    if len(events) != len(fan_out.destinations_of):
-        raise ValueError(f"{len(events)} events, {len(fan_out.destinations_of)} routes")
-    cut = InspectorCut(caps)
-    cut.add(events, fan_out.destinations_of)
-    return cut.kept
-
-
 class InspectorCut:
     """Per source, every event as the inspector would keep it, oldest first (the sampling itself is
     SAMPLE_SCRIPT's, which sees how many of each name this minute already kept), gathered part by
@@ -368,20 +359,14 @@ def _inspector_caps(inspector: InspectorConfig) -> tuple[int, int] | None:
 
 
 def _queue_inspector(
-    pipe: Any,
-    layout: KeyLayout,
-    inspector: InspectorConfig,
-    events: list[ProcessedEvent],
-    fan_out: FanOut,
-    kept: dict[str, list[Candidate]] | None = None,
+    pipe: Any, layout: KeyLayout, inspector: InspectorConfig, kept: dict[str, list[Candidate]] | None
 ) -> None:
-    """The inspector's sample of the job: one EVAL per source, inside the fan-out's MULTI. `kept`:
-    the candidates when the caller gathered them already (an InspectorCut of this config's caps)."""
-    caps = _inspector_caps(inspector)
-    if caps is None:
+    """The inspector's sample of the job (`kept`: JobPlan's candidates; None when the inspector
+    keeps nothing): one EVAL per source, inside the fan-out's MULTI."""
+    if kept is None:
         return
     for plan in plan_samples(
-        kept if kept is not None else _inspector_records(events, fan_out, caps),
+        kept,
         list_key=layout.inspector,
         test_list_key=layout.inspector_tests,
         counter_key=layout.inspector_sample,
@@ -423,12 +408,8 @@ class Tally:
                     found[field] += 1
 
 
-def _queue_quality(pipe: Any, layout: KeyLayout, events: list[ProcessedEvent], tally: Tally | None = None) -> None:
-    """The console's data-quality counters of the job (see Tally), written inside the fan-out's
-    MULTI; `tally`: the events' counts when the caller gathered them already."""
-    if tally is None:
-        tally = Tally()
-        tally.add(events)
+def _queue_quality(pipe: Any, layout: KeyLayout, tally: Tally) -> None:
+    """The console's data-quality counters of the job (see Tally), written inside the fan-out's MULTI."""
     for (source_id, hour), counts in tally.hourly.items():
         key = layout.source_hourly(source_id, hour)
         for status, n in counts.items():
@@ -438,11 +419,38 @@ def _queue_quality(pipe: Any, layout: KeyLayout, events: list[ProcessedEvent], t
         pipe.execute_command(*message_command(layout.source_messages(source_id, hour), counts))
 
 
-def count_statuses(events: list[ProcessedEvent]) -> dict[tuple[str, str], int]:
-    """(source id, status) -> events."""
-    tally = Tally()
-    tally.add(events)
-    return dict(tally.statuses)
+class JobPlan:
+    """What the fan-out's commit writes that is gathered event by event, part by part as the job
+    decodes (FanOutPlanner's plan, InspectorCut's candidates, Tally's counts), while each part's
+    events are still in the CPU's caches. Gathered as if every event were first seen; the job
+    gathers it again from all its events (`of`) when the dedup claim finds duplicates."""
+
+    def __init__(self, config: Config) -> None:
+        self._planner = FanOutPlanner(config)
+        caps = _inspector_caps(config.inspector)
+        self._cut = InspectorCut(caps) if caps is not None else None
+        self.tally = Tally()
+
+    @classmethod
+    def of(cls, events: list[ProcessedEvent], config: Config) -> JobPlan:
+        plan = cls(config)
+        plan.add(events)
+        return plan
+
+    def add(self, events: list[ProcessedEvent], start: int = 0) -> None:
+        """Gather events[start:] (the events before `start` were added already)."""
+        self._planner.add(events, start)
+        if self._cut is not None:
+            self._cut.add(events, self._planner.destinations_of, start)
+        self.tally.add(events, start)
+
+    def fan_out(self) -> FanOut:
+        return self._planner.result()
+
+    @property
+    def inspected(self) -> dict[str, list[Candidate]] | None:
+        """The inspector's candidates; None when the inspector keeps nothing."""
+        return None if self._cut is None else self._cut.kept
 
 
 # Events per dedup claim part (see workers.dedup.PendingClaim): the server claims a part (~2 µs per
@@ -507,31 +515,19 @@ def _call_after_send(wire: Any, then: Callable[[], None]) -> None:
 
 
 def prepare_fan_out(
-    ctx: WorkerContext,
-    connection: Redis,
-    job_id: str,
-    job_key: str,
-    events: list[ProcessedEvent],
-    status_counts: dict[tuple[str, str], int],
-    now_ms: int,
-    fan_out: FanOut | None = None,
-    inspected: dict[str, list[Candidate]] | None = None,
-    tally: Tally | None = None,
+    ctx: WorkerContext, connection: Redis, job_id: str, job_key: str, plan: JobPlan, now_ms: int
 ) -> tuple[Any, FanOut]:
-    """The fan-out's commands (for commit_prepared), built and not sent (no I/O). `fan_out`,
-    `inspected` and `tally`: the events' plan, inspector candidates and counts when the caller
-    gathered them already (as plan_fan_out, _inspector_records and Tally would)."""
+    """The fan-out's commands (for commit_prepared), built from the job's plan and not sent (no I/O)."""
     layout: KeyLayout = ctx.layout
-    if fan_out is None:
-        fan_out = plan_fan_out(events, ctx.config)
+    fan_out = plan.fan_out()
     pipe = connection.pipeline(transaction=True)  # a container: commit_prepared sends its commands
     for destination_id, delivery_events in fan_out.deliveries.items():
         payload = encode_delivery(DeliveryBatch(destination_id, delivery_events, now_ms, job_id))
         new_job_id = delivery_job_id(job_id, destination_id)
         pipe.execute_command(*ctx.delivery_writer(destination_id).command(payload, len(delivery_events), new_job_id))
-    _queue_inspector(pipe, layout, ctx.config.inspector, events, fan_out, inspected)
-    _queue_quality(pipe, layout, events, tally)
-    for (source_id, status), n in status_counts.items():
+    _queue_inspector(pipe, layout, ctx.config.inspector, plan.inspected)
+    _queue_quality(pipe, layout, plan.tally)
+    for (source_id, status), n in plan.tally.statuses.items():
         pipe.hincrby(layout.source_stats(source_id), status, n)
     # Per destination, per minute (kept 2 days) and per hour (kept a month: the console's history).
     counts: dict[str, dict[str, int]] = defaultdict(dict)
@@ -597,27 +593,14 @@ def _process_ingest(ctx: WorkerContext, connection: Redis, job_id: str, job_key:
 
     # While the server claims the ids, the fan-out is planned, part by part, as if every event were
     # first seen (the usual case); it is planned again only if some turn out to be duplicates.
-    planner = FanOutPlanner(ctx.config)
-    caps = _inspector_caps(ctx.config.inspector)
-    cut = InspectorCut(caps) if caps is not None else None
-    tally = Tally()
-
-    def on_part(events: list[ProcessedEvent], start: int) -> None:
-        claim_part(events, start)
-        planner.add(events, start)
-        if cut is not None:
-            cut.add(events, planner.destinations_of, start)
-        tally.add(events, start)
-
+    plan = JobPlan(ctx.config)
     try:
+        on_part = functools.partial(_claim_and_plan, claim_part, plan)
         events = decode_and_normalize([payload, *parts], job_id, sources, on_part, CLAIM_PART_EVENTS)
+        del on_part  # (the plan is freed with the events, while the server commits)
         faults.point("ingest:after_decode")
         now_ms = time.time_ns() // 1_000_000
-        status_counts = dict(tally.statuses)
-        inspected = None if cut is None else cut.kept
-        pipe, fan_out = prepare_fan_out(
-            ctx, connection, job_id, job_key, events, status_counts, now_ms, planner.result(), inspected, tally
-        )
+        pipe, fan_out = prepare_fan_out(ctx, connection, job_id, job_key, plan, now_ms)
     except BaseException:
         pending.abandon()
         raise
@@ -631,15 +614,16 @@ def _process_ingest(ctx: WorkerContext, connection: Redis, job_id: str, job_key:
             duplicates = True
     faults.point("ingest:after_dedup")
     if duplicates:
-        status_counts = count_statuses(events)
-        pipe, fan_out = prepare_fan_out(ctx, connection, job_id, job_key, events, status_counts, now_ms)
+        plan = JobPlan.of(events, ctx.config)
+        pipe, fan_out = prepare_fan_out(ctx, connection, job_id, job_key, plan, now_ms)
     faults.point("ingest:mid_fanout")
     count = len(events)
     queued = {d: len(e) for d, e in fan_out.deliveries.items()}
-    # The job's events and their encodings (thousands of objects, ~1.5 µs per event to free) are
-    # freed while the server runs the commit (writing and fsyncing the delivery jobs), not after.
-    spent: list[Any] = [events, fan_out]
-    del events, fan_out
+    status_counts = dict(plan.tally.statuses)
+    # The job's events, their encodings and plan (thousands of objects, ~1.5 µs per event to free)
+    # are freed while the server runs the commit (writing and fsyncing the delivery jobs), not after.
+    spent: list[Any] = [events, fan_out, plan]
+    del events, fan_out, plan
     if not commit_prepared(ctx, connection, job_key, pipe, while_waiting=spent.clear):
         return _settled_before(ctx, connection, job_key, count)
     faults.point("ingest:after_fanout")
@@ -648,6 +632,14 @@ def _process_ingest(ctx: WorkerContext, connection: Redis, job_id: str, job_key:
     for (_, status), n in status_counts.items():
         by_status[status] += n
     return IngestOutcome(count, dict(by_status), queued)
+
+
+def _claim_and_plan(
+    claim: Callable[[list[ProcessedEvent], int], None], plan: JobPlan, events: list[ProcessedEvent], start: int
+) -> None:
+    """A decoded part: its ids' claim sent first (the server works on it meanwhile), then planned."""
+    claim(events, start)
+    plan.add(events, start)
 
 
 def _settled_before(ctx: WorkerContext, connection: Redis, job_key: str, events: int) -> IngestOutcome:
