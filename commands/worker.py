@@ -35,6 +35,7 @@ def run_worker(args: argparse.Namespace) -> int:
     """`trackpipe worker`: one RQ worker process over the chosen queues, with the scheduler."""
     config = load_from(args.config)
 
+    from trackpipe.jobs import load_job_functions
     from trackpipe.shards import shards
     from workers.runner import (
         QueueNameError,
@@ -69,6 +70,10 @@ def run_worker(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"trackpipe worker: --metrics-port {args.metrics_port}: {exc.strerror or exc}", file=sys.stderr)
             return 2
+    # The job functions' imports before Redis is waited for: done after, they would lengthen the
+    # start-up between Redis answering and the work loop (which rides out outages), where an outage
+    # still stops the worker (build_worker finds them loaded).
+    load_job_functions()
     connection = sync_client(config.redis_url, **REDIS_WORKER_TIMEOUTS)
     if not wait_for_redis(connection):
         return 0  # stopped on request before Redis came: nothing was taken
